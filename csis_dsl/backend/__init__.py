@@ -1,0 +1,1 @@
+"""Backend: the checked program executed as a vectorised Pyro model."""

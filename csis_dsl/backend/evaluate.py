@@ -1,0 +1,167 @@
+"""Vectorised evaluation of expressions. Nothing in a spec is evaluated as Python: the
+evaluator walks the AST and applies torch operations from fixed tables."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ..errors import ModelRuntimeError
+from ..frontend import ast as A
+from ..frontend.types import Type
+from ..functions import FUNCTIONS
+from .values import Val, align, combine, float_of
+
+_ARITH = {
+    "+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div, "^": torch.pow,
+}
+_COMPARE = {
+    "==": torch.eq, "!=": torch.ne, "<": torch.lt, "<=": torch.le, ">": torch.gt,
+    ">=": torch.ge,
+}
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.is_floating_point()
+
+
+class Evaluator:
+    """Evaluates expressions in one context.
+
+    ``lookup(name) -> Val`` gives variables (already laid out for this context);
+    ``active`` is the mask of (trace, loop-index) positions where the statement runs,
+    used to report reads of elements that do not exist.
+    """
+
+    def __init__(self, lookup: Callable[[str], Val], prefix: int,
+                 active: Optional[torch.Tensor] = None, where: str = ""):
+        self.lookup = lookup
+        self.prefix = prefix
+        self.active = active
+        self.where = where
+
+    def __call__(self, e: A.Expr) -> Val:
+        m = getattr(self, "_" + type(e).__name__)
+        return m(e)
+
+    def const(self, x, dtype=None) -> Val:
+        t = torch.tensor(x, dtype=dtype)
+        return Val(t.reshape((1,) * self.prefix), None, self.prefix)
+
+    def _Num(self, e: A.Num):
+        return self.const(int(e.value) if e.is_int else e.value,
+                          torch.long if e.is_int else torch.get_default_dtype())
+
+    def _Bool(self, e: A.Bool):
+        return self.const(e.value, torch.bool)
+
+    def _Name(self, e: A.Name):
+        return self.lookup(e.id)
+
+    def _Unary(self, e: A.Unary):
+        v = self(e.operand)
+        if e.op == "not":
+            return v.replace(~(v.t != 0))
+        t = v.t.long() if v.t.dtype == torch.bool else v.t
+        return v.replace(-t)
+
+    def _Binary(self, e: A.Binary):
+        a, b = self(e.left), self(e.right)
+        if e.op in ("and", "or"):
+            f = torch.logical_and if e.op == "and" else torch.logical_or
+            return combine([a, b], lambda x, y: f(x != 0, y != 0), float_args=False)
+        if e.op in _COMPARE:
+            return combine([a, b], _COMPARE[e.op], float_args=False)
+        if e.op in ("+", "-", "*") and _is_int(a.t) and _is_int(b.t):
+            return combine([a, b], lambda x, y: _ARITH[e.op](x.long(), y.long()),
+                           float_args=False)
+        return combine([a, b], _ARITH[e.op])
+
+    def _Cond(self, e: A.Cond):
+        c, a, b = self(e.test), self(e.then), self(e.orelse)
+        if _is_int(a.t) and _is_int(b.t):
+            return combine([c, a, b], lambda x, y, z: torch.where(x != 0, y, z),
+                           float_args=False)
+        return combine([c, a, b], lambda x, y, z: torch.where(x != 0, float_of(y),
+                                                              float_of(z)),
+                       float_args=False)
+
+    def _Vector(self, e: A.Vector):
+        vals = align([self(i) for i in e.items])
+        ts = [v.t for v in vals]
+        if any(t.is_floating_point() for t in ts):
+            ts = [float_of(t) for t in ts]
+        shape = torch.broadcast_shapes(*[t.shape for t in ts])
+        t = torch.stack([x.expand(shape) for x in ts], dim=self.prefix)
+        ms = [v.m for v in vals]
+        m = None
+        if any(x is not None for x in ms):
+            m = torch.stack([(x if x is not None else torch.ones((), dtype=torch.bool))
+                             .expand(shape) for x in ms], dim=self.prefix)
+        return Val(t, m, self.prefix)
+
+    def _Call(self, e: A.Call):
+        f = FUNCTIONS[e.func]
+        return f.impl([self(a) for a in e.args])
+
+    def _Index(self, e: A.Index):
+        base = self(e.base)
+        for k, idx_e in enumerate(e.indices):
+            base = self.index_one(base, self(idx_e), e, k)
+        if base.m is not None and self.active is not None:
+            missing = ~base.m.expand(base.t.shape[:self.prefix] + base.m.shape[self.prefix:]) \
+                if base.event_ndim == 0 else None
+            if missing is not None:
+                act = self.active.reshape(self.active.shape + (1,) * (missing.dim() - self.active.dim()))
+                bad = missing & act
+                if bool(bad.any()):
+                    name = e.base.id if isinstance(e.base, A.Name) else "an array"
+                    raise ModelRuntimeError(
+                        f"{e.span}: reading an element of '{name}' that does not exist in "
+                        f"{int(bad.flatten(1).any(1).sum()) if bad.dim() > 0 else 1} trace(s) "
+                        f"({self.where}); only the elements defined in a trace exist")
+        return base
+
+    def index_one(self, base: Val, idx: Val, e: A.Index, k: int) -> Val:
+        P = self.prefix
+        size = base.t.shape[P]
+        it = idx.t.long()
+        bad = (it < 0) | (it >= size)
+        if bool(bad.any()):
+            act = self.active
+            really = bad if act is None else bad & act.reshape(act.shape + (1,) * (bad.dim() - act.dim())).expand(torch.broadcast_shapes(bad.shape, act.shape))
+            if bool(really.any()):
+                name = e.base.id if isinstance(e.base, A.Name) else "an array"
+                val = int(it[really][0]) if really.dim() else int(it)
+                raise ModelRuntimeError(f"{e.indices[k].span}: index {val} is out of range "
+                                        f"for '{name}' (size {size})")
+            it = it.clamp(0, size - 1)
+        rest = base.t.shape[P + 1:]
+        prefix = torch.broadcast_shapes(base.t.shape[:P], it.shape[:P])
+        t = base.t.expand(prefix + base.t.shape[P:])
+        ix = it.reshape(it.shape[:P] + (1,) + (1,) * len(rest)).expand(prefix + (1,) + rest)
+        out = torch.gather(t, P, ix).squeeze(P)
+        m = None
+        if base.m is not None:
+            bm = base.m.expand(base.m.shape[:P] + base.t.shape[P:]) if base.m.dim() == base.t.dim() else base.m
+            bm = bm.expand(prefix + base.t.shape[P:])
+            m = torch.gather(bm, P, ix).squeeze(P)
+        if idx.m is not None:
+            im = idx.m.reshape(idx.m.shape + (1,) * len(rest))
+            m = im if m is None else (m & im)
+        return Val(out, m, P)
+
+
+def eval_static(e: A.Expr, args: Dict[str, torch.Tensor], t: Type) -> torch.Tensor:
+    """Evaluate an arg default (no batch): returns a tensor of type ``t``."""
+    def lookup(name):
+        v = args[name]
+        return Val(v.unsqueeze(0), None, 1)
+    v = Evaluator(lookup, 1)(e)
+    out = v.t.reshape(v.t.shape[1:]) if v.t.shape[0] == 1 else v.t[0]
+    out = out.expand(t.shape) if tuple(out.shape) != t.shape else out
+    if t.base == "int":
+        return out.long()
+    if t.base == "bool":
+        return out != 0
+    return float_of(out).clone()

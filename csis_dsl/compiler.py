@@ -1,0 +1,139 @@
+"""Entry points: ``compile(path)`` / ``compile_string(text)`` -> :class:`CompiledModel`.
+
+The phases (stanc3-style): parse (frontend.parser) -> check (frontend.checks) -> graph
+(graph) -> Pyro model (backend). ``dump(phase)`` prints each phase's result.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from .backend.pyro_model import PyroModel
+from .backend.runtime import make_plans, unsupported
+from .errors import CompileError, Diagnostic, ObservationError
+from .frontend import checks, parser
+from .graph import build_graph, summary, to_dot
+
+
+class CompiledModel:
+    """A compiled spec: ``.graph``, ``.pyro_model``, ``.guide``, ``.train``, ``.infer``,
+    ``.save``."""
+
+    def __init__(self, source: str, file: str, args: Optional[dict] = None):
+        self.source = source
+        self.file = file
+        self.ast = parser.parse(source, file)
+        self.checked = checks.check(self.ast, args)
+        unsupported(self.checked)
+        self.name = self.ast.name
+        self.plans = make_plans(self.checked)
+        self.plate_names = self._plate_names()
+        self.graph = build_graph(self.checked)
+        self.pyro_model = PyroModel(self)
+        self.arg_overrides = dict(args or {})
+        self._engine = None
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def args(self) -> Dict[str, object]:
+        return {n: (v.item() if v.dim() == 0 else v.tolist())
+                for n, v in self.checked.args.items()}
+
+    @property
+    def latents(self):
+        return [n for n in self.checked.order if self.checked.vars[n].kind == "latent"]
+
+    @property
+    def observed(self):
+        return [n for n in self.checked.order if self.checked.vars[n].kind == "observed"]
+
+    @property
+    def deterministic(self):
+        return [n for n in self.checked.order
+                if self.checked.vars[n].kind == "deterministic"]
+
+    def _plate_names(self):
+        loops = list(self.checked.loops.values())
+        counts = {}
+        for l in loops:
+            counts[l.var] = counts.get(l.var, 0) + 1
+        return {id(l.stmt): (l.var if counts[l.var] == 1 else f"{l.var}_{l.span.line}")
+                for l in loops}
+
+    def resolve_runtime_args(self, overrides) -> Dict[str, torch.Tensor]:
+        args = dict(self.checked.args)
+        for name, value in (overrides or {}).items():
+            v = self.checked.vars.get(name)
+            if v is None or v.kind != "arg":
+                raise ObservationError(f"'{name}' is not an arg of model {self.name}; its "
+                                       f"args are {list(self.checked.args)}")
+            if v.type.base != "real":
+                new = checks.Checker(self.ast, {}).convert_arg(name, v.type, value, v.span)
+                if not torch.equal(new, args[name]):
+                    raise ObservationError(
+                        f"arg '{name}' ({v.type}) fixes the model's structure; recompile "
+                        f"with compile(..., args={{'{name}': {value!r}}}) to change it")
+                continue
+            args[name] = checks.Checker(self.ast, {}).convert_arg(name, v.type, value, v.span)
+        return args
+
+    # ---------------------------------------------------------------- running
+    def simulate(self, num_traces: int, seed: Optional[int] = None, **args):
+        """Draw ``num_traces`` joint samples in one vectorised call: a dict from every
+        variable name to a tensor of shape (num_traces, *shape)."""
+        import pyro
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        with torch.no_grad():
+            out = self.pyro_model(num_traces=num_traces, **args)
+        return {n: out[n].expand((num_traces,) + tuple(out[n].shape[1:]))
+                for n in self.checked.order}
+
+    def log_joint(self, values: Dict[str, object], **args) -> torch.Tensor:
+        """log p(values) of one complete assignment (latents and observations)."""
+        import pyro.poutine as poutine
+        latents = {k: v for k, v in values.items() if k in self.latents}
+        obs = {k: v for k, v in values.items() if k in self.observed}
+        from .backend.pyro_model import to_tensor
+        cond = {k: to_tensor(v, k).to(torch.get_default_dtype()) if
+                self.checked.vars[k].type.base == "real" else to_tensor(v, k)
+                for k, v in latents.items()}
+        tr = poutine.trace(poutine.condition(self.pyro_model, data=cond)).get_trace(
+            observations=obs, **args)
+        return tr.log_prob_sum()
+
+    def dump(self, phase: str) -> str:
+        """Text of one compiler phase: 'ast', 'graph', 'dot' or 'pyro'."""
+        if phase == "ast":
+            return repr(self.ast)
+        if phase == "graph":
+            return summary(self.graph)
+        if phase == "dot":
+            return to_dot(self.graph)
+        if phase == "pyro":
+            import pyro.poutine as poutine
+            tr = poutine.trace(self.pyro_model).get_trace()
+            return "\n".join(f"{n}: {type(s['fn']).__name__} value shape "
+                             f"{tuple(s['value'].shape)}"
+                             for n, s in tr.nodes.items() if s["type"] == "sample")
+        raise ValueError(f"unknown phase {phase!r}; one of ast, graph, dot, pyro")
+
+    def __repr__(self):
+        return (f"<CompiledModel {self.name}: latents {self.latents}, "
+                f"observed {self.observed}>")
+
+
+def compile_string(text: str, name: Optional[str] = None, args: Optional[dict] = None):
+    return CompiledModel(text, name or "<string>", args)
+
+
+def compile(path, args: Optional[dict] = None) -> CompiledModel:  # noqa: A001
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise CompileError([Diagnostic(None, f"cannot read spec '{path}': "
+                                       f"{err.strerror or err}")]) from None
+    return CompiledModel(text, str(path), args)

@@ -1,0 +1,182 @@
+"""The distribution catalogue: parameters, supports and constructors (Pyro's names and
+parameterisations). Shared by the checker, the graph, the backend and the proposals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import pyro.distributions as pdist
+import torch
+from torch.distributions import constraints
+
+# A parameter kind says what values are legal; "safe" is what masked-out traces use so
+# that a distribution is always constructible.
+PARAM_KINDS = {
+    "real": (constraints.real, 0.0),
+    "positive": (constraints.positive, 1.0),
+    "probability": (constraints.unit_interval, 0.5),
+    "count": (constraints.nonnegative_integer, 1.0),
+    "probs": (constraints.simplex, None),           # vector, last dim
+    "concentration": (constraints.positive, 1.0),   # vector, last dim
+    "vector": (constraints.real_vector, 0.0),
+    "covariance": (constraints.positive_definite, None),
+}
+
+
+@dataclass(frozen=True)
+class DistSpec:
+    name: str
+    params: Tuple[Tuple[str, str], ...]   # (name, kind)
+    family: str          # proposal family: continuous | finite | count | boolean
+    value_type: str      # real | int | bool
+    event_param: Optional[int] = None     # index of the param whose last dim is the event
+    make: Callable = None
+    truncatable: bool = False
+
+    @property
+    def discrete(self) -> bool:
+        return self.family != "continuous"
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+
+def _spec(name, params, family="continuous", value_type="real", event_param=None,
+          make=None, truncatable=False):
+    return DistSpec(name, tuple(params), family, value_type, event_param,
+                    make or getattr(pdist, name), truncatable)
+
+
+def _binomial(n, p):
+    return pdist.Binomial(total_count=n, probs=p, validate_args=False)
+
+
+DISTRIBUTIONS = {d.name: d for d in [
+    _spec("Normal", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("HalfNormal", [("scale", "positive")], truncatable=True),
+    _spec("LogNormal", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("StudentT", [("df", "positive"), ("loc", "real"), ("scale", "positive")]),
+    _spec("Cauchy", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("HalfCauchy", [("scale", "positive")], truncatable=True),
+    _spec("Laplace", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("Gumbel", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("Gamma", [("concentration", "positive"), ("rate", "positive")]),
+    _spec("InverseGamma", [("concentration", "positive"), ("rate", "positive")]),
+    _spec("Exponential", [("rate", "positive")], truncatable=True),
+    _spec("Beta", [("concentration1", "positive"), ("concentration0", "positive")]),
+    _spec("Uniform", [("low", "real"), ("high", "real")], truncatable=True),
+    _spec("Chi2", [("df", "positive")]),
+    _spec("Weibull", [("scale", "positive"), ("concentration", "positive")]),
+    _spec("Bernoulli", [("probs", "probability")], family="boolean", value_type="bool",
+          make=lambda p: pdist.Bernoulli(probs=p, validate_args=False)),
+    _spec("Binomial", [("total_count", "count"), ("probs", "probability")],
+          family="finite", value_type="int", make=_binomial),
+    _spec("Categorical", [("probs", "probs")], family="finite", value_type="int",
+          event_param=None, make=lambda p: pdist.Categorical(probs=p, validate_args=False)),
+    _spec("Poisson", [("rate", "positive")], family="count", value_type="int"),
+    _spec("Geometric", [("probs", "probability")], family="count", value_type="int",
+          make=lambda p: pdist.Geometric(probs=p, validate_args=False)),
+    _spec("NegativeBinomial", [("total_count", "positive"), ("probs", "probability")],
+          family="count", value_type="int",
+          make=lambda n, p: pdist.NegativeBinomial(total_count=n, probs=p,
+                                                   validate_args=False)),
+    _spec("Dirichlet", [("concentration", "concentration")], event_param=0),
+    _spec("MultivariateNormal", [("loc", "vector"), ("covariance_matrix", "covariance")],
+          event_param=0,
+          make=lambda m, c: pdist.MultivariateNormal(m, covariance_matrix=c,
+                                                     validate_args=False)),
+]}
+
+# Parameters whose last dimension belongs to the distribution, not to the batch.
+VECTOR_PARAM_KINDS = {"probs": 1, "concentration": 1, "vector": 1, "covariance": 2}
+
+
+def make_distribution(spec: DistSpec, params):
+    """Construct the Pyro distribution (no argument validation: the interpreter checks
+    parameters itself and reports the statement)."""
+    if spec.make is getattr(pdist, spec.name, None):
+        return spec.make(*params, validate_args=False)
+    return spec.make(*params)
+
+
+class Truncated(pdist.TorchDistribution):
+    """``base`` restricted to [low, high] (either may be None), by inverse-CDF sampling."""
+    has_rsample = True
+
+    def __init__(self, base, low=None, high=None, validate_args=False):
+        self.base = base
+        self.low, self.high = low, high
+        lo_cdf = base.cdf(low) if low is not None else torch.zeros_like(base.mean)
+        hi_cdf = base.cdf(high) if high is not None else torch.ones_like(base.mean)
+        self._lo_cdf, self._hi_cdf = lo_cdf, hi_cdf
+        self._log_z = torch.log(torch.clamp(hi_cdf - lo_cdf, min=1e-30))
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @constraints.dependent_property
+    def support(self):
+        if self.low is not None and self.high is not None:
+            return constraints.interval(self.low, self.high)
+        if self.low is not None:
+            return constraints.greater_than(self.low)
+        if self.high is not None:
+            return constraints.less_than(self.high)
+        return self.base.support
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, dtype=self._lo_cdf.dtype, device=self._lo_cdf.device)
+        eps = torch.finfo(u.dtype).eps
+        p = (self._lo_cdf + u * (self._hi_cdf - self._lo_cdf)).clamp(eps, 1 - eps)
+        x = self.base.icdf(p)
+        if self.low is not None:
+            x = torch.maximum(x, torch.as_tensor(self.low, dtype=x.dtype))
+        if self.high is not None:
+            x = torch.minimum(x, torch.as_tensor(self.high, dtype=x.dtype))
+        return x
+
+    def log_prob(self, value):
+        lp = self.base.log_prob(value) - self._log_z
+        inside = torch.ones_like(lp, dtype=torch.bool)
+        if self.low is not None:
+            inside = inside & (value >= self.low)
+        if self.high is not None:
+            inside = inside & (value <= self.high)
+        return torch.where(inside, lp, torch.full_like(lp, -float("inf")))
+
+    @property
+    def mean(self):  # used only to locate proposals; a rough value suffices
+        return self.base.mean.clamp(
+            min=self.low if self.low is not None else -float("inf"),
+            max=self.high if self.high is not None else float("inf"))
+
+
+class Switch(pdist.TorchDistribution):
+    """One site defined in several exclusive branches: ``dists[k]`` where ``index == k``."""
+
+    def __init__(self, index, dists, validate_args=False):
+        self.index, self.dists = index, dists
+        d0 = dists[0]
+        super().__init__(d0.batch_shape, d0.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.dists[0].support
+
+    def _select(self, values):
+        idx = self.index
+        out = values[0]
+        for k in range(1, len(values)):
+            cond = (idx == k).reshape(idx.shape + (1,) * (out.dim() - idx.dim()))
+            out = torch.where(cond, values[k], out)
+        return out
+
+    def sample(self, sample_shape=torch.Size()):
+        return self._select([d.sample(sample_shape) for d in self.dists])
+
+    def log_prob(self, value):
+        return self._select([d.log_prob(value) for d in self.dists])
+
+    @property
+    def mean(self):
+        return self._select([d.mean for d in self.dists])

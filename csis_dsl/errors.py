@@ -1,0 +1,103 @@
+"""Typed errors with source spans, reported together (after miniwdl's WDL/Error.py).
+
+Every user-facing failure of csis_dsl is one of:
+
+* :class:`CompileError` -- a spec that does not compile; carries *all* diagnostics.
+* :class:`ObservationError` -- observations (or arg overrides) that do not fit the model.
+* :class:`ModelRuntimeError` -- a well-formed model that did something illegal in a
+  particular trace (e.g. read an element of an array that does not exist).
+* :class:`CheckpointError` -- a file that is not a csis_dsl checkpoint, or does not
+  match its spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of a source file; lines and columns are 1-based, end exclusive."""
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass
+class Diagnostic:
+    span: Optional[Span]
+    message: str
+    severity: str = "error"
+    notes: List[Tuple[Optional[Span], str]] = field(default_factory=list)
+
+    @property
+    def line(self) -> Optional[int]:
+        return self.span.line if self.span else None
+
+    @property
+    def col(self) -> Optional[int]:
+        return self.span.col if self.span else None
+
+    def format(self, source: Optional[str] = None) -> str:
+        parts = [_format_one(self.span, self.severity, self.message, source)]
+        for span, msg in self.notes:
+            parts.append(_format_one(span, "note", msg, source))
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _format_one(span: Optional[Span], severity: str, message: str,
+                source: Optional[str]) -> str:
+    if span is None:
+        return f"{severity}: {message}"
+    head = f"{span}: {severity}: {message}"
+    if source is None:
+        return head
+    lines = source.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return head
+    text = lines[span.line - 1].expandtabs(4)
+    end = span.end_col if span.end_line == span.line else len(text) + 1
+    width = max(1, end - span.col)
+    return f"{head}\n    {text}\n    {' ' * (span.col - 1)}{'^' * width}"
+
+
+class CsisDslError(Exception):
+    """Base class of every error csis_dsl raises on purpose."""
+
+
+class CompileError(CsisDslError):
+    """A spec that does not compile. ``.diagnostics`` lists every problem found."""
+
+    def __init__(self, diagnostics: List[Diagnostic], source: Optional[str] = None):
+        self.diagnostics = list(diagnostics)
+        self.source = source
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        text = "\n".join(d.format(self.source) for d in self.diagnostics)
+        n = len(self.diagnostics)
+        if n > 1:
+            text += f"\n{n} errors"
+        return text
+
+    __str__ = format
+
+
+class ObservationError(CsisDslError, ValueError):
+    """Observations or arg overrides that do not fit the model."""
+
+
+class ModelRuntimeError(CsisDslError, RuntimeError):
+    """A model that did something illegal while running (names the statement)."""
+
+
+class CheckpointError(CsisDslError):
+    """A checkpoint that cannot be read or does not match its spec."""

@@ -1,0 +1,1 @@
+"""Front end: text -> parse tree (parser) -> AST (ast) -> checked, typed program (checks)."""
