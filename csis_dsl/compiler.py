@@ -33,7 +33,64 @@ class CompiledModel:
         self.graph = build_graph(self.checked)
         self.pyro_model = PyroModel(self)
         self.arg_overrides = dict(args or {})
-        self._engine = None
+        self._guide = None
+        self._trainer = None
+        self._stats_fitted = False
+        self.history = None
+
+    # ---------------------------------------------------------------- the guide
+    def configure(self, config=None, obs_embeddings=None, **sizes):
+        """(Re)build the proposal network: ``architecture``, ``hidden``,
+        ``mixture_components``, ... or a whole ``NetworkConfig``; ``obs_embeddings``
+        maps an observed variable to your own ``nn.Module`` embedding it."""
+        from .proposals.guide import Guide
+        from .proposals.network import NetworkConfig
+        cfg = config or NetworkConfig(**sizes)
+        self._guide = Guide(self, cfg, obs_embeddings)
+        self._trainer = None
+        self._stats_fitted = False
+        self.history = None
+        return self
+
+    @property
+    def guide(self):
+        """The generated proposal network (a torch.nn.Module and a Pyro guide)."""
+        if self._guide is None:
+            self.configure()
+        return self._guide
+
+    def _fit_statistics(self, n=5000):
+        if not self._stats_fitted:
+            self.guide.net.fit_statistics(self.simulate(n))
+            self._stats_fitted = True
+
+    def train(self, num_steps=1000, batch_size=128, lr=2e-3, seed=None, progress=True,
+              validation_size=256, lr_decay=None, clip=10.0, validate_every=None):
+        """Train the proposal network online on fresh simulations; calling again
+        continues where it stopped. Returns the TrainingHistory."""
+        from .engine.train import Trainer
+        if seed is not None:
+            import pyro
+            pyro.set_rng_seed(seed)
+            torch.manual_seed(seed)
+        self._fit_statistics()
+        if self._trainer is None:
+            self._trainer = Trainer(self, lr, validation_size, seed)
+        self._trainer.lr = lr
+        self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay, clip=clip,
+                                         progress=progress, validate_every=validate_every)
+        return self.history
+
+    def infer(self, observations, num_samples=1000, proposal="guide", seed=None):
+        """Importance sampling with the trained guide (or the prior): a Posterior."""
+        from .engine.posterior import importance
+        if proposal == "guide":
+            self._fit_statistics()
+        return importance(self, observations, num_samples, proposal, seed)
+
+    def save(self, path):
+        from .engine.checkpoint import save
+        save(self, path)
 
     # ---------------------------------------------------------------- facts
     @property

@@ -139,4 +139,11 @@ class PyroModel:
         rt = Runtime(c, B, ModelSites(layout, obs), self.resolve_args(args))
         with layout.traces_plate():
             env = rt.run()
-        return {n: s.t for n, s in env.items()}
+        out = Env({n: s.t for n, s in env.items()})
+        out.exists = {n: s.exists for n, s in env.items() if s.exists is not None}
+        return out
+
+
+class Env(dict):
+    """Every variable's value (B, *shape); ``.exists`` masks conditional elements."""
+    exists: dict

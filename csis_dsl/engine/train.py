@@ -1,0 +1,132 @@
+"""Online training of the proposal network on fresh simulations (inference compilation).
+
+Each step draws one batch of joint traces from the model in one vectorised call and
+minimises  mean over traces of  -sum log q(latent | observations)  over the sites present.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from tqdm.auto import tqdm
+
+
+class _Obs(dict):
+    _validated = True
+
+
+@dataclass
+class TrainingHistory:
+    steps: List[int] = field(default_factory=list)
+    loss: List[float] = field(default_factory=list)
+    val_steps: List[int] = field(default_factory=list)
+    val_loss: List[float] = field(default_factory=list)
+    traces_per_s: List[float] = field(default_factory=list)
+    wall_time: List[float] = field(default_factory=list)
+    traces: int = 0
+    interrupted: bool = False
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in ("steps", "loss", "val_steps", "val_loss",
+                                              "traces_per_s", "wall_time", "traces")}
+
+    @classmethod
+    def from_dict(cls, d):
+        h = cls()
+        for k, v in (d or {}).items():
+            setattr(h, k, v)
+        return h
+
+    def plot(self, path=None, ax=None):
+        from ..plots import plot_history
+        return plot_history(self, path=path, ax=ax)
+
+
+def joint_batch(model, B: int):
+    """B joint traces: (latent values in Pyro layout, observations (B, *shape))."""
+    with torch.no_grad():
+        tr = poutine.trace(model.pyro_model).get_trace(num_traces=B)
+    env = tr.nodes["_RETURN"]["value"]
+    latents = {n: tr.nodes[n]["value"] for n in model.latents}
+    obs = _Obs({n: env[n] for n in model.observed})
+    return latents, obs
+
+
+def guide_loss(model, latents, obs, B: int) -> torch.Tensor:
+    tr = poutine.trace(poutine.condition(model.guide, data=latents)).get_trace(
+        observations=obs, num_traces=B)
+    return -tr.log_prob_sum() / B
+
+
+class Trainer:
+    """Holds the optimiser and validation batch so that training can continue."""
+
+    def __init__(self, model, lr: float, validation_size: int, seed: Optional[int]):
+        self.model = model
+        self.lr = lr
+        self.opt = torch.optim.Adam(model.guide.parameters(), lr=lr)
+        self.history = TrainingHistory()
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        self.validation = joint_batch(model, validation_size) if validation_size else None
+        self.validation_size = validation_size
+
+    def validation_loss(self) -> float:
+        if self.validation is None:
+            return float("nan")
+        with torch.no_grad():
+            return float(guide_loss(self.model, *self.validation, self.validation_size))
+
+    def run(self, num_steps, batch_size, lr_decay=None, clip=10.0, progress=True,
+            validate_every=None, seed=None):
+        h = self.history
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+        sched = None
+        if lr_decay:
+            sched = torch.optim.lr_scheduler.ExponentialLR(
+                self.opt, gamma=lr_decay ** (1.0 / max(num_steps, 1)))
+        validate_every = validate_every or max(1, num_steps // 20)
+        start_step = h.steps[-1] if h.steps else 0
+        base_time = h.wall_time[-1] if h.wall_time else 0.0
+        t0 = time.perf_counter()
+        t_prev = t0
+        bar = tqdm(range(num_steps), disable=not progress, desc="training", unit="step",
+                   dynamic_ncols=True)
+        ema = None
+        try:
+            for i in bar:
+                latents, obs = joint_batch(self.model, batch_size)
+                loss = guide_loss(self.model, latents, obs, batch_size)
+                self.opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.guide.parameters(), clip)
+                self.opt.step()
+                if sched is not None:
+                    sched.step()
+                now = time.perf_counter()
+                step = start_step + i + 1
+                h.steps.append(step)
+                h.loss.append(float(loss))
+                tps = batch_size / max(now - t_prev, 1e-9)
+                t_prev = now
+                ema = tps if ema is None else 0.9 * ema + 0.1 * tps
+                h.traces_per_s.append(ema)
+                h.traces += batch_size
+                h.wall_time.append(base_time + now - t0)
+                if (i + 1) % validate_every == 0 or i + 1 == num_steps:
+                    h.val_steps.append(step)
+                    h.val_loss.append(self.validation_loss())
+                    bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{h.val_loss[-1]:.3f}",
+                                    traces_s=f"{ema:.0f}")
+        except KeyboardInterrupt:
+            h.interrupted = True
+        finally:
+            bar.close()
+        return h

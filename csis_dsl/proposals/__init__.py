@@ -1,0 +1,1 @@
+"""Proposal families (one file each) and the generated inference network."""

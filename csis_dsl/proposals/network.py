@@ -1,0 +1,199 @@
+"""The inference network generated from the graph (Le, Baydin & Wood 2017).
+
+* observation embedding: one MLP per observed variable (inputs standardised with
+  statistics of prior simulations; replaceable by a user ``nn.Module``), concatenated
+  and mixed by a final layer;
+* ``architecture="lstm"``: an LSTM over the latent *instances* in execution order; its
+  input at each step is the observation embedding, an embedding of the previous
+  instance's value, learned embeddings of the previous and current address and
+  distribution type, and the loop position; one address embedding and one head per
+  latent variable (statement), shared by all instances of a loop;
+* ``architecture="feedforward"``: each head sees only the observation embedding, the
+  address and the loop position (the mean-field variant);
+* heads matched to the prior's support (see continuous.py, finite.py, count.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from torch.distributions import biject_to, constraints
+
+from ..distributions import DISTRIBUTIONS
+from .continuous import MixtureHead
+from .count import CountHead
+from .finite import CategoricalHead
+
+DIST_IDS = {name: i + 1 for i, name in enumerate(sorted(DISTRIBUTIONS))}
+
+
+@dataclass
+class NetworkConfig:
+    architecture: str = "lstm"     # lstm | feedforward
+    obs_embedding: int = 64
+    value_embedding: int = 16
+    address_embedding: int = 16
+    dist_embedding: int = 4
+    hidden: int = 64
+    mixture_components: int = 5
+    count_components: int = 3
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class LatentInfo:
+    """Static facts the network needs about one latent variable."""
+
+    def __init__(self, idx, v, plate: bool):
+        self.name = v.name
+        self.addr = idx
+        self.dist = DIST_IDS.get(v.dist, 0)
+        self.family = DISTRIBUTIONS[v.dist].family if v.dist else "continuous"
+        self.plate = plate
+        if plate:
+            self.inst_shape = tuple(v.family_dims)
+            self.elem_shape = tuple(v.elem_shape)
+        else:  # a sequential family: its instances are its elements
+            self.inst_shape = tuple(v.family_dims)
+            self.elem_shape = tuple(v.elem_shape)
+        self.n = int(math.prod(self.inst_shape)) if self.inst_shape else 1
+        self.de = int(math.prod(self.elem_shape)) if self.elem_shape else 1
+        self.support = v.support
+        if self.family == "continuous":
+            self.udim = self.de - 1 if v.support is constraints.simplex else self.de
+        else:
+            self.udim = self.de
+        if self.family == "boolean":
+            self.k = 2
+        elif self.family == "finite":
+            self.k = int(v.support.upper_bound) + 1
+        else:
+            self.k = 0
+
+    @property
+    def feat_dim(self):
+        if self.family in ("finite", "boolean"):
+            return self.de * self.k
+        return self.udim
+
+
+class ProposalNetwork(nn.Module):
+    def __init__(self, compiled, config: NetworkConfig, obs_embeddings: Optional[dict] = None):
+        super().__init__()
+        self.config = config
+        ch = compiled.checked
+        self.latents = [LatentInfo(i + 1, ch.vars[n], not (ch.vars[n].recursive or
+                                                           ch.vars[n].pieces > 1))
+                        for i, n in enumerate(compiled.latents)]
+        self.by_name = {l.name: l for l in self.latents}
+        self.observed = list(compiled.observed)
+        C = config
+        obs_embeddings = obs_embeddings or {}
+        self.obs_nets = nn.ModuleDict()
+        for n in self.observed:
+            size = int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
+            if n in obs_embeddings:
+                self.obs_nets[n] = obs_embeddings[n]
+            else:
+                self.obs_nets[n] = nn.Sequential(nn.Linear(size, C.obs_embedding), nn.ReLU(),
+                                                 nn.Linear(C.obs_embedding, C.obs_embedding),
+                                                 nn.ReLU())
+            self.register_buffer(f"obs_mean_{n}", torch.zeros(size))
+            self.register_buffer(f"obs_std_{n}", torch.ones(size))
+        with torch.no_grad():
+            widths = [self._obs_width(n, ch) for n in self.observed]
+        self.obs_mix = nn.Sequential(nn.Linear(sum(widths), C.obs_embedding), nn.ReLU())
+        n_addr = len(self.latents) + 1
+        self.addr_emb = nn.Embedding(n_addr, C.address_embedding)
+        self.dist_emb = nn.Embedding(len(DIST_IDS) + 1, C.dist_embedding)
+        self.value_emb = nn.ModuleDict({l.name: nn.Linear(l.feat_dim, C.value_embedding)
+                                        for l in self.latents})
+        step_in = C.obs_embedding + 2 * C.address_embedding + 2 * C.dist_embedding + 2
+        if C.architecture == "lstm":
+            step_in += C.value_embedding
+            self.core = nn.LSTM(step_in, C.hidden, batch_first=True)
+        elif C.architecture == "feedforward":
+            self.core = nn.Sequential(nn.Linear(step_in, C.hidden), nn.ReLU(),
+                                      nn.Linear(C.hidden, C.hidden), nn.ReLU())
+        else:
+            raise ValueError(f"architecture must be 'lstm' or 'feedforward', "
+                             f"got {C.architecture!r}")
+        self.heads = nn.ModuleDict()
+        for l in self.latents:
+            if l.family == "continuous":
+                self.heads[l.name] = MixtureHead(C.hidden, l.de, l.udim, C.mixture_components)
+            elif l.family in ("finite", "boolean"):
+                self.heads[l.name] = CategoricalHead(C.hidden, l.de, l.k)
+            else:
+                self.heads[l.name] = CountHead(C.hidden, l.de, C.count_components)
+            self.register_buffer(f"lat_mean_{l.name}", torch.zeros(l.n, max(l.udim, 1)))
+            self.register_buffer(f"lat_std_{l.name}", torch.ones(l.n, max(l.udim, 1)))
+
+    def _obs_width(self, n, ch):
+        net = self.obs_nets[n]
+        size = int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
+        shape = tuple(ch.vars[n].type.shape)
+        try:
+            return net(torch.zeros((1,) + shape)).reshape(1, -1).shape[1]
+        except Exception:
+            return net(torch.zeros(1, size)).reshape(1, -1).shape[1]
+
+    # ---------------------------------------------------------------- statistics
+    @torch.no_grad()
+    def fit_statistics(self, sims: Dict[str, torch.Tensor]):
+        """Standardisation statistics from prior simulations."""
+        for n in self.observed:
+            x = sims[n].reshape(sims[n].shape[0], -1).to(torch.get_default_dtype())
+            getattr(self, f"obs_mean_{n}").copy_(x.mean(0))
+            getattr(self, f"obs_std_{n}").copy_(x.std(0).clamp(min=1e-3))
+        for l in self.latents:
+            x = sims[l.name].to(torch.get_default_dtype())
+            x = x.reshape(x.shape[0], l.n, l.de)
+            if l.family == "continuous":
+                u = biject_to(l.support).inv(_clamp_open(x, l.support)) \
+                    if l.support is not None else x
+                u = u.reshape(x.shape[0], l.n, l.udim)
+            elif l.family == "count":
+                u = x
+            else:
+                continue
+            m, s = u.mean(0), u.std(0).clamp(min=1e-3)
+            ok = torch.isfinite(m) & torch.isfinite(s)
+            getattr(self, f"lat_mean_{l.name}").copy_(torch.where(ok, m, torch.zeros_like(m)))
+            getattr(self, f"lat_std_{l.name}").copy_(torch.where(ok, s, torch.ones_like(s)))
+
+    # ---------------------------------------------------------------- embedding
+    def embed_observations(self, obs: Dict[str, torch.Tensor], M: int) -> torch.Tensor:
+        parts = []
+        for n in self.observed:
+            x = obs[n].to(torch.get_default_dtype())
+            x = x.reshape(x.shape[0], -1)
+            x = (x - getattr(self, f"obs_mean_{n}")) / getattr(self, f"obs_std_{n}")
+            net = self.obs_nets[n]
+            try:
+                e = net(x)
+            except RuntimeError:
+                e = net(obs[n].to(torch.get_default_dtype()))
+            parts.append(e.reshape(e.shape[0], -1))
+        e = self.obs_mix(torch.cat(parts, -1))
+        return e.expand(M, e.shape[1]) if e.shape[0] == 1 else e
+
+    def features(self, l: LatentInfo, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., de) values -> (..., feat_dim) standardised features."""
+        if l.family in ("finite", "boolean"):
+            oh = torch.nn.functional.one_hot(x.long().clamp(0, l.k - 1), l.k)
+            return oh.reshape(x.shape[:-1] + (l.de * l.k,)).to(torch.get_default_dtype())
+        if l.family == "count":
+            return torch.log1p(x.to(torch.get_default_dtype()).clamp(min=0))
+        u = biject_to(l.support).inv(_clamp_open(x, l.support))
+        u = u.reshape(x.shape[:-1] + (l.udim,))
+        return torch.nan_to_num(u, 0.0, 10.0, -10.0)
+
+
+def _clamp_open(x, support):
+    from .continuous import clamp_to_support
+    return clamp_to_support(x, biject_to(support))
