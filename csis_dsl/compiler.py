@@ -64,7 +64,7 @@ class CompiledModel:
             self.guide.net.fit_statistics(self.simulate(n))
             self._stats_fitted = True
 
-    def train(self, num_steps=1000, batch_size=128, lr=2e-3, seed=None, progress=True,
+    def train(self, num_steps=1000, batch_size=128, lr=3e-3, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None):
         """Train the proposal network online on fresh simulations; calling again
         continues where it stopped. Returns the TrainingHistory."""

@@ -110,6 +110,10 @@ class Checker:
             if loop.var == name:
                 return Var(name, "loopvar", INT, loop.span, bounds=(loop.lo, loop.lo + loop.size - 1))
         v = self.vars.get(name)
+        if v is None and name == getattr(self, "current_target", None):
+            self.error(span, f"'{name}' depends on itself (a cycle): a variable cannot be "
+                       "read in its own definition")
+            return None
         if v is None:
             later = [s for s in A.walk_stmts(self.p.body)
                      if A.target_name(getattr(s, "target", None) or A.Name(s.span, "")) == name]
@@ -426,7 +430,8 @@ class Checker:
                 return
         if value is None:
             return
-        v = Var(s.name, "arg", t, s.name_span, [s], value=value)
+        v = Var(s.name, "arg", t, s.name_span, [s], value=value,
+                reads=self.reads(*([s.default] if s.default is not None else []), *s.type.dims))
         if t.base in ("int", "bool") and not t.shape:
             v.bounds = (value.item(), value.item())
         self.check_bounds_value(s, t, value)
@@ -595,8 +600,10 @@ class Checker:
     def sample(self, s: A.Sample):
         call = s.dist.call
         spec = DISTRIBUTIONS.get(call.func)
+        self.current_target = A.target_name(s.target)
         for a in call.args:
             self.expr(a)
+        self.current_target = None
         if spec is None:
             hint = _close(call.func, DISTRIBUTIONS)
             if call.func in FUNCTIONS:
@@ -815,7 +822,9 @@ class Checker:
             self.error(s.span, "observe needs a random variable: write 'observe name ~ "
                        "Distribution(...)'; a deterministic expression cannot be observed")
             return
+        self.current_target = A.target_name(s.target)
         t = self.expr(s.value)
+        self.current_target = None
         if t is None:
             self.target(s, s.target)
             return

@@ -1,0 +1,181 @@
+"""The ``csis-dsl`` command line. Exit codes: 0 ok, 1 model or input error, 2 usage."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def _kv(text):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        val = json.loads(v)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{k}: {v!r} is not a number, true/false or a "
+                                         "JSON list") from None
+    return k.strip(), val
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="csis-dsl",
+        description="Compile .ppl models, train their proposal networks (inference "
+                    "compilation) and infer posteriors. Exit codes: 0 ok, 1 model or "
+                    "input error, 2 usage error.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="compile a spec; print a summary or every error",
+                       description="Compile FILE and print its args, latents (with "
+                                   "supports) and observed variables, or every diagnostic.")
+    c.add_argument("file")
+    c.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                   help="override an arg (repeatable)")
+    c.add_argument("--dump", choices=["ast", "graph", "dot", "pyro"],
+                   help="print one compiler phase")
+    g = sub.add_parser("graph", help="draw the dependency graph",
+                       description="Draw the dependency graph of FILE: latents as ellipses, "
+                                   "observed filled, deterministic as boxes, args as rounded "
+                                   "boxes, loops as clusters, control edges dashed.")
+    g.add_argument("file")
+    g.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
+    g.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE")
+    t = sub.add_parser("train", help="train the proposal network and save a checkpoint",
+                       description="Train FILE's proposal network on fresh simulations; "
+                                   "Ctrl-C stops cleanly and still saves.")
+    _train_args(t)
+    t.add_argument("-o", "--output", required=True, help="checkpoint path (model.pt)")
+    i = sub.add_parser("infer", help="posterior for observations from a checkpoint",
+                       description="Importance sampling with a trained checkpoint.")
+    i.add_argument("checkpoint")
+    _infer_args(i)
+    r = sub.add_parser("run", help="compile, train with defaults, infer, print the summary",
+                       description="The whole job: compile FILE, train, infer, summarise.")
+    _train_args(r)
+    _infer_args(r)
+    return p
+
+
+def _train_args(t):
+    t.add_argument("file")
+    t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE")
+    t.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    t.add_argument("--batch-size", type=int, default=64, help="traces per step (default 64)")
+    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    t.add_argument("--lr-decay", type=float, default=0.05,
+                   help="final learning rate as a fraction of --lr (default 0.05)")
+    t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true")
+
+
+def _infer_args(i):
+    i.add_argument("--obs", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                   help="an observation (repeatable); VALUE is a number or JSON list")
+    i.add_argument("--obs-file", help="a JSON file of observations")
+    i.add_argument("--samples", type=int, default=1000)
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    i.add_argument("--plot", help="save posterior marginals to this PNG")
+    i.add_argument("--infer-seed", type=int, default=None)
+
+
+def _observations(a):
+    obs = {}
+    if a.obs_file:
+        try:
+            with open(a.obs_file) as f:
+                obs.update(json.load(f))
+        except (OSError, json.JSONDecodeError) as err:
+            raise _InputError(f"cannot read observations from {a.obs_file}: {err}")
+    obs.update(dict(a.obs))
+    if not obs:
+        raise _InputError("no observations: give --obs NAME=VALUE or --obs-file FILE")
+    return obs
+
+
+class _InputError(Exception):
+    pass
+
+
+def _summary(m):
+    lines = [f"model {m.name} ({m.file}): OK"]
+    ch = m.checked
+    for n, v in m.args.items():
+        lines.append(f"  arg       {n} = {v}")
+    for n in m.latents:
+        v = ch.vars[n]
+        lines.append(f"  latent    {n}: {v.type} ~ {v.dist}, support {v.support}")
+    for n in m.observed:
+        v = ch.vars[n]
+        lines.append(f"  observed  {n}: {v.type} (shape {list(v.type.shape)})")
+    return "\n".join(lines)
+
+
+def _train(a):
+    import csis_dsl
+    m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+    m.configure(architecture=a.arch)
+    m.train(num_steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+            lr_decay=a.lr_decay, progress=not a.no_progress)
+    if m.history.interrupted:
+        print(f"interrupted after {len(m.history.steps)} steps; saving what was trained",
+              file=sys.stderr)
+    return m
+
+
+def _infer(m, a):
+    post = m.infer(_observations(a), num_samples=a.samples, seed=a.infer_seed)
+    if a.json:
+        print(json.dumps(post.to_dict(), indent=2))
+    else:
+        print(post.summary())
+    if a.plot:
+        post.plot(a.plot)
+    return post
+
+
+def main(argv=None):
+    from .errors import CsisDslError
+    p = _parser()
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    warnings.simplefilter("default")
+    try:
+        import csis_dsl
+        if a.cmd == "check":
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            print(m.dump(a.dump) if a.dump else _summary(m))
+        elif a.cmd == "graph":
+            from .render import render_graph
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            render_graph(m, a.output)
+            print(f"wrote {a.output}")
+        elif a.cmd == "train":
+            m = _train(a)
+            m.save(a.output)
+            print(f"saved {a.output} ({m.history.traces} traces)")
+        elif a.cmd == "infer":
+            m = csis_dsl.load(a.checkpoint)
+            _infer(m, a)
+        elif a.cmd == "run":
+            obs = _observations(a)
+            m = _train(a)
+            a.obs, a.obs_file = list(obs.items()), None
+            _infer(m, a)
+        return EXIT_OK
+    except (CsisDslError, _InputError) as err:
+        print(str(err) if str(err).startswith(("error", a.__dict__.get("file", "\0"))) or
+              "error:" in str(err) else f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

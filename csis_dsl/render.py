@@ -1,0 +1,30 @@
+"""Drawing the dependency graph with graphviz (the ``dot`` binary for svg/png)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import CsisDslError
+from .graph import to_dot
+
+
+def render_graph(model, path):
+    path = Path(path)
+    dot = to_dot(model.graph)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt == "dot" or fmt == "gv":
+        path.write_text(dot)
+        return path
+    if fmt not in ("svg", "png", "pdf"):
+        raise CsisDslError(f"error: cannot draw to '{path}': use a .svg, .png, .pdf or .dot file")
+    exe = shutil.which("dot")
+    if exe is None:
+        raise CsisDslError("error: drawing svg/png needs the graphviz 'dot' program, which is "
+                           "not installed; install it (Debian/Ubuntu: apt-get install "
+                           "graphviz; macOS: brew install graphviz) or write a .dot file")
+    r = subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(),
+                       capture_output=True)
+    if r.returncode != 0:
+        raise CsisDslError(f"error: graphviz failed: {r.stderr.decode(errors='replace')}")
+    return path
