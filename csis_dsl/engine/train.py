@@ -113,7 +113,7 @@ class Trainer:
                 now = time.perf_counter()
                 step = start_step + i + 1
                 h.steps.append(step)
-                h.loss.append(float(loss))
+                h.loss.append(float(loss.detach()))
                 tps = batch_size / max(now - t_prev, 1e-9)
                 t_prev = now
                 ema = tps if ema is None else 0.9 * ema + 0.1 * tps

@@ -200,7 +200,7 @@ class SiteProposal(pdist.TorchDistribution):
         x = self._sample()
         l = self.info
         if l.family != "continuous":
-            x = x.round()
+            x = x.round().to(torch.get_default_dtype())
         return x.reshape(self.batch_shape + self.event_shape)
 
     def advance(self, value):
