@@ -85,8 +85,6 @@ def unsupported(checked: Checked):
                                             f"'{name}' is defined in pieces, and a later piece "
                                             f"reads '{r}', which is defined after the first "
                                             f"piece; define '{r}' before the first piece"))
-        if v.loops and v.kind != "deterministic" or (v.loops and v.family_dims):
-            pass
     for s in A.walk_stmts(checked.program.body):
         if isinstance(s, (A.Sample, A.Assign)):
             name = A.target_name(s.target)
@@ -354,8 +352,6 @@ class Runtime:
         value = value.expand((self.B,) + tuple(value.shape[1:])) if value.shape[0] == 1 \
             else value
         exists = active
-        if active is not None and active.dim() > 1 + len(v.family_dims):
-            exists = active
         if merge and v.name in self.env:
             old = self.env[v.name]
             if active is not None:
@@ -417,8 +413,6 @@ class Runtime:
         t = t.expand(shape)
         merge = len(v.stmts) > 1
         self.store(v, t, active, merge=merge)
-        if active is None and merge:
-            pass
 
     def assign_sequential(self, s, v, loops):
         k = len(loops) - 1

@@ -87,10 +87,10 @@ class Layout:
         """An observed array (no batch, or batch B) -> the site's Pyro shape."""
         lead = (self.B,) if self.batched else ()
         if family:
-            shape = lead + (1,) * (self.D if self.batched else 0)
-            return x.reshape(x.shape[:1] if x.dim() > len(elem_shape) + 1 and self.batched else ()
-                             ) if False else x.expand((self.B,) + tuple(x.shape[1:])).reshape(
-                shape + tuple(x.shape[1:])) if self.batched else x.reshape(x.shape[1:])
+            if not self.batched:
+                return x.reshape(x.shape[1:])
+            x = x.expand((self.B,) + tuple(x.shape[1:]))
+            return x.reshape((self.B,) + (1,) * self.D + tuple(x.shape[1:]))
         target = self.batch_shape(loops) + tuple(elem_shape)
         return x.expand((self.B,) + tuple(x.shape[1:])).reshape(target)
 

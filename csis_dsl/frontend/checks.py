@@ -554,7 +554,7 @@ class Checker:
         if existing is not None and existing.kind != "arg":
             prev = self.def_branch.get(name, [])
             exclusive = all(self._exclusive(path, p) for p, _ in prev)
-            same_family = existing.kind == kind and existing.family_dims[:0] == ()
+            same_family = existing.kind == kind
             if indices and existing.family_dims and existing.kind == kind and \
                     existing.elem_shape == elem.shape:
                 # another piece of an indexed family (h[0] ~ ...; h[t] ~ ... for t >= 1)
