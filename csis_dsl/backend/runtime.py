@@ -85,13 +85,11 @@ def unsupported(checked: Checked):
                                             f"'{name}' is defined in pieces, and a later piece "
                                             f"reads '{r}', which is defined after the first "
                                             f"piece; define '{r}' before the first piece"))
-    for s in A.walk_stmts(checked.program.body):
+    for s, plan_loops in _stmts_with_loops(checked, checked.program.body, []):
         if isinstance(s, (A.Sample, A.Assign)):
             name = A.target_name(s.target)
-            v = checked.vars.get(name)
-            if v is None:
+            if name not in checked.vars:
                 continue
-            plan_loops = _loops_of(checked, s)
             n_idx = len(s.target.indices) if isinstance(s.target, A.Index) else 0
             if plan_loops and n_idx < len(plan_loops):
                 diags.append(Diagnostic(s.target.span,
@@ -102,26 +100,17 @@ def unsupported(checked: Checked):
         raise CompileError(diags, checked.program.source)
 
 
-def _loops_of(checked, target_stmt):
-    found = []
-
-    def visit(stmts, loops):
-        for s in stmts:
-            if s is target_stmt:
-                found.extend(loops)
-                return True
-            if isinstance(s, A.For):
-                if visit(s.body, loops + [checked.loops[id(s)]]):
-                    return True
-            elif isinstance(s, A.If):
-                for _, body in s.branches:
-                    if visit(body, loops):
-                        return True
-                if s.orelse and visit(s.orelse, loops):
-                    return True
-        return False
-    visit(checked.program.body, [])
-    return found
+def _stmts_with_loops(checked, stmts, loops):
+    """Every statement with the loops around it, in one pass over the program."""
+    for s in stmts:
+        yield s, loops
+        if isinstance(s, A.For):
+            yield from _stmts_with_loops(checked, s.body, loops + [checked.loops[id(s)]])
+        elif isinstance(s, A.If):
+            for _, body in s.branches:
+                yield from _stmts_with_loops(checked, body, loops)
+            if s.orelse:
+                yield from _stmts_with_loops(checked, s.orelse, loops)
 
 
 # ---------------------------------------------------------------- storage

@@ -6,11 +6,12 @@ they are turned into :class:`~csis_dsl.errors.CompileError` diagnostics.
 from __future__ import annotations
 
 import functools
+import threading
 from importlib import resources
 from pathlib import Path
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 
 from ..errors import CompileError, Diagnostic, Span
 from . import ast as A
@@ -31,189 +32,200 @@ def _grammar_text() -> str:
         return (Path(__file__).resolve().parents[2] / "grammars" / "ppl.lark").read_text()
 
 
-@functools.lru_cache(maxsize=1)
-def lark_parser() -> Lark:
-    return Lark(_grammar_text(), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=True)
+_KEPT_TOKENS = {"NAME", "NUMBER"}
+
+
+class _Part(tuple):
+    """An intermediate parse result (a block, a clause, bounds) that knows its span."""
+    span: Span
+
+
+def _part(span, items) -> _Part:
+    p = _Part(items)
+    p.span = span
+    return p
+
+
+def _edge(x, first: bool):
+    """(line, col) where a child starts (first) or ends; None for placeholders."""
+    if x is None:
+        return None
+    if isinstance(x, Token):
+        return (x.line, x.column) if first else (x.end_line, x.end_column)
+    s = getattr(x, "_outer", None) or getattr(x, "span", None)
+    if s is None:
+        return None
+    return (s.line, s.col) if first else (s.end_line, s.end_col)
+
+
+def _exprs(ch):
+    """The expressions among a rule's children: punctuation and placeholders dropped."""
+    return [c for c in ch if c is not None and not isinstance(c, Token)]
 
 
 class _ToAst(Transformer):
-    def __init__(self, file: str):
-        super().__init__()
-        self.file = file
+    """Builds the AST while the LALR parser reduces (no parse tree in between).
 
-    # spans -----------------------------------------------------------------
-    def _span(self, meta) -> Span:
-        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+    All tokens are kept (``keep_all_tokens``) so that every node's span runs from its
+    first token to its last, keywords and brackets included, as a user reads it.
+    """
+    file = "<string>"
+
+    def _span(self, ch) -> Span:
+        for c in ch:
+            start = _edge(c, True)
+            if start is not None:
+                break
+        for c in reversed(ch):
+            end = _edge(c, False)
+            if end is not None:
+                break
+        return Span(self.file, start[0], start[1], end[0], end[1])
 
     def _tspan(self, tok: Token) -> Span:
         return Span(self.file, tok.line, tok.column, tok.end_line, tok.end_column)
 
     # program ---------------------------------------------------------------
-    @v_args(meta=True)
-    def start(self, meta, children):
-        name, *body = children
-        return (str(name), self._tspan(name), body)
+    def start(self, ch):            # "model" NAME "{" stmt* "}"
+        name = ch[1]
+        return (str(name), self._tspan(name), list(ch[3:-1]))
 
-    @v_args(meta=True)
-    def arg_decl(self, meta, ch):
-        typ, name, default = ch
-        return A.ArgDecl(self._span(meta), typ, str(name), self._tspan(name), default)
+    def arg_decl(self, ch):         # "arg" type NAME ["=" expr] ";"
+        return A.ArgDecl(self._span(ch), ch[1], str(ch[2]), self._tspan(ch[2]), ch[4])
 
-    @v_args(meta=True)
-    def sample_stmt(self, meta, ch):
-        typ, target, dist = ch
-        return A.Sample(self._span(meta), typ, target, dist, observed=False)
+    def sample_stmt(self, ch):      # [type] expr "~" dist ";"
+        return A.Sample(self._span(ch), ch[0], ch[1], ch[3], observed=False)
 
-    @v_args(meta=True)
-    def observe_stmt(self, meta, ch):
-        typ, target, dist = ch
-        return A.Sample(self._span(meta), typ, target, dist, observed=True)
+    def observe_stmt(self, ch):     # "observe" [type] expr "~" dist ";"
+        return A.Sample(self._span(ch), ch[1], ch[2], ch[4], observed=True)
 
-    @v_args(meta=True)
-    def observe_assign(self, meta, ch):
-        typ, target, value = ch
-        return A.Assign(self._span(meta), typ, target, value, observed=True)
+    def observe_assign(self, ch):   # "observe" [type] expr "=" expr ";"
+        return A.Assign(self._span(ch), ch[1], ch[2], ch[4], observed=True)
 
-    @v_args(meta=True)
-    def assign_stmt(self, meta, ch):
-        typ, target, value = ch
-        return A.Assign(self._span(meta), typ, target, value)
+    def assign_stmt(self, ch):      # [type] expr "=" expr ";"
+        return A.Assign(self._span(ch), ch[0], ch[1], ch[3])
 
-    @v_args(meta=True)
-    def dist(self, meta, ch):
-        call, trunc = ch
-        return A.Dist(self._span(meta), call, trunc)
+    def dist(self, ch):             # call [truncation]
+        trunc = None if ch[1] is None else tuple(ch[1])
+        return A.Dist(self._span(ch), ch[0], trunc)
 
-    def truncation(self, ch):
-        return (ch[0], ch[1])
+    def truncation(self, ch):       # "T" "[" opt_expr "," opt_expr "]"
+        return _part(self._span(ch), (ch[2], ch[4]))
 
     def opt_expr(self, ch):
         return ch[0]
 
-    @v_args(meta=True)
-    def for_stmt(self, meta, ch):
-        var, a, b, body = ch
+    def for_stmt(self, ch):         # "for" NAME "in" "range" "(" expr ["," expr] ")" block
+        var, a, b, body = ch[1], ch[5], ch[7], ch[9]
         start, stop = (None, a) if b is None else (a, b)
-        return A.For(self._span(meta), str(var), self._tspan(var), start, stop, body)
+        return A.For(self._span(ch), str(var), self._tspan(var), start, stop, list(body))
 
-    @v_args(meta=True)
-    def if_stmt(self, meta, ch):
-        cond, body, *rest = ch
-        branches = [(cond, body)]
+    def if_stmt(self, ch):          # "if" "(" expr ")" block elif_clause* [else_clause]
+        branches = [(ch[2], list(ch[4]))]
         orelse = None
-        for r in rest:
+        for r in ch[5:]:
             if r is None:
                 continue
             if r[0] == "elif":
-                branches.append((r[1], r[2]))
+                branches.append((r[1], list(r[2])))
             else:
-                orelse = r[1]
-        return A.If(self._span(meta), branches, orelse)
+                orelse = list(r[1])
+        return A.If(self._span(ch), branches, orelse)
 
-    def elif_clause(self, ch):
-        return ("elif", ch[0], ch[1])
+    def elif_clause(self, ch):      # "else" "if" "(" expr ")" block
+        return _part(self._span(ch), ("elif", ch[3], ch[5]))
 
-    def else_clause(self, ch):
-        return ("else", ch[0])
+    def else_clause(self, ch):      # "else" block
+        return _part(self._span(ch), ("else", ch[1]))
 
-    def block(self, ch):
-        return list(ch)
+    def block(self, ch):            # "{" stmt* "}"
+        return _part(self._span(ch), ch[1:-1])
 
     # types -----------------------------------------------------------------
-    @v_args(meta=True)
-    def type(self, meta, ch):
+    def type(self, ch):             # base_type [bounds] [dims]
         base, bounds, dims = ch
-        t = A.TypeSpec(self._span(meta), str(base), dims=dims or [])
+        t = A.TypeSpec(self._span(ch), str(base), dims=list(dims or []))
         for kind, value in bounds or []:
             setattr(t, kind, value)
         return t
 
-    def base_type(self, ch):
-        return str(ch[0])
+    def bounds(self, ch):           # "<" bound ("," bound)* ">"
+        return _part(self._span(ch), [c for c in ch if isinstance(c, _Part)])
 
-    def bounds(self, ch):
-        return list(ch)
+    def bound(self, ch):            # bound_kind "=" signed_atom
+        return _part(self._span(ch), (str(ch[0]), ch[2]))
 
-    def bound(self, ch):
-        return (str(ch[0]), ch[1])
+    def dims(self, ch):             # "[" expr ("," expr)* "]"
+        return _part(self._span(ch), _exprs(ch))
 
-    def bound_kind(self, ch):
-        return str(ch[0])
+    def _keyword(self, ch):         # the `!` rules: the token itself, position kept
+        return ch[0]
 
-    def dims(self, ch):
-        return list(ch)
+    base_type = bound_kind = comp_op = add_op = mul_op = pow_op = _keyword
 
     # expressions -------------------------------------------------------------
-    @v_args(meta=True)
-    def number(self, meta, ch):
+    def number(self, ch):
         text = str(ch[0])
         is_int = not any(c in text for c in ".eE")
-        return A.Num(self._span(meta), float(text), is_int)
+        return A.Num(self._span(ch), float(text), is_int)
 
-    @v_args(meta=True)
-    def true(self, meta, ch):
-        return A.Bool(self._span(meta), True)
+    def true(self, ch):
+        return A.Bool(self._span(ch), True)
 
-    @v_args(meta=True)
-    def false(self, meta, ch):
-        return A.Bool(self._span(meta), False)
+    def false(self, ch):
+        return A.Bool(self._span(ch), False)
 
-    @v_args(meta=True)
-    def name(self, meta, ch):
-        return A.Name(self._span(meta), str(ch[0]))
+    def name(self, ch):
+        return A.Name(self._span(ch), str(ch[0]))
 
-    @v_args(meta=True)
-    def call(self, meta, ch):
-        func, *args = ch
-        args = [a for a in args if a is not None]
-        return A.Call(self._span(meta), str(func), self._tspan(func), args)
+    def call(self, ch):             # NAME "(" [expr ("," expr)*] ")"
+        return A.Call(self._span(ch), str(ch[0]), self._tspan(ch[0]), _exprs(ch[1:]))
 
-    @v_args(meta=True)
-    def vector(self, meta, ch):
-        return A.Vector(self._span(meta), [c for c in ch if c is not None])
+    def vector(self, ch):           # "[" [expr ("," expr)*] "]"
+        return A.Vector(self._span(ch), _exprs(ch))
 
-    @v_args(meta=True)
-    def index(self, meta, ch):
-        return A.Index(self._span(meta), ch[0], list(ch[1:]))
+    def index(self, ch):            # postfix "[" expr ("," expr)* "]"
+        return A.Index(self._span(ch), ch[0], _exprs(ch[1:]))
 
-    @v_args(meta=True)
-    def neg(self, meta, ch):
-        operand = ch[0]
+    def _enclosed(self, ch):        # "(" expr ")" and "+" unary: the inner expression,
+        inner = ch[-2] if len(ch) == 3 else ch[-1]   # whose container is the whole
+        inner._outer = self._span(ch)
+        return inner
+
+    atom = unary = _enclosed
+
+    def neg(self, ch):              # "-" operand
+        operand = ch[1]
         if isinstance(operand, A.Num):   # fold literals: -1.5 is a number
-            return A.Num(self._span(meta), -operand.value, operand.is_int)
-        return A.Unary(self._span(meta), "-", operand)
+            return A.Num(self._span(ch), -operand.value, operand.is_int)
+        return A.Unary(self._span(ch), "-", operand)
 
-    @v_args(meta=True)
-    def not_(self, meta, ch):
-        return A.Unary(self._span(meta), "not", ch[0])
+    def not_(self, ch):
+        return A.Unary(self._span(ch), "not", ch[1])
 
-    @v_args(meta=True)
-    def binop(self, meta, ch):
-        left, op, right = ch
-        return A.Binary(self._span(meta), str(op), left, right)
+    def binop(self, ch):            # left op right (op from add_op/mul_op/pow_op)
+        return A.Binary(self._span(ch), str(ch[1]), ch[0], ch[2])
 
-    @v_args(meta=True)
-    def compare(self, meta, ch):
-        left, op, right = ch
-        return A.Binary(self._span(meta), str(op), left, right)
+    compare = binop
 
-    @v_args(meta=True)
-    def and_(self, meta, ch):
-        return A.Binary(self._span(meta), "and", ch[0], ch[1])
+    def and_(self, ch):
+        return A.Binary(self._span(ch), "and", ch[0], ch[2])
 
-    @v_args(meta=True)
-    def or_(self, meta, ch):
-        return A.Binary(self._span(meta), "or", ch[0], ch[1])
+    def or_(self, ch):
+        return A.Binary(self._span(ch), "or", ch[0], ch[2])
 
-    @v_args(meta=True)
-    def cond(self, meta, ch):
-        return A.Cond(self._span(meta), ch[0], ch[1], ch[2])
+    def cond(self, ch):             # c "?" a ":" b
+        return A.Cond(self._span(ch), ch[0], ch[2], ch[4])
 
-    def comp_op(self, ch):
-        return str(ch[0])
 
-    add_op = mul_op = pow_op = comp_op
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def lark_parser() -> Lark:
+    """The LALR parser with the AST builder inlined: one pass, no parse tree."""
+    return Lark(_grammar_text(), parser="lalr", lexer="contextual",
+                keep_all_tokens=True, maybe_placeholders=True, transformer=_ToAst())
 
 
 def _expected_words(expected) -> str:
@@ -257,8 +269,11 @@ def _syntax_diagnostic(err: lark.exceptions.LarkError, file: str) -> Diagnostic:
 
 def parse(text: str, file: str = "<string>") -> A.Program:
     """Parse ``text`` into an AST; raise CompileError on a syntax error."""
+    parser = lark_parser()
     try:
-        tree = lark_parser().parse(text)
+        with _PARSE_LOCK:   # the inlined transformer carries the file name
+            parser.options.transformer.file = file
+            name, name_span, body = parser.parse(text)
     except lark.exceptions.UnexpectedInput as err:
         if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END":
             lines = text.rstrip().splitlines() or [""]
@@ -266,9 +281,4 @@ def parse(text: str, file: str = "<string>") -> A.Program:
         raise CompileError([_syntax_diagnostic(err, file)], text) from None
     except lark.exceptions.LarkError as err:  # pragma: no cover - defensive
         raise CompileError([Diagnostic(None, f"syntax error: {err}")], text) from None
-    try:
-        name, name_span, body = _ToAst(file).transform(tree)
-    except lark.exceptions.VisitError as err:  # pragma: no cover - defensive
-        raise CompileError([Diagnostic(None, f"internal parser error: {err.orig_exc}")],
-                           text) from None
     return A.Program(name_span, name, body, text, file)
