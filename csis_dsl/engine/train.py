@@ -123,7 +123,7 @@ class Trainer:
                 if (i + 1) % validate_every == 0 or i + 1 == num_steps:
                     h.val_steps.append(step)
                     h.val_loss.append(self.validation_loss())
-                    bar.set_postfix(loss=f"{float(loss):.3f}", val=f"{h.val_loss[-1]:.3f}",
+                    bar.set_postfix(loss=f"{h.loss[-1]:.3f}", val=f"{h.val_loss[-1]:.3f}",
                                     traces_s=f"{ema:.0f}")
         except KeyboardInterrupt:
             h.interrupted = True

@@ -1,37 +1,55 @@
-"""Continuous supports: a mixture of K diagonal Normals in unconstrained space, pushed
-through ``biject_to(support)`` so the proposal's support is exactly the prior's (real
-line, (0, inf), [a, b], one-sided truncations, the simplex by stick breaking).
-Components are located and scaled relative to the prior's own location and scale."""
+"""Continuous supports: a mixture of K Normals in unconstrained space, pushed through
+``biject_to(support)`` so the proposal's support is exactly the prior's (real line,
+(0, inf), [a, b], one-sided truncations, the simplex by stick breaking). Components are
+located and scaled relative to the prior's own location and scale. Components are
+diagonal, except for MultivariateNormal priors, whose components get a full
+covariance (a learned Cholesky factor), so correlated posteriors are proposed jointly."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import (Categorical, Independent, MixtureSameFamily, Normal,
-                                 TransformedDistribution, biject_to, constraints)
+from torch.distributions import (Categorical, Independent, MixtureSameFamily,
+                                 MultivariateNormal, Normal, TransformedDistribution,
+                                 biject_to, constraints)
 
 
 class MixtureHead(nn.Module):
-    def __init__(self, hidden: int, dim: int, unconstrained_dim: int, k: int):
+    def __init__(self, hidden: int, dim: int, unconstrained_dim: int, k: int,
+                 full_covariance: bool = False):
         super().__init__()
         self.dim, self.udim, self.k = dim, unconstrained_dim, k
-        self.out = nn.Linear(hidden, k * (1 + 2 * unconstrained_dim))
+        self.full = full_covariance and unconstrained_dim > 1
+        self.n_tril = unconstrained_dim * (unconstrained_dim - 1) // 2 if self.full else 0
+        self.per = 1 + 2 * unconstrained_dim + self.n_tril
+        self.out = nn.Linear(hidden, k * self.per)
         with torch.no_grad():
             self.out.weight.mul_(0.1)
-            b = self.out.bias.view(k, 1 + 2 * unconstrained_dim)
+            b = self.out.bias.view(k, self.per)
             b.zero_()
             b[:, 1:1 + unconstrained_dim] = torch.linspace(-1.0, 1.0, k).unsqueeze(-1) \
                 if k > 1 else 0.0
-            b[:, 1 + unconstrained_dim:] = -0.5
+            b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = -0.5
+        if self.full:
+            self.register_buffer("tril_idx", torch.tril_indices(unconstrained_dim,
+                                                                unconstrained_dim, -1))
 
     def forward(self, h, loc_u, scale_u, support):
         """h: (M, H); loc_u, scale_u: (M, udim) -> a distribution over (M, dim)."""
-        raw = self.out(h).view(h.shape[0], self.k, 1 + 2 * self.udim)
+        u = self.udim
+        raw = self.out(h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
-        loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + self.udim]
-        scale = scale_u.unsqueeze(1) * (F.softplus(raw[..., 1 + self.udim:]) + 1e-3)
-        base = MixtureSameFamily(Categorical(logits=logits),
-                                 Independent(Normal(loc, scale), 1), validate_args=False)
+        loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
+        diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-3
+        if self.full:
+            # L = diag(prior scale) @ (diag(softplus) + strictly lower part)
+            tril = torch.diag_embed(diag)
+            tril[..., self.tril_idx[0], self.tril_idx[1]] = raw[..., 1 + 2 * u:]
+            comp = MultivariateNormal(loc, scale_tril=scale_u.unsqueeze(1).unsqueeze(-1) * tril,
+                                      validate_args=False)
+        else:
+            comp = Independent(Normal(loc, scale_u.unsqueeze(1) * diag), 1)
+        base = MixtureSameFamily(Categorical(logits=logits), comp, validate_args=False)
         t = transform_for(support)
         return UnconstrainedMixture(base, t, self.dim)
 

@@ -52,6 +52,7 @@ class LatentInfo:
         self.name = v.name
         self.addr = idx
         self.dist = DIST_IDS.get(v.dist, 0)
+        self.dist_name = v.dist
         self.family = DISTRIBUTIONS[v.dist].family if v.dist else "continuous"
         self.plate = plate
         if plate:
@@ -125,7 +126,9 @@ class ProposalNetwork(nn.Module):
         self.heads = nn.ModuleDict()
         for l in self.latents:
             if l.family == "continuous":
-                self.heads[l.name] = MixtureHead(C.hidden, l.de, l.udim, C.mixture_components)
+                self.heads[l.name] = MixtureHead(C.hidden, l.de, l.udim, C.mixture_components,
+                                                 full_covariance=l.dist_name ==
+                                                 "MultivariateNormal")
             elif l.family in ("finite", "boolean"):
                 self.heads[l.name] = CategoricalHead(C.hidden, l.de, l.k)
             else:
