@@ -7,6 +7,38 @@ import sys
 import warnings
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+_FMT = argparse.RawDescriptionHelpFormatter
+_EXAMPLES = {
+    "main": """examples:
+  csis-dsl check specs/gaussian.ppl
+  csis-dsl graph specs/mixture.ppl -o mixture.svg
+  csis-dsl train specs/gaussian.ppl --steps 2000 -o gaussian.pt
+  csis-dsl infer gaussian.pt --obs x1=8 --obs x2=9 --plot posterior.png
+  csis-dsl run specs/gaussian.ppl --obs x1=8 --obs x2=9
+
+'csis-dsl COMMAND --help' explains each command.""",
+    "check": """examples:
+  csis-dsl check specs/mixture.ppl
+  csis-dsl check specs/mixture.ppl --arg N=50 --arg K=4
+  csis-dsl check specs/gaussian.ppl --dump graph""",
+    "graph": """examples:
+  csis-dsl graph specs/counting.ppl -o counting.svg
+  csis-dsl graph specs/counting.ppl -o counting.dot    (no graphviz needed)
+
+svg and png need the graphviz 'dot' program (apt-get install graphviz).""",
+    "train": """examples:
+  csis-dsl train specs/gaussian.ppl -o gaussian.pt
+  csis-dsl train specs/mixture.ppl --steps 3000 --batch-size 128 --arch lstm -o mix.pt""",
+    "infer": """examples:
+  csis-dsl infer gaussian.pt --obs x1=8 --obs x2=9
+  csis-dsl infer lr.pt --obs 'y=[0.1, 0.5, 0.9]' --samples 5000 --json
+  csis-dsl infer gaussian.pt --obs-file obs.json --plot posterior.png
+
+--obs values are JSON: numbers, true/false, or lists for arrays.""",
+    "run": """examples:
+  csis-dsl run specs/gaussian.ppl --obs x1=8 --obs x2=9
+  csis-dsl run specs/outlier.ppl --obs y=12 --steps 800 --plot outlier.png""",
+}
 
 
 def _kv(text):
@@ -23,63 +55,78 @@ def _kv(text):
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="csis-dsl",
+        prog="csis-dsl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compile .ppl models, train their proposal networks (inference "
                     "compilation) and infer posteriors. Exit codes: 0 ok, 1 model or "
-                    "input error, 2 usage error.")
+                    "input error, 2 usage error.",
+        epilog=_EXAMPLES["main"])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="compile a spec; print a summary or every error",
-                       description="Compile FILE and print its args, latents (with "
+                       epilog=_EXAMPLES["check"], formatter_class=_FMT, description="Compile FILE and print its args, latents (with "
                                    "supports) and observed variables, or every diagnostic.")
-    c.add_argument("file")
+    c.add_argument("file", help="a .ppl spec")
     c.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
-    c.add_argument("--dump", choices=["ast", "graph", "dot", "pyro"],
+    c.add_argument("--dump", choices=["ast", "checked", "graph", "dot", "pyro"],
                    help="print one compiler phase")
     g = sub.add_parser("graph", help="draw the dependency graph",
-                       description="Draw the dependency graph of FILE: latents as ellipses, "
+                       epilog=_EXAMPLES["graph"], formatter_class=_FMT, description="Draw the dependency graph of FILE: latents as ellipses, "
                                    "observed filled, deterministic as boxes, args as rounded "
                                    "boxes, loops as clusters, control edges dashed.")
-    g.add_argument("file")
+    g.add_argument("file", help="a .ppl spec")
     g.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
-    g.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE")
+    g.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                   help="override an arg (repeatable)")
     t = sub.add_parser("train", help="train the proposal network and save a checkpoint",
-                       description="Train FILE's proposal network on fresh simulations; "
-                                   "Ctrl-C stops cleanly and still saves.")
+                       epilog=_EXAMPLES["train"], formatter_class=_FMT,
+                       description="Train FILE's proposal network on fresh simulations of "
+                                   "the model (a progress bar shows the loss and traces/s); "
+                                   "Ctrl-C stops cleanly and still saves what was trained.")
     _train_args(t)
     t.add_argument("-o", "--output", required=True, help="checkpoint path (model.pt)")
     i = sub.add_parser("infer", help="posterior for observations from a checkpoint",
-                       description="Importance sampling with a trained checkpoint.")
+                       epilog=_EXAMPLES["infer"], formatter_class=_FMT,
+                       description="Importance sampling with the proposal network of a "
+                                   "trained checkpoint: prints mean, std and 5/50/95%% "
+                                   "quantiles per latent (probabilities for discrete ones), "
+                                   "the effective sample size and the log evidence.")
     i.add_argument("checkpoint")
     _infer_args(i)
     r = sub.add_parser("run", help="compile, train with defaults, infer, print the summary",
-                       description="The whole job: compile FILE, train, infer, summarise.")
+                       epilog=_EXAMPLES["run"], formatter_class=_FMT,
+                       description="The whole job: compile FILE, check the observations, "
+                                   "train the proposal network, infer and summarise.")
     _train_args(r)
     _infer_args(r)
     return p
 
 
 def _train_args(t):
-    t.add_argument("file")
-    t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE")
+    t.add_argument("file", help="a .ppl spec")
+    t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                   help="override an arg (repeatable)")
     t.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    t.add_argument("--batch-size", type=int, default=64, help="traces per step (default 64)")
+    t.add_argument("--batch-size", type=int, default=512, help="traces per step (default 512)")
     t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     t.add_argument("--lr-decay", type=float, default=0.05,
                    help="final learning rate as a fraction of --lr (default 0.05)")
-    t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm",
+                   help="proposal network: an LSTM over the latent sites (default) or the "
+                        "cheaper feedforward (mean-field) variant")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _infer_args(i):
     i.add_argument("--obs", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="an observation (repeatable); VALUE is a number or JSON list")
     i.add_argument("--obs-file", help="a JSON file of observations")
-    i.add_argument("--samples", type=int, default=1000)
+    i.add_argument("--samples", type=int, default=1000,
+                   help="importance samples (default 1000)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.add_argument("--plot", help="save posterior marginals to this PNG")
-    i.add_argument("--infer-seed", type=int, default=None)
+    i.add_argument("--infer-seed", type=int, default=None,
+                   help="random seed for the importance sampler")
 
 
 def _observations(a):
@@ -114,9 +161,9 @@ def _summary(m):
     return "\n".join(lines)
 
 
-def _train(a):
+def _train(a, m=None):
     import csis_dsl
-    m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+    m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None)
     m.configure(architecture=a.arch)
     m.train(num_steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
             lr_decay=a.lr_decay, progress=not a.no_progress)
@@ -164,7 +211,9 @@ def main(argv=None):
             _infer(m, a)
         elif a.cmd == "run":
             obs = _observations(a)
-            m = _train(a)
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            m.check_observations(obs)       # fail before training, not after
+            m = _train(a, m)
             a.obs, a.obs_file = list(obs.items()), None
             _infer(m, a)
         return EXIT_OK

@@ -64,7 +64,7 @@ class CompiledModel:
             self.guide.net.fit_statistics(self.simulate(n))
             self._stats_fitted = True
 
-    def train(self, num_steps=1000, batch_size=128, lr=3e-3, seed=None, progress=True,
+    def train(self, num_steps=1000, batch_size=512, lr=3e-3, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None):
         """Train the proposal network online on fresh simulations; calling again
         continues where it stopped. Returns the TrainingHistory."""
@@ -87,6 +87,12 @@ class CompiledModel:
         if proposal == "guide":
             self._fit_statistics()
         return importance(self, observations, num_samples, proposal, seed)
+
+    def check_observations(self, observations):
+        """Raise ObservationError unless ``observations`` fit the model exactly (every
+        observed variable, right shape, dtype and support); returns them as tensors."""
+        from .backend.pyro_model import validate_observations
+        return validate_observations(self.checked, observations, require_all=True)
 
     def save(self, path):
         from .engine.checkpoint import save
@@ -162,9 +168,21 @@ class CompiledModel:
         return tr.log_prob_sum()
 
     def dump(self, phase: str) -> str:
-        """Text of one compiler phase: 'ast', 'graph', 'dot' or 'pyro'."""
+        """Text of one compiler phase: 'ast', 'checked', 'graph', 'dot' or 'pyro'."""
         if phase == "ast":
             return repr(self.ast)
+        if phase == "checked":   # the middle IR: the checked symbol table, in order
+            lines = []
+            for n in self.checked.order:
+                v = self.checked.vars[n]
+                lines.append(f"{v.kind:<13} {n}: {v.type}"
+                             + (f" ~ {v.dist}" if v.dist else "")
+                             + (f", support {v.support}" if v.support is not None else "")
+                             + (f", family dims {list(v.family_dims)}" if v.family_dims else "")
+                             + (", conditional" if v.conditional else "")
+                             + (f", reads {sorted(v.reads)}" if v.reads else "")
+                             + (f", controlled by {sorted(v.control)}" if v.control else ""))
+            return "\n".join(lines)
         if phase == "graph":
             return summary(self.graph)
         if phase == "dot":
@@ -175,7 +193,7 @@ class CompiledModel:
             return "\n".join(f"{n}: {type(s['fn']).__name__} value shape "
                              f"{tuple(s['value'].shape)}"
                              for n, s in tr.nodes.items() if s["type"] == "sample")
-        raise ValueError(f"unknown phase {phase!r}; one of ast, graph, dot, pyro")
+        raise ValueError(f"unknown phase {phase!r}; one of ast, checked, graph, dot, pyro")
 
     def __repr__(self):
         return (f"<CompiledModel {self.name}: latents {self.latents}, "

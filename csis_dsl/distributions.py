@@ -61,13 +61,13 @@ DISTRIBUTIONS = {d.name: d for d in [
     _spec("HalfCauchy", [("scale", "positive")], truncatable=True),
     _spec("Laplace", [("loc", "real"), ("scale", "positive")], truncatable=True),
     _spec("Gumbel", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("Gamma", [("concentration", "positive"), ("rate", "positive")]),
-    _spec("InverseGamma", [("concentration", "positive"), ("rate", "positive")]),
+    _spec("Gamma", [("concentration", "positive"), ("rate", "positive")], truncatable=True),
+    _spec("InverseGamma", [("concentration", "positive"), ("rate", "positive")], truncatable=True),
     _spec("Exponential", [("rate", "positive")], truncatable=True),
     _spec("Beta", [("concentration1", "positive"), ("concentration0", "positive")]),
     _spec("Uniform", [("low", "real"), ("high", "real")], truncatable=True),
-    _spec("Chi2", [("df", "positive")]),
-    _spec("Weibull", [("scale", "positive"), ("concentration", "positive")]),
+    _spec("Chi2", [("df", "positive")], truncatable=True),
+    _spec("Weibull", [("scale", "positive"), ("concentration", "positive")], truncatable=True),
     _spec("Bernoulli", [("probs", "probability")], family="boolean", value_type="bool",
           make=lambda p: pdist.Bernoulli(probs=p, validate_args=False)),
     _spec("Binomial", [("total_count", "count"), ("probs", "probability")],
@@ -100,15 +100,47 @@ def make_distribution(spec: DistSpec, params):
     return spec.make(*params)
 
 
+def _cdf(base, x):
+    """The CDF, with x clamped into the support first (Gamma's CDF is NaN below 0)."""
+    lb = getattr(base.support, "lower_bound", None)
+    x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    if lb is not None:
+        x = torch.clamp(x, min=float(lb) if not torch.is_tensor(lb) else lb)
+    return base.cdf(x)
+
+
+def _icdf_by_bisection(base, p, low, high, iters=60):
+    """Inverse CDF for distributions whose CDF torch provides but whose inverse it does
+    not (Gamma, InverseGamma, Chi2): vectorised bracketing, then bisection."""
+    p = p.detach()
+    lb = getattr(base.support, "lower_bound", 0.0)
+    lo = torch.as_tensor(low if low is not None else lb, dtype=p.dtype).expand(p.shape).clone()
+    if high is not None:
+        hi = torch.as_tensor(high, dtype=p.dtype).expand(p.shape).clone()
+    else:
+        hi = lo.abs() + 1.0
+        for _ in range(200):        # double until the bracket holds p
+            short = _cdf(base, hi) < p
+            if not bool(short.any()):
+                break
+            hi = torch.where(short, hi * 2.0, hi)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = _cdf(base, mid) < p
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
 class Truncated(pdist.TorchDistribution):
-    """``base`` restricted to [low, high] (either may be None), by inverse-CDF sampling."""
+    """``base`` restricted to [low, high] (either may be None), by inverse-CDF sampling
+    (torch's inverse CDF where it has one, bisection on the CDF otherwise)."""
     has_rsample = True
 
     def __init__(self, base, low=None, high=None, validate_args=False):
         self.base = base
         self.low, self.high = low, high
-        lo_cdf = base.cdf(low) if low is not None else torch.zeros_like(base.mean)
-        hi_cdf = base.cdf(high) if high is not None else torch.ones_like(base.mean)
+        lo_cdf = _cdf(base, low) if low is not None else torch.zeros_like(base.mean)
+        hi_cdf = _cdf(base, high) if high is not None else torch.ones_like(base.mean)
         self._lo_cdf, self._hi_cdf = lo_cdf, hi_cdf
         self._log_z = torch.log(torch.clamp(hi_cdf - lo_cdf, min=1e-30))
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
@@ -128,7 +160,10 @@ class Truncated(pdist.TorchDistribution):
         u = torch.rand(shape, dtype=self._lo_cdf.dtype, device=self._lo_cdf.device)
         eps = torch.finfo(u.dtype).eps
         p = (self._lo_cdf + u * (self._hi_cdf - self._lo_cdf)).clamp(eps, 1 - eps)
-        x = self.base.icdf(p)
+        try:
+            x = self.base.icdf(p)
+        except NotImplementedError:
+            x = _icdf_by_bisection(self.base, p, self.low, self.high)
         if self.low is not None:
             x = torch.maximum(x, torch.as_tensor(self.low, dtype=x.dtype))
         if self.high is not None:

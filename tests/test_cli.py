@@ -1,9 +1,14 @@
 """The command line driven as a user would (subprocess)."""
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+
+import csis_dsl
 
 from conftest import ROOT, SPECS
 
@@ -55,3 +60,61 @@ def test_train_infer_roundtrip(tmp_path):
     (tmp_path / "junk.pt").write_text("junk")
     r = cli("infer", tmp_path / "junk.pt", "--obs", "x1=1")
     assert r.returncode == 1 and "not a readable csis_dsl checkpoint" in r.stderr
+
+
+def test_help_is_useful_on_its_own():
+    r = cli("--help")
+    assert r.returncode == 0 and "Exit codes" in r.stdout and "examples:" in r.stdout
+    for cmd in ("check", "graph", "train", "infer", "run"):
+        r = cli(cmd, "--help")
+        assert r.returncode == 0 and "examples:" in r.stdout, cmd
+        assert f"csis-dsl {cmd} " in r.stdout.split("examples:")[1], cmd
+    r = cli("train", "--help").stdout
+    for flag in ("--steps", "--batch-size", "--lr", "--arch", "--seed", "Ctrl-C"):
+        assert flag in r
+    assert cli("train", SPECS / "gaussian.ppl").returncode == 2     # -o is required
+
+
+def test_run_rejects_bad_observations_before_training():
+    r = cli("run", SPECS / "gaussian.ppl", "--obs", "x1=8", "--obs", "x3=1", "--steps",
+            "100000", "--no-progress")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "unknown observed variable 'x3'" in r.stderr
+    r = cli("run", SPECS / "counting.ppl", "--obs", "brightness=[1, 2]", "--no-progress")
+    assert r.returncode == 1 and "brightness" in r.stderr
+
+
+def test_infer_json_and_obs_file(tmp_path):
+    ck = tmp_path / "c.pt"
+    assert cli("train", SPECS / "outlier.ppl", "--steps", "200", "--no-progress",
+               "-o", ck).returncode == 0
+    (tmp_path / "obs.json").write_text('{"y": 12.0}')
+    r = cli("infer", ck, "--obs-file", tmp_path / "obs.json", "--json", "--samples", "300")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["num_samples"] == 300 and 0 < out["ess"] <= 300
+    assert set(out["latents"]) == {"mu", "is_outlier"}
+    probs = out["latents"]["is_outlier"]["probabilities"]
+    assert abs(sum(probs.values()) - 1) < 1e-6
+    r = cli("infer", ck, "--obs-file", tmp_path / "missing.json")
+    assert r.returncode == 1 and "cannot read observations" in r.stderr
+
+
+def test_ctrl_c_stops_training_cleanly_and_saves(tmp_path):
+    ck = tmp_path / "int.pt"
+    p = subprocess.Popen([sys.executable, "-m", "csis_dsl.cli", "train",
+                          str(SPECS / "gaussian.ppl"), "--steps", "1000000", "-o", str(ck)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    t0 = time.time()
+    while "training:" not in seen and time.time() - t0 < 120:   # the progress bar started
+        seen += p.stderr.read(1)
+    time.sleep(2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    err = seen + err
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and "interrupted after" in err
+    m = csis_dsl.load(ck)
+    assert 0 < m.history.traces < 1000000 * 64
+    assert m.infer({"x1": 8, "x2": 9}, num_samples=100, seed=0).ess > 0

@@ -32,7 +32,7 @@ CASES = [
     ("  z = sqrt(2.0, 3.0);\n", 2, 7, "sqrt takes 1 argument, got 2"),
     ("  p ~ Bernoulli(1.5);\n", 2, 17, "the probs of Bernoulli must be in [0, 1]"),
     ("  arg int K = 3;\n  real[K] a ~ Normal(0.0, 1.0);\n  x = dot(a, ones(4));\n", 4, 7, "dot: vector sizes 3 and 4 differ"),
-    ("  z ~ Gamma(2.0, 1.0) T[0.0, 1.0];\n", 2, 7, "Gamma cannot be truncated"),
+    ("  z ~ StudentT(3.0, 0.0, 1.0) T[0.0, 1.0];\n", 2, 7, "StudentT cannot be truncated"),
     ("  for i in range(3) { z ~ Normal(0.0, 1.0); }\n", 2, 23, "not indexed by its loop variable"),
     ("  z ~ Normal(0.0, 1.0);\n  w = Normal(z, 1.0);\n", 3, 7, "'Normal' is a distribution"),
     ("  real[2] a ~ Normal(0.0, 1.0);\n  x = a + ones(3);\n", 3, 7, "shape mismatch"),

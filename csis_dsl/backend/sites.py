@@ -59,6 +59,7 @@ class Layout:
         self.B = B
         self.batched = batched
         self.plate_names = compiled.plate_names
+        self._plates = {}
 
     def batch_shape(self, loops):
         shape = tuple(l.size for l in loops) + (1,) * (self.D - len(loops))
@@ -98,8 +99,13 @@ class Layout:
     def plates(self, loops):
         with contextlib.ExitStack() as stack:
             for j, loop in enumerate(loops, start=1):
-                stack.enter_context(pyro.plate(self.plate_names[id(loop.stmt)], loop.size,
-                                               dim=-(self.D + 1) + j))
+                # one plate object per loop and run: a fissioned loop (c[i] and y[i] as
+                # separate vectorised statements) re-enters the same plate
+                key = id(loop.stmt)
+                if key not in self._plates:
+                    self._plates[key] = pyro.plate(self.plate_names[key], loop.size,
+                                                   dim=-(self.D + 1) + j)
+                stack.enter_context(self._plates[key])
             yield
 
     def traces_plate(self):

@@ -230,7 +230,8 @@ def lark_parser() -> Lark:
 
 def _expected_words(expected) -> str:
     words = sorted({_TOKEN_WORDS.get(e, repr(e.lower()) if e.isupper() else e)
-                    for e in expected if not e.startswith("__ANON")})
+                    for e in expected if not e.startswith("__ANON")},
+                   key=lambda w: (w not in ("';'", "'}'"), w))   # the likely ones first
     if len(words) > 6:
         words = words[:6] + ["..."]
     return ", ".join(words)

@@ -1,0 +1,70 @@
+"""How the default network sizes and batch size were chosen (printed, not asserted).
+
+For each spec and each configuration (one factor varied at a time from the defaults),
+train for the same wall-clock budget, then measure posterior quality: the mean
+ESS / N of importance sampling with the trained proposal over 10 observation sets drawn
+from the prior predictive (fixed seeds), and the validation loss (the expected
+-log q(latents | observations), lower is better). Quality per second of training is
+what matters, so every configuration gets the same seconds, not the same steps.
+
+    python bench/bench_sizes.py [seconds_per_run] [factor,factor...]
+
+Run it on an otherwise idle machine: the budget is wall-clock time.
+"""
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import csis_dsl
+
+warnings.simplefilter("ignore")
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
+DEFAULT = dict(batch_size=512, hidden=64, mixture_components=5, obs_embedding=64)
+FACTORS = {"batch_size": (32, 128, 2048), "hidden": (32, 128),
+           "mixture_components": (3, 10), "obs_embedding": (32, 128)}
+ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 else list(FACTORS)
+VARIANTS = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k in ONLY for v in FACTORS[k]]
+
+
+def train_for(m, seconds, batch_size):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        m.train(num_steps=25, batch_size=batch_size, seed=None, progress=False,
+                validation_size=512, validate_every=25)
+    return m.history
+
+
+def quality(m, n_sets=10, n=1000):
+    sims = m.simulate(n_sets, seed=1234)
+    fr = []
+    for i in range(n_sets):
+        obs = {k: sims[k][i] for k in m.observed}
+        fr.append(m.infer(obs, num_samples=n, seed=i).ess / n)
+    return sum(fr) / len(fr)
+
+
+def main():
+    print(f"budget {BUDGET:.0f} s of training per run; quality = mean ESS/N over 10 "
+          f"prior-predictive observation sets (N = 1000)")
+    for spec in ("gaussian", "linear_regression", "outlier", "random_walk"):
+        print(f"\n{spec}")
+        print(f"  {'configuration':<24}{'steps':>7}{'traces/s':>10}{'val loss':>10}{'ESS/N':>8}")
+        for label, change in VARIANTS:
+            cfg = {**DEFAULT, **change}
+            bs = cfg.pop("batch_size")
+            m = csis_dsl.compile(SPECS / f"{spec}.ppl")
+            import pyro
+            import torch
+            pyro.set_rng_seed(0)
+            torch.manual_seed(0)
+            m.configure(**cfg)
+            h = train_for(m, BUDGET, bs)
+            tps = h.traces / h.wall_time[-1]
+            print(f"  {label:<24}{h.steps[-1]:>7}{tps:>10.0f}{h.val_loss[-1]:>10.3f}"
+                  f"{quality(m):>8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
