@@ -48,7 +48,7 @@ def plot_posterior(post, path=None, names=None, prior_samples=2000, max_elements
     return _finish(fig, path)
 
 
-def plot_history(h, path=None, ax=None):
+def plot_history(h, path=None):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot(h.steps, h.loss, alpha=0.5, label="training loss")
     if h.val_steps:

@@ -41,9 +41,11 @@ class TrainingHistory:
             setattr(h, k, v)
         return h
 
-    def plot(self, path=None, ax=None):
+    def plot(self, path=None):
+        """Training and validation loss, and traces/s, per step (a matplotlib Figure;
+        saved as an image when ``path`` is given)."""
         from ..plots import plot_history
-        return plot_history(self, path=path, ax=ax)
+        return plot_history(self, path=path)
 
 
 def joint_batch(model, B: int):
