@@ -68,12 +68,12 @@ def to_dot(g: nx.DiGraph) -> str:
         label = n if not a["distribution"] else f"{n}\\n~ {a['distribution']}"
         extra = f", style={q(style)}, fillcolor=\"lightgrey\"" if style else ""
         return f"  {q(n)} [label={q(label)}, shape={shape}{extra}];"
-    for key, nodes in clusters.items():
+    for ci, (key, nodes) in enumerate(clusters.items()):
         if not key:
             out.extend(node_line(n, g.nodes[n]) for n in nodes)
             continue
         for depth, (var, size) in enumerate(key):
-            out.append(f"  subgraph {q('cluster_' + '_'.join(v for v, _ in key[:depth + 1]) + str(id(key)))} {{")
+            out.append(f"  subgraph {q(f'cluster_{ci}_{depth}_{var}')} {{")
             out.append(f"    label={q(f'for {var} in range({size})')}; style=rounded;")
         out.extend("  " + node_line(n, g.nodes[n]) for n in nodes)
         out.extend(["  }"] * len(key))

@@ -177,3 +177,15 @@ def test_truncation_density_and_sampling(dist, low, high, base):
     mean = float(torch.trapezoid(g * d, g) / torch.trapezoid(d, g))
     assert float(s.min()) >= lo and float(s.max()) <= hi
     assert abs(float(s.mean()) - mean) < 5 * float(s.std()) / math.sqrt(len(s))
+
+
+def test_dot_export_shapes_clusters_and_control_edges():
+    dot = csis_dsl.compile(SPECS / "counting.ppl").dump("dot")
+    assert dot == csis_dsl.compile(SPECS / "counting.ppl").dump("dot")   # deterministic
+    assert '"max_objects" [label="max_objects", shape=box, style="rounded"' in dot
+    assert '"n" [label="n\\n~ Categorical", shape=ellipse]' in dot
+    assert '"total" [label="total", shape=box]' in dot
+    assert '"brightness" [label="brightness\\n~ Normal", shape=ellipse, style="filled"' in dot
+    cluster = dot[dot.index("subgraph"):dot.index("}", dot.index("subgraph"))]
+    assert 'label="for k in range(6)"' in cluster and '"size"' in cluster
+    assert '"n" -> "size" [style=dashed];' in dot and '"size" -> "total";' in dot
