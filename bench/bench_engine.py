@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 import csis_dsl
+from _budget import quality, train_for
 
 warnings.simplefilter("ignore")
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -127,15 +128,6 @@ def part1():
               f"reach the target in {p_budget:.1f} s of training)")
 
 
-def quality(m, n_sets=10, n=1000):
-    sims = m.simulate(n_sets, seed=1234)
-    fr = []
-    for i in range(n_sets):
-        obs = {k: sims[k][i] for k in m.observed}
-        fr.append(m.infer(obs, num_samples=n, seed=i).ess / n)
-    return sum(fr) / len(fr)
-
-
 def part2():
     print(f"\nLSTM vs feedforward: {BUDGET2:.0f} s of training each, batch 512; "
           "ESS/N = mean over 10 prior-predictive observation sets (N = 1000)")
@@ -145,11 +137,7 @@ def part2():
             pyro.set_rng_seed(0)
             torch.manual_seed(0)
             m = csis_dsl.compile(SPECS / f"{spec}.ppl").configure(architecture=arch)
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < BUDGET2:
-                m.train(num_steps=25, batch_size=512, progress=False, validation_size=512,
-                        validate_every=25)
-            h = m.history
+            h = train_for(m, BUDGET2, 512)
             print(f"  {spec:<20}{arch:<14}{h.traces / h.wall_time[-1]:>10.0f}"
                   f"{h.val_loss[-1]:>10.3f}{quality(m):>8.3f}", flush=True)
 

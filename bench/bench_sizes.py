@@ -12,11 +12,14 @@ what matters, so every configuration gets the same seconds, not the same steps.
 Run it on an otherwise idle machine: the budget is wall-clock time.
 """
 import sys
-import time
 import warnings
 from pathlib import Path
 
+import pyro
+import torch
+
 import csis_dsl
+from _budget import quality, train_for
 
 warnings.simplefilter("ignore")
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -26,23 +29,6 @@ FACTORS = {"batch_size": (32, 128, 2048), "hidden": (32, 128),
            "mixture_components": (3, 10), "obs_embedding": (32, 128)}
 ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 else list(FACTORS)
 VARIANTS = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k in ONLY for v in FACTORS[k]]
-
-
-def train_for(m, seconds, batch_size):
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        m.train(num_steps=25, batch_size=batch_size, seed=None, progress=False,
-                validation_size=512, validate_every=25)
-    return m.history
-
-
-def quality(m, n_sets=10, n=1000):
-    sims = m.simulate(n_sets, seed=1234)
-    fr = []
-    for i in range(n_sets):
-        obs = {k: sims[k][i] for k in m.observed}
-        fr.append(m.infer(obs, num_samples=n, seed=i).ess / n)
-    return sum(fr) / len(fr)
 
 
 def main():
@@ -55,8 +41,6 @@ def main():
             cfg = {**DEFAULT, **change}
             bs = cfg.pop("batch_size")
             m = csis_dsl.compile(SPECS / f"{spec}.ppl")
-            import pyro
-            import torch
             pyro.set_rng_seed(0)
             torch.manual_seed(0)
             m.configure(**cfg)

@@ -1,0 +1,21 @@
+"""Shared by the benchmarks: train for a wall-clock budget, and measure posterior quality
+as the mean ESS / N over prior-predictive observation sets (fixed seeds)."""
+import time
+
+
+def train_for(m, seconds, batch_size):
+    """Train in chunks of 25 steps until ``seconds`` of wall-clock time have passed."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        m.train(num_steps=25, batch_size=batch_size, progress=False, validation_size=512,
+                validate_every=25)
+    return m.history
+
+
+def quality(m, n_sets=10, n=1000):
+    sims = m.simulate(n_sets, seed=1234)
+    fr = []
+    for i in range(n_sets):
+        obs = {k: sims[k][i] for k in m.observed}
+        fr.append(m.infer(obs, num_samples=n, seed=i).ess / n)
+    return sum(fr) / len(fr)
