@@ -3,12 +3,14 @@ as the mean ESS / N over prior-predictive observation sets (fixed seeds)."""
 import time
 
 
-def train_for(m, seconds, batch_size):
-    """Train in chunks of 25 steps until ``seconds`` of wall-clock time have passed."""
+def train_for(m, seconds, batch_size, lr=None):
+    """Train in chunks of 25 steps until ``seconds`` of wall-clock time have passed
+    (at the engine's default learning rate unless ``lr`` is given)."""
+    kw = {} if lr is None else {"lr": lr}
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         m.train(num_steps=25, batch_size=batch_size, progress=False, validation_size=512,
-                validate_every=25)
+                validate_every=25, **kw)
     return m.history
 
 

@@ -107,9 +107,14 @@ def _train_args(t):
                    help="override an arg (repeatable)")
     t.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     t.add_argument("--batch-size", type=int, default=512, help="traces per step (default 512)")
-    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    t.add_argument("--lr-decay", type=float, default=0.05,
-                   help="final learning rate as a fraction of --lr (default 0.05)")
+    t.add_argument("--lr", type=float, default=1e-2,
+                   help="Adam's initial learning rate (default 1e-2)")
+    t.add_argument("--lr-tau", type=float, default=50,
+                   help="the rate at step t is lr / sqrt(1 + t / lr-tau); 0 keeps it "
+                        "constant (default 50)")
+    t.add_argument("--lr-decay", type=float, default=None,
+                   help="also decay the rate within this run to this fraction of its "
+                        "start (default: no extra decay)")
     t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm",
                    help="proposal network: an LSTM over the latent sites (default) or the "
                         "cheaper feedforward (mean-field) variant")
@@ -166,7 +171,7 @@ def _train(a, m=None):
     m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None)
     m.configure(architecture=a.arch)
     m.train(num_steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-            lr_decay=a.lr_decay, progress=not a.no_progress)
+            lr_decay=a.lr_decay, lr_tau=a.lr_tau or None, progress=not a.no_progress)
     if m.history.interrupted:
         print(f"interrupted after {len(m.history.steps)} steps; saving what was trained",
               file=sys.stderr)

@@ -64,10 +64,15 @@ class CompiledModel:
             self.guide.net.fit_statistics(self.simulate(n))
             self._stats_fitted = True
 
-    def train(self, num_steps=1000, batch_size=512, lr=3e-3, seed=None, progress=True,
-              validation_size=256, lr_decay=None, clip=10.0, validate_every=None):
+    def train(self, num_steps=1000, batch_size=512, lr=1e-2, seed=None, progress=True,
+              validation_size=256, lr_decay=None, clip=10.0, validate_every=None,
+              lr_tau=50):
         """Train the proposal network online on fresh simulations; calling again
-        continues where it stopped. Returns the TrainingHistory."""
+        continues where it stopped. Returns the TrainingHistory.
+
+        Adam's rate at step t of the whole training is ``lr / sqrt(1 + t / lr_tau)``
+        (``lr_tau=None``: constant), times a decay within this call from 1 to
+        ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``."""
         from .engine.train import Trainer
         if seed is not None:
             import pyro
@@ -78,6 +83,7 @@ class CompiledModel:
             self._trainer = Trainer(self, lr, validation_size, seed)
         self._trainer.lr = lr
         self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay, clip=clip,
+                                         lr_tau=lr_tau,
                                          progress=progress, validate_every=validate_every)
         return self.history
 
@@ -146,10 +152,8 @@ class CompiledModel:
     def simulate(self, num_traces: int, seed: Optional[int] = None, **args):
         """Draw ``num_traces`` joint samples in one vectorised call: a dict from every
         variable name to a tensor of shape (num_traces, *shape)."""
-        import pyro
-        if seed is not None:
-            pyro.set_rng_seed(seed)
-        with torch.no_grad():
+        from .engine.seeding import seeded
+        with torch.no_grad(), seeded(seed):
             out = self.pyro_model(num_traces=num_traces, **args)
         return {n: out[n].expand((num_traces,) + tuple(out[n].shape[1:]))
                 for n in self.checked.order}

@@ -14,7 +14,7 @@ import csis_dsl  # noqa: E402
 here = Path(__file__).resolve().parent
 model = csis_dsl.compile(here.parent / "specs" / "gaussian.ppl")
 # the tutorial's budget: 2000 steps x 10 traces
-model.train(num_steps=2000, batch_size=10, lr=3e-3, lr_decay=0.05, seed=0, progress=False)
+model.train(num_steps=2000, batch_size=10, seed=0, progress=False)
 obs = {"x1": 8.0, "x2": 9.0}
 post = model.infer(obs, num_samples=50, seed=1)
 with warnings.catch_warnings():

@@ -5,11 +5,11 @@ import math
 import warnings
 from typing import Dict, Optional
 
-import pyro
 import pyro.poutine as poutine
 import torch
 
 from ..backend.pyro_model import validate_observations
+from .seeding import seeded
 from .train import _Obs
 
 
@@ -32,10 +32,8 @@ def importance(model, observations, num_samples=1000, proposal="guide",
     obs = _Obs(validate_observations(c.checked, observations, require_all=True))
     if proposal not in ("guide", "prior"):
         raise ValueError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
     B = int(num_samples)
-    with torch.no_grad():
+    with torch.no_grad(), seeded(seed):
         if proposal == "guide":
             gtr = poutine.trace(c.guide).get_trace(observations=obs, num_traces=B)
             mtr = poutine.trace(poutine.replay(c.pyro_model, trace=gtr)).get_trace(

@@ -106,14 +106,51 @@ class SiteProposal(pdist.TorchDistribution):
         self._prior_info = info
         return info
 
-    def _head(self, h, j=None):
-        """Proposal over instance j (or all instances, flattened, when j is None)."""
+    # ------------------------------------------------ sequential families
+    def _follows_prior(self):
+        """A recursive or piecewise family whose elements are located relative to their
+        prior *conditional* (given the elements before), e.g. h[t] ~ Normal(h[t-1], s):
+        the head then learns the correction the observations call for, not h[t-1]."""
         l = self.info
-        info = self.prior_info()
-        if j is not None:
-            info = tuple(x[:, j] for x in info)
-        else:
-            info = tuple(x.reshape((-1,) + x.shape[2:]) for x in info)
+        return (not l.plate and l.family == "continuous" and l.udim == l.de
+                and l.support in (constraints.real, constraints.positive)
+                and hasattr(self.prior, "element_moments"))
+
+    def _located(self, m, s, mean, std):
+        """Prior moments -> (loc, scale) in unconstrained space; the marginal
+        statistics where the moments are unusable."""
+        if self.info.support is constraints.positive:
+            v = torch.log1p((s / m) ** 2)
+            m, s = torch.log(m) - 0.5 * v, v.sqrt()
+        ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
+        return (torch.where(ok, m, mean).detach(), torch.where(ok, s, std).detach())
+
+    def _family_info(self, x):
+        """(loc, scale), each (M, n, de), of every element given the elements before."""
+        l, M = self.info, self.state.M
+        m, s = self.prior.element_moments(x.reshape((M,) + tuple(self.prior.event_shape)))
+        mean = getattr(self.net, f"lat_mean_{l.name}").unsqueeze(0)
+        std = getattr(self.net, f"lat_std_{l.name}").unsqueeze(0)
+        return self._located(m.reshape(M, l.n, l.de), s.reshape(M, l.n, l.de), mean, std)
+
+    def _family_info_at(self, j, buf):
+        l, M = self.info, self.state.M
+        m, s = self.prior.element_moments_at(
+            j, buf.reshape((M,) + tuple(self.prior.event_shape)))
+        mean = getattr(self.net, f"lat_mean_{l.name}")[j]
+        std = getattr(self.net, f"lat_std_{l.name}")[j]
+        return self._located(m.reshape(M, l.de), s.reshape(M, l.de), mean, std)
+
+    def _head(self, h, j=None, info=None):
+        """Proposal over instance j (or all instances, flattened, when j is None); ``info``
+        overrides the prior facts (already selected for j)."""
+        l = self.info
+        if info is None:
+            info = self.prior_info()
+            if j is not None:
+                info = tuple(x[:, j] for x in info)
+            else:
+                info = tuple(x.reshape((-1,) + x.shape[2:]) for x in info)
         head = self.net.heads[l.name]
         if l.family == "continuous":
             return head(h, info[0], info[1], l.support)
@@ -135,8 +172,10 @@ class SiteProposal(pdist.TorchDistribution):
         """Inputs for instances j0..j0+m-1: (M, m, step_in)."""
         net, l, C = self.net, self.info, self.net.config
         obs = self.state.obs.unsqueeze(1).expand(M, m, -1)
-        cur_a = net.addr_emb(torch.full((M, m), l.addr, dtype=torch.long))
-        cur_d = net.dist_emb(torch.full((M, m), l.dist, dtype=torch.long))
+        # the current site's address and type are the same for every trace and instance:
+        # one embedding row, broadcast (cheaper than a lookup per instance, both ways)
+        cur_a = net.addr_emb.weight[l.addr].expand(M, m, -1)
+        cur_d = net.dist_emb.weight[l.dist].expand(M, m, -1)
         pos = torch.arange(j0, j0 + m, dtype=torch.get_default_dtype()) / max(l.n - 1, 1)
         pos = pos.reshape(1, m, 1).expand(M, m, 1)
         pres = torch.ones(M, m, 1) if self.present is None else \
@@ -148,6 +187,8 @@ class SiteProposal(pdist.TorchDistribution):
 
     def _run_core(self, inp, hc):
         if self.net.config.architecture == "lstm":
+            if inp.shape[1] == 1:
+                return self.net.lstm_step(inp, hc)
             out, hc = self.net.core(inp, hc)
             return out, hc
         return self.net.core(inp), hc
@@ -167,7 +208,10 @@ class SiteProposal(pdist.TorchDistribution):
                                torch.full((M, n - 1), l.dist, dtype=torch.long)], 1)
         inp = self._step_inputs(M, n, prev_val, prev_addr, prev_dist)
         out, hc = self._run_core(inp, st.hc)
-        q = self._head(out.reshape(M * n, -1))
+        info = None
+        if self._follows_prior():
+            info = tuple(t.reshape(M * n, l.de) for t in self._family_info(x))
+        q = self._head(out.reshape(M * n, -1), info=info)
         lq = q.log_prob(x.reshape(M * n, l.de)).reshape(M, n)
         return lq, hc, ve[:, -1]
 
@@ -178,12 +222,16 @@ class SiteProposal(pdist.TorchDistribution):
         hc, prev_val = st.hc, st.prev_val
         prev_addr, prev_dist = st.prev_addr, st.prev_dist
         xs = []
+        follows = self._follows_prior()
+        buf = torch.zeros(M, l.n, l.de) if follows else None
         for j in range(l.n):
             inp = self._step_inputs(M, 1, prev_val.unsqueeze(1), prev_addr.unsqueeze(1),
                                     prev_dist.unsqueeze(1), j0=j)
             out, hc = self._run_core(inp, hc)
-            q = self._head(out[:, 0], j)
+            q = self._head(out[:, 0], j, self._family_info_at(j, buf) if follows else None)
             x = q.sample().reshape(M, 1, l.de)
+            if follows:
+                buf[:, j] = x[:, 0]
             xs.append(x)
             prev_val = self._value_emb(x, j)[:, 0]
             if self.present is not None:
@@ -266,7 +314,7 @@ class GuideSites:
             return x
         info = self.net.by_name[v.name]
         batch = L.batch_shape([]) if not L.batched else (L.B,) + (1,) * L.D
-        q = SiteProposal(self.net, self.state, info, None, None, batch, tuple(v.type.shape),
+        q = SiteProposal(self.net, self.state, info, d, None, batch, tuple(v.type.shape),
                          shape)
         x = pyro.sample(v.name, q)
         q.advance(x)
