@@ -256,6 +256,22 @@ def test_seeded_inference_leaves_the_callers_stream_alone(gaussian):
     assert torch.equal(a.log_weights, b.log_weights)
 
 
+def test_observation_skip_path():
+    """The linear skip reads every observation embedded by the default MLP (not those
+    with a user embedding), starts at zero, and can be switched off."""
+    import torch.nn as nn
+    m = csis_dsl.compile(SPECS / "gaussian.ppl")
+    net = m.guide.net
+    assert net.skip_names == ["x1", "x2"] and net.obs_skip.in_features == 2
+    assert float(net.obs_skip.weight.detach().abs().sum()) == 0.0
+    m.configure(obs_embeddings={"x1": nn.Linear(1, 8)})
+    assert m.guide.net.skip_names == ["x2"]
+    m.configure(obs_skip=False)
+    assert m.guide.net.obs_skip is None
+    m.train(num_steps=5, batch_size=16, seed=0, progress=False, validation_size=16)
+    assert m.infer({"x1": 8, "x2": 9}, num_samples=64, seed=0).ess >= 1
+
+
 def test_single_step_lstm_is_the_lstm():
     """The single-site fast path computes exactly what nn.LSTM computes."""
     net = csis_dsl.compile(SPECS / "gaussian.ppl").guide.net

@@ -7,7 +7,7 @@ import torch
 from ..errors import CheckpointError, CompileError
 
 FORMAT = "csis_dsl-checkpoint"
-VERSION = 1
+VERSION = 2   # 2: the observation skip path (NetworkConfig.obs_skip)
 
 
 def save(model, path):
@@ -48,7 +48,12 @@ def load(path, obs_embeddings=None):
                               f"compiles:\n{err}") from None
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint is missing {err}") from None
-    model.configure(NetworkConfig(**ckpt["config"]), obs_embeddings=obs_embeddings)
+    try:
+        config = NetworkConfig(**ckpt["config"])
+    except (TypeError, KeyError) as err:
+        raise CheckpointError(f"{path}: the network configuration in the checkpoint is not "
+                              f"one this csis_dsl knows ({err})") from None
+    model.configure(config, obs_embeddings=obs_embeddings)
     try:
         model.guide.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

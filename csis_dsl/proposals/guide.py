@@ -24,8 +24,9 @@ from .network import LatentInfo, NetworkConfig, ProposalNetwork
 class _State:
     """The recurrent state carried from site to site within one guide run."""
 
-    def __init__(self, net: ProposalNetwork, obs_emb: torch.Tensor):
+    def __init__(self, net: ProposalNetwork, embedded):
         C = net.config
+        obs_emb, self.skip = embedded
         M = obs_emb.shape[0]
         self.M = M
         self.obs = obs_emb
@@ -152,6 +153,11 @@ class SiteProposal(pdist.TorchDistribution):
             else:
                 info = tuple(x.reshape((-1,) + x.shape[2:]) for x in info)
         head = self.net.heads[l.name]
+        skip = self.state.skip
+        if skip is not None:   # (M, H) -> one row per instance of h's (M * m, H)
+            m = h.shape[0] // skip.shape[0]
+            h = h + (skip if m == 1 else
+                     skip.unsqueeze(1).expand(-1, m, -1).reshape(h.shape[0], -1))
         if l.family == "continuous":
             return head(h, info[0], info[1], l.support)
         if l.family in ("finite", "boolean"):

@@ -41,6 +41,7 @@ class NetworkConfig:
     hidden: int = 64
     mixture_components: int = 5
     count_components: int = 3
+    obs_skip: bool = True          # a linear path from the observations to every head
 
     def to_dict(self):
         return asdict(self)
@@ -109,6 +110,18 @@ class ProposalNetwork(nn.Module):
         with torch.no_grad():
             widths = [self._obs_width(n, ch) for n in self.observed]
         self.obs_mix = nn.Sequential(nn.Linear(sum(widths), C.obs_embedding), nn.ReLU())
+        # The skip: a linear map from the standardised observations (those embedded by
+        # the default MLP) straight to the hidden vector every head reads, zero at the
+        # start. Posterior locations are often close to linear in the data; this path
+        # learns that part in a few steps, and the deep path learns the rest.
+        self.skip_names = [n for n in self.observed if n not in obs_embeddings] \
+            if C.obs_skip else []
+        raw = sum(int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
+                  for n in self.skip_names)
+        self.obs_skip = nn.Linear(raw, C.hidden) if raw else None
+        if self.obs_skip is not None:
+            nn.init.zeros_(self.obs_skip.weight)
+            nn.init.zeros_(self.obs_skip.bias)
         n_addr = len(self.latents) + 1
         self.addr_emb = nn.Embedding(n_addr, C.address_embedding)
         self.dist_emb = nn.Embedding(len(DIST_IDS) + 1, C.dist_embedding)
@@ -189,12 +202,14 @@ class ProposalNetwork(nn.Module):
         return h.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0))
 
     # ---------------------------------------------------------------- embedding
-    def embed_observations(self, obs: Dict[str, torch.Tensor], M: int) -> torch.Tensor:
-        parts = []
+    def embed_observations(self, obs: Dict[str, torch.Tensor], M: int):
+        """-> (the observation embedding (M, obs_embedding), the skip (M, hidden) or None)."""
+        parts, raws = [], {}
         for n in self.observed:
             x = obs[n].to(torch.get_default_dtype())
             x = x.reshape(x.shape[0], -1)
             x = (x - getattr(self, f"obs_mean_{n}")) / getattr(self, f"obs_std_{n}")
+            raws[n] = x
             net = self.obs_nets[n]
             try:
                 e = net(x)
@@ -202,7 +217,11 @@ class ProposalNetwork(nn.Module):
                 e = net(obs[n].to(torch.get_default_dtype()))
             parts.append(e.reshape(e.shape[0], -1))
         e = self.obs_mix(torch.cat(parts, -1))
-        return e.expand(M, e.shape[1]) if e.shape[0] == 1 else e
+        e = e.expand(M, e.shape[1]) if e.shape[0] == 1 else e
+        if self.obs_skip is None:
+            return e, None
+        k = self.obs_skip(torch.cat([raws[n] for n in self.skip_names], -1))
+        return e, (k.expand(M, k.shape[1]) if k.shape[0] == 1 else k)
 
     def features(self, l: LatentInfo, x: torch.Tensor) -> torch.Tensor:
         """x: (..., de) values -> (..., feat_dim) standardised features."""
