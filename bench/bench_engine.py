@@ -29,10 +29,6 @@ from csis_dsl.engine.seeding import seeded
 from _budget import quality, train_for
 
 warnings.simplefilter("ignore")
-# The first torch optimiser built in a process imports torch._dynamo (about 1 s here).
-# That is a once-per-process cost of torch, not of training: pay it before any clock runs,
-# so that neither contender is charged for it.
-torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 OBS = {"x1": 8.0, "x2": 9.0}
 TARGET = 45.0

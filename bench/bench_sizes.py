@@ -24,8 +24,11 @@ from _budget import quality, train_for
 warnings.simplefilter("ignore")
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
-DEFAULT = dict(lr=1e-2, batch_size=512, hidden=64, mixture_components=5, obs_embedding=64)
-FACTORS = {"lr": (3e-3, 3e-2), "batch_size": (128, 2048), "hidden": (32, 128),
+DEFAULT = dict(lr=1e-2, lr_tau=50, batch_size=512, hidden=64, mixture_components=5,
+               obs_embedding=64, obs_skip=True)
+TRAIN = ("lr", "lr_tau", "batch_size")
+FACTORS = {"lr": (3e-3, 3e-2), "lr_tau": (None, 250), "batch_size": (128, 2048),
+           "obs_skip": (False,), "hidden": (32, 128),
            "mixture_components": (3, 10), "obs_embedding": (32, 128)}
 ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 else list(FACTORS)
 VARIANTS = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k in ONLY for v in FACTORS[k]]
@@ -39,12 +42,12 @@ def main():
         print(f"  {'configuration':<24}{'steps':>7}{'traces/s':>10}{'val loss':>10}{'ESS/N':>8}")
         for label, change in VARIANTS:
             cfg = {**DEFAULT, **change}
-            bs, lr = cfg.pop("batch_size"), cfg.pop("lr")
+            train = {k: cfg.pop(k) for k in TRAIN}
             m = csis_dsl.compile(SPECS / f"{spec}.ppl")
             pyro.set_rng_seed(0)
             torch.manual_seed(0)
             m.configure(**cfg)
-            h = train_for(m, BUDGET, bs, lr)
+            h = train_for(m, BUDGET, **train)
             tps = h.traces / h.wall_time[-1]
             print(f"  {label:<24}{h.steps[-1]:>7}{tps:>10.0f}{h.val_loss[-1]:>10.3f}"
                   f"{quality(m):>8.3f}", flush=True)

@@ -240,6 +240,12 @@ def test_training_continues_and_is_reproducible():
     assert ha.loss == hb.loss
     a.train(num_steps=10, batch_size=16, progress=False)
     assert a.history.steps[-1] == 40
+    # the learning-rate schedule carries on across calls: lr / sqrt(1 + t / lr_tau)
+    rate = a._trainer.opt.param_groups[0]["lr"]
+    assert rate == pytest.approx(1e-2 / math.sqrt(1 + 39 / 50))
+    a.train(num_steps=10, batch_size=16, progress=False, lr=1e-3, lr_tau=None,
+            lr_decay=0.1)
+    assert a._trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.1 ** 0.9)
 
 
 def test_seeded_inference_leaves_the_callers_stream_alone(gaussian):
