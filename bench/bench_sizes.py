@@ -7,7 +7,7 @@ from the prior predictive (fixed seeds), and the validation loss (the expected
 -log q(latents | observations), lower is better). Quality per second of training is
 what matters, so every configuration gets the same seconds, not the same steps.
 
-    python bench/bench_sizes.py [seconds_per_run] [factor,factor...]
+    python bench/bench_sizes.py [seconds_per_run] [factor,factor...] [spec,spec...]
 
 Run it on an otherwise idle machine: the budget is wall-clock time.
 """
@@ -25,19 +25,21 @@ warnings.simplefilter("ignore")
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
 DEFAULT = dict(lr=1e-2, lr_tau=50, batch_size=512, hidden=64, mixture_components=5,
-               obs_embedding=64, obs_skip=True)
+               obs_embedding=64, obs_skip=True, obs_aligned=True)
 TRAIN = ("lr", "lr_tau", "batch_size")
 FACTORS = {"lr": (3e-3, 3e-2), "lr_tau": (None, 250), "batch_size": (128, 2048),
-           "obs_skip": (False,), "hidden": (32, 128),
+           "obs_skip": (False,), "obs_aligned": (False,), "hidden": (32, 128),
            "mixture_components": (3, 10), "obs_embedding": (32, 128)}
-ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 else list(FACTORS)
+ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else list(FACTORS)
+SPEC_LIST = sys.argv[3].split(",") if len(sys.argv) > 3 else \
+    ["gaussian", "linear_regression", "outlier", "random_walk"]
 VARIANTS = [("defaults", {})] + [(f"{k}={v}", {k: v}) for k in ONLY for v in FACTORS[k]]
 
 
 def main():
     print(f"budget {BUDGET:.0f} s of training per run; quality = mean ESS/N over 10 "
           f"prior-predictive observation sets (N = 1000)")
-    for spec in ("gaussian", "linear_regression", "outlier", "random_walk"):
+    for spec in SPEC_LIST:
         print(f"\n{spec}")
         print(f"  {'configuration':<24}{'steps':>7}{'traces/s':>10}{'val loss':>10}{'ESS/N':>8}")
         for label, change in VARIANTS:

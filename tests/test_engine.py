@@ -278,6 +278,17 @@ def test_observation_skip_path():
     assert m.infer({"x1": 8, "x2": 9}, num_samples=64, seed=0).ess >= 1
 
 
+def test_aligned_observations_come_from_the_graph():
+    """Instance j of a looped latent reads the observed elements at j of the variables it
+    is a direct parent of, when their leading dimensions are its instances."""
+    aligned = {name: csis_dsl.compile(SPECS / f"{name}.ppl").guide.net.aligned
+               for name in ("mixture", "random_walk", "linear_regression", "gaussian_linear")}
+    assert aligned == {"mixture": {"c": ["y"]}, "random_walk": {"h": ["y"]},
+                       "linear_regression": {}, "gaussian_linear": {}}
+    m = csis_dsl.compile(SPECS / "mixture.ppl").configure(obs_aligned=False)
+    assert m.guide.net.aligned == {}
+
+
 def test_single_step_lstm_is_the_lstm():
     """The single-site fast path computes exactly what nn.LSTM computes."""
     net = csis_dsl.compile(SPECS / "gaussian.ppl").guide.net

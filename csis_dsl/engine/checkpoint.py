@@ -7,7 +7,7 @@ import torch
 from ..errors import CheckpointError, CompileError
 
 FORMAT = "csis_dsl-checkpoint"
-VERSION = 2   # 2: the observation skip path (NetworkConfig.obs_skip)
+VERSION = 2   # 2: the observation skip and aligned paths (obs_skip, obs_aligned)
 
 
 def save(model, path):

@@ -26,7 +26,7 @@ class _State:
 
     def __init__(self, net: ProposalNetwork, embedded):
         C = net.config
-        obs_emb, self.skip = embedded
+        obs_emb, self.skip, self.raws = embedded
         M = obs_emb.shape[0]
         self.M = M
         self.obs = obs_emb
@@ -153,6 +153,9 @@ class SiteProposal(pdist.TorchDistribution):
             else:
                 info = tuple(x.reshape((-1,) + x.shape[2:]) for x in info)
         head = self.net.heads[l.name]
+        a = self._aligned(0, l.n) if j is None else self._aligned(j, 1)
+        if a is not None:
+            h = h + self.net.align_skip[l.name](a).reshape(h.shape)
         skip = self.state.skip
         if skip is not None:   # (M, H) -> one row per instance of h's (M * m, H)
             m = h.shape[0] // skip.shape[0]
@@ -174,10 +177,27 @@ class SiteProposal(pdist.TorchDistribution):
             f = (f - mean) / std
         return self.net.value_emb[l.name](f)
 
+    def _aligned(self, j0, m):
+        """The standardised observations aligned with instances j0..j0+m-1:
+        (M, m, width), or None when this latent has none."""
+        l, st = self.info, self.state
+        names = self.net.aligned.get(l.name)
+        if not names:
+            return None
+        parts = []
+        for o in names:
+            x = st.raws[o]
+            x = x.reshape(x.shape[0], l.n, -1)[:, j0:j0 + m]
+            parts.append(x.expand(st.M, m, x.shape[-1]))
+        return torch.cat(parts, -1)
+
     def _step_inputs(self, M, m, prev_val, prev_addr, prev_dist, j0=0):
         """Inputs for instances j0..j0+m-1: (M, m, step_in)."""
         net, l, C = self.net, self.info, self.net.config
         obs = self.state.obs.unsqueeze(1).expand(M, m, -1)
+        a = self._aligned(j0, m)
+        if a is not None:
+            obs = obs + net.align_in[l.name](a)
         # the current site's address and type are the same for every trace and instance:
         # one embedding row, broadcast (cheaper than a lookup per instance, both ways)
         cur_a = net.addr_emb.weight[l.addr].expand(M, m, -1)

@@ -42,6 +42,7 @@ class NetworkConfig:
     mixture_components: int = 5
     count_components: int = 3
     obs_skip: bool = True          # a linear path from the observations to every head
+    obs_aligned: bool = True       # instance j of a loop also reads the observations at j
 
     def to_dict(self):
         return asdict(self)
@@ -118,10 +119,30 @@ class ProposalNetwork(nn.Module):
             if C.obs_skip else []
         raw = sum(int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
                   for n in self.skip_names)
-        self.obs_skip = nn.Linear(raw, C.hidden) if raw else None
-        if self.obs_skip is not None:
-            nn.init.zeros_(self.obs_skip.weight)
-            nn.init.zeros_(self.obs_skip.bias)
+        self.obs_skip = _zero_linear(raw, C.hidden) if raw else None
+        # Aligned observations, from the static graph: when a latent with instances
+        # (c[i] in a loop, or h[t] of a sequential family) is a direct parent of an observed
+        # variable whose leading dimensions are the latent's instances (y[i], y[t]), the
+        # proposal for instance j also reads that variable's elements at j, through a
+        # linear map into its step input and another into its head (both zero at the
+        # start). Otherwise instance j would have to find y[j] inside the embedding of all
+        # of y.
+        self.aligned: Dict[str, list] = {}
+        self.align_in = nn.ModuleDict()
+        self.align_skip = nn.ModuleDict()
+        own_mlp = [n for n in self.observed if n not in obs_embeddings]
+        for l in self.latents if C.obs_aligned else []:
+            k = len(l.inst_shape)
+            if l.n <= 1:
+                continue
+            names = [o for o in own_mlp if compiled.graph.has_edge(l.name, o)
+                     and tuple(ch.vars[o].type.shape[:k]) == l.inst_shape]
+            if not names:
+                continue
+            width = sum(int(math.prod(ch.vars[o].type.shape[k:])) for o in names)
+            self.aligned[l.name] = names
+            self.align_in[l.name] = _zero_linear(width, C.obs_embedding)
+            self.align_skip[l.name] = _zero_linear(width, C.hidden)
         n_addr = len(self.latents) + 1
         self.addr_emb = nn.Embedding(n_addr, C.address_embedding)
         self.dist_emb = nn.Embedding(len(DIST_IDS) + 1, C.dist_embedding)
@@ -203,7 +224,8 @@ class ProposalNetwork(nn.Module):
 
     # ---------------------------------------------------------------- embedding
     def embed_observations(self, obs: Dict[str, torch.Tensor], M: int):
-        """-> (the observation embedding (M, obs_embedding), the skip (M, hidden) or None)."""
+        """-> (the observation embedding (M, obs_embedding), the skip (M, hidden) or None,
+        the standardised observations {name: (1 or M, size)})."""
         parts, raws = [], {}
         for n in self.observed:
             x = obs[n].to(torch.get_default_dtype())
@@ -219,9 +241,9 @@ class ProposalNetwork(nn.Module):
         e = self.obs_mix(torch.cat(parts, -1))
         e = e.expand(M, e.shape[1]) if e.shape[0] == 1 else e
         if self.obs_skip is None:
-            return e, None
+            return e, None, raws
         k = self.obs_skip(torch.cat([raws[n] for n in self.skip_names], -1))
-        return e, (k.expand(M, k.shape[1]) if k.shape[0] == 1 else k)
+        return e, (k.expand(M, k.shape[1]) if k.shape[0] == 1 else k), raws
 
     def features(self, l: LatentInfo, x: torch.Tensor) -> torch.Tensor:
         """x: (..., de) values -> (..., feat_dim) standardised features."""
@@ -233,6 +255,14 @@ class ProposalNetwork(nn.Module):
         u = biject_to(l.support).inv(_clamp_open(x, l.support))
         u = u.reshape(x.shape[:-1] + (l.udim,))
         return torch.nan_to_num(u, 0.0, 10.0, -10.0)
+
+
+def _zero_linear(n_in, n_out):
+    """A linear layer that starts at zero: a new path changes nothing until it learns."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def _clamp_open(x, support):
