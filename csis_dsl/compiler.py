@@ -61,7 +61,10 @@ class CompiledModel:
 
     def _fit_statistics(self, n=5000):
         if not self._stats_fitted:
-            self.guide.net.fit_statistics(self.simulate(n))
+            import pyro.poutine as poutine
+            with poutine.block():   # may run inside a caller's handlers (pyro.infer.CSIS)
+                sims = self.simulate(n)
+            self.guide.net.fit_statistics(sims)
             self._stats_fitted = True
 
     def train(self, num_steps=1000, batch_size=512, lr=1e-2, seed=None, progress=True,

@@ -363,8 +363,14 @@ class Guide(nn.Module):
         c = self.compiled
         if observations is None:
             raise ValueError("the guide needs observations: guide(observations={...})")
-        obs = observations if getattr(observations, "_validated", False) else \
-            validate_observations(c.checked, observations, batch=num_traces)
+        if getattr(observations, "_validated", False):   # called by csis_dsl's engine
+            obs = observations
+        else:   # called by Pyro code (pyro.infer.CSIS, Importance, ...) or by hand
+            obs = validate_observations(c.checked, observations, batch=num_traces)
+            if c._guide is self:
+                c._fit_statistics()
+            # let Pyro's optimisers see the weights, under a name of this guide's own
+            pyro.module(f"csis_dsl.{c.name}.{id(self):x}", self)
         batched = num_traces is not None
         B = num_traces or 1
         layout = Layout(c, B, batched)
