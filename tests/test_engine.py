@@ -248,6 +248,8 @@ def test_guide_trains_under_pyro_csis():
     post = csis.run(observations={"x1": torch.tensor(8.0), "x2": torch.tensor(9.0)})
     # the prior as proposal gets about 500 * 0.04 = 20 here
     assert float(post.get_ESS()) > 100
+    # another guide of the same spec never shares the param-store name
+    assert csis_dsl.compile(SPECS / "gaussian.ppl").guide._pyro_name != m.guide._pyro_name
     pyro.clear_param_store()
 
 

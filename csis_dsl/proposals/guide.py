@@ -7,6 +7,7 @@ from the proposal network (observed statements take the given observations).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import pyro
@@ -349,6 +350,9 @@ class GuideSites:
         return x
 
 
+_GUIDE_NUMBERS = itertools.count()
+
+
 class Guide(nn.Module):
     """The generated inference network, usable as a Pyro guide."""
 
@@ -358,6 +362,9 @@ class Guide(nn.Module):
         self.compiled = compiled
         self.config = config or NetworkConfig()
         self.net = ProposalNetwork(compiled, self.config, obs_embeddings)
+        # its own name in Pyro's param store, never reused in this process (an id() could
+        # be, and pyro.module would then load another guide's stale weights)
+        self._pyro_name = f"csis_dsl.{compiled.name}.{next(_GUIDE_NUMBERS)}"
 
     def forward(self, observations=None, num_traces: Optional[int] = None, **args):
         c = self.compiled
@@ -370,7 +377,7 @@ class Guide(nn.Module):
             if c._guide is self:
                 c._fit_statistics()
             # let Pyro's optimisers see the weights, under a name of this guide's own
-            pyro.module(f"csis_dsl.{c.name}.{id(self):x}", self)
+            pyro.module(self._pyro_name, self)
         batched = num_traces is not None
         B = num_traces or 1
         layout = Layout(c, B, batched)
