@@ -77,10 +77,9 @@ class CompiledModel:
         (``lr_tau=None``: constant), times a decay within this call from 1 to
         ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``."""
         from .engine.train import Trainer
-        if seed is not None:
+        if seed is not None:   # torch, random and numpy
             import pyro
             pyro.set_rng_seed(seed)
-            torch.manual_seed(seed)
         self._fit_statistics()
         if self._trainer is None:
             self._trainer = Trainer(self, lr, validation_size, seed)

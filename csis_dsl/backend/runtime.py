@@ -556,56 +556,34 @@ class FamilyDist(pdist.TorchDistribution):
 
 
     # ------------------------------------------------ the prior, element by element
-    def _piece_moments(self, d, shape):
-        try:
-            m, sd = d.mean, d.stddev
-            return m.reshape(shape), sd.reshape(shape)
-        except (NotImplementedError, AttributeError, RuntimeError):
-            return None
-
-    def element_moments(self, value):
+    def element_moments(self, value, j: Optional[int] = None):
         """The prior mean and standard deviation of every element given the elements
-        before it (teacher forcing, one vectorised pass per piece): two (B, n, *elem)
-        tensors, NaN where a piece's distribution has no closed-form moments."""
-        rt, v = self.rt, self.v
-        B = value.shape[0]
-        elem = tuple(v.elem_shape)
-        value = float_of(value).reshape((B, self.n) + elem)
-        overlay = {v.name: Stored(value, torch.ones((B, self.n), dtype=torch.bool))}
-        mean = torch.full((B, self.n) + elem, float("nan"))
-        std = torch.full((B, self.n) + elem, float("nan"))
-        for s, loops, c in self.pieces:
-            d, _ = self._piece_dist(s, loops, None, overlay, elem)
-            at = slice(c, c + 1) if c is not None else \
-                slice(loops[-1].lo, loops[-1].lo + loops[-1].size)
-            width = at.stop - at.start
-            got = self._piece_moments(d, (B, width) + elem)
-            if got is not None:
-                mean[:, at], std[:, at] = got
-        return mean, std
-
-    def element_moments_at(self, j: int, value):
-        """Like ``element_moments`` for element ``j`` only, given a buffer (B, n, *elem)
-        whose elements before ``j`` are set (the rest are never read): (B, *elem) each."""
-        rt, v = self.rt, self.v
+        before it (teacher forcing: one vectorised pass per piece), or of element ``j``
+        only (then only the elements before ``j`` of ``value`` are read). Two tensors
+        (B, n or 1, *elem), NaN where a piece's distribution has no closed-form moments."""
+        v = self.v
         B = value.shape[0]
         elem = tuple(v.elem_shape)
         overlay = {v.name: Stored(float_of(value).reshape((B, self.n) + elem),
                                   torch.ones((B, self.n), dtype=torch.bool))}
-        nan = torch.full((B,) + elem, float("nan"))
+        width = self.n if j is None else 1
+        mean = torch.full((B, width) + elem, float("nan"))
+        std = torch.full((B, width) + elem, float("nan"))
         for s, loops, c in self.pieces:
-            if c is not None:
-                if c != j:
-                    continue
-                d, _ = self._piece_dist(s, loops, None, overlay, elem)
+            lo, size = (c, 1) if c is not None else (loops[-1].lo, loops[-1].size)
+            if j is None:
+                fixed, at = None, slice(lo, lo + size)
+            elif lo <= j < lo + size:
+                fixed, at = (None if c is not None else {len(loops) - 1: j}), slice(0, 1)
             else:
-                loop = loops[-1]
-                if not loop.lo <= j < loop.lo + loop.size:
-                    continue
-                d, _ = self._piece_dist(s, loops, {len(loops) - 1: j}, overlay, elem)
-            got = self._piece_moments(d, (B,) + elem)
-            return got if got is not None else (nan, nan)
-        return nan, nan
+                continue
+            d, _ = self._piece_dist(s, loops, fixed, overlay, elem)
+            shape = (B, at.stop - at.start) + elem
+            try:
+                mean[:, at], std[:, at] = d.mean.reshape(shape), d.stddev.reshape(shape)
+            except (NotImplementedError, AttributeError, RuntimeError):
+                pass
+        return mean, std
 
 
 def _const_index(rt, idx):

@@ -90,10 +90,8 @@ class Trainer:
             return float(guide_loss(self.model, *self.validation, self.validation_size))
 
     def run(self, num_steps, batch_size, lr_decay=None, clip=10.0, progress=True,
-            validate_every=None, seed=None, lr_tau=None):
+            validate_every=None, lr_tau=None):
         h = self.history
-        if seed is not None:
-            pyro.set_rng_seed(seed)
         validate_every = validate_every or max(1, num_steps // 20)
         start_step = h.steps[-1] if h.steps else 0
         base_time = h.wall_time[-1] if h.wall_time else 0.0

@@ -43,10 +43,9 @@ class SiteProposal(pdist.TorchDistribution):
     the value actually drawn or given."""
 
     def __init__(self, net: ProposalNetwork, state: _State, info: LatentInfo, prior,
-                 present: Optional[torch.Tensor], batch_shape, event_shape, runtime_shape):
+                 present: Optional[torch.Tensor], batch_shape, event_shape):
         self.net, self.state, self.info, self.prior = net, state, info, prior
         self.present = present            # (M, n) bool or None
-        self.runtime_shape = runtime_shape  # (M, *inst, *elem)
         self._cache = None
         self._prior_info = None
         super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
@@ -65,21 +64,13 @@ class SiteProposal(pdist.TorchDistribution):
         std = getattr(net, f"lat_std_{l.name}").unsqueeze(0).expand(M, l.n, -1)
         d = self.prior if l.plate else None
         if l.family == "continuous":
-            loc, scale = mean, std
-            if d is not None and l.support in (constraints.real, constraints.positive) \
-                    and l.udim == l.de:
+            info = (mean.detach(), std.detach())
+            if d is not None and self._moments_usable():
                 try:
-                    m = d.mean.reshape(M, l.n, l.de)
-                    s = d.stddev.reshape(M, l.n, l.de)
-                    if l.support is constraints.positive:
-                        v = torch.log1p((s / m) ** 2)
-                        m, s = torch.log(m) - 0.5 * v, v.sqrt()
-                    ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
-                    loc = torch.where(ok, m, mean)
-                    scale = torch.where(ok, s, std)
+                    info = self._located(d.mean.reshape(M, l.n, l.de),
+                                         d.stddev.reshape(M, l.n, l.de), mean, std)
                 except (NotImplementedError, AttributeError, RuntimeError):
                     pass
-            info = (loc.detach(), scale.detach())
         elif l.family in ("finite", "boolean"):
             lp = torch.zeros(M, l.n, l.de, l.k)
             if d is not None:
@@ -108,40 +99,42 @@ class SiteProposal(pdist.TorchDistribution):
         self._prior_info = info
         return info
 
-    # ------------------------------------------------ sequential families
-    def _follows_prior(self):
-        """A recursive or piecewise family whose elements are located relative to their
-        prior *conditional* (given the elements before), e.g. h[t] ~ Normal(h[t-1], s):
-        the head then learns the correction the observations call for, not h[t-1]."""
+    def _moments_usable(self):
+        """Whether the prior's mean and standard deviation can locate the proposal: a
+        continuous latent on the real line or (0, inf), one number per element."""
         l = self.info
-        return (not l.plate and l.family == "continuous" and l.udim == l.de
-                and l.support in (constraints.real, constraints.positive)
-                and hasattr(self.prior, "element_moments"))
+        return (l.family == "continuous" and l.udim == l.de
+                and l.support in (constraints.real, constraints.positive))
 
     def _located(self, m, s, mean, std):
-        """Prior moments -> (loc, scale) in unconstrained space; the marginal
-        statistics where the moments are unusable."""
+        """Prior moments -> (loc, scale) in unconstrained space (log-normal moment
+        matching on (0, inf)); the marginal statistics where the moments are unusable."""
         if self.info.support is constraints.positive:
             v = torch.log1p((s / m) ** 2)
             m, s = torch.log(m) - 0.5 * v, v.sqrt()
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
         return (torch.where(ok, m, mean).detach(), torch.where(ok, s, std).detach())
 
-    def _family_info(self, x):
-        """(loc, scale), each (M, n, de), of every element given the elements before."""
-        l, M = self.info, self.state.M
-        m, s = self.prior.element_moments(x.reshape((M,) + tuple(self.prior.event_shape)))
-        mean = getattr(self.net, f"lat_mean_{l.name}").unsqueeze(0)
-        std = getattr(self.net, f"lat_std_{l.name}").unsqueeze(0)
-        return self._located(m.reshape(M, l.n, l.de), s.reshape(M, l.n, l.de), mean, std)
+    # ------------------------------------------------ sequential families
+    def _follows_prior(self):
+        """A recursive or piecewise family whose elements are located relative to their
+        prior *conditional* (given the elements before), e.g. h[t] ~ Normal(h[t-1], s):
+        the head then learns the correction the observations call for, not h[t-1]."""
+        return (not self.info.plate and self._moments_usable()
+                and hasattr(self.prior, "element_moments"))
 
-    def _family_info_at(self, j, buf):
+    def _family_info(self, x, j=None):
+        """(loc, scale) of every element given the elements before, each (M, n, de); or
+        of element j only, each (M, de)."""
         l, M = self.info, self.state.M
-        m, s = self.prior.element_moments_at(
-            j, buf.reshape((M,) + tuple(self.prior.event_shape)))
-        mean = getattr(self.net, f"lat_mean_{l.name}")[j]
-        std = getattr(self.net, f"lat_std_{l.name}")[j]
-        return self._located(m.reshape(M, l.de), s.reshape(M, l.de), mean, std)
+        m, s = self.prior.element_moments(x.reshape((M,) + tuple(self.prior.event_shape)), j)
+        at = slice(None) if j is None else slice(j, j + 1)
+        mean = getattr(self.net, f"lat_mean_{l.name}")[at]
+        std = getattr(self.net, f"lat_std_{l.name}")[at]
+        width = l.n if j is None else 1
+        loc, scale = self._located(m.reshape(M, width, l.de), s.reshape(M, width, l.de),
+                                   mean, std)
+        return (loc, scale) if j is None else (loc[:, 0], scale[:, 0])
 
     def _head(self, h, j=None, info=None):
         """Proposal over instance j (or all instances, flattened, when j is None); ``info``
@@ -255,7 +248,7 @@ class SiteProposal(pdist.TorchDistribution):
             inp = self._step_inputs(M, 1, prev_val.unsqueeze(1), prev_addr.unsqueeze(1),
                                     prev_dist.unsqueeze(1), j0=j)
             out, hc = self._run_core(inp, hc)
-            q = self._head(out[:, 0], j, self._family_info_at(j, buf) if follows else None)
+            q = self._head(out[:, 0], j, self._family_info(buf, j) if follows else None)
             x = q.sample().reshape(M, 1, l.de)
             if follows:
                 buf[:, j] = x[:, 0]
@@ -267,9 +260,6 @@ class SiteProposal(pdist.TorchDistribution):
             prev_dist = torch.full((M,), l.dist, dtype=torch.long)
         x = torch.cat(xs, 1)
         return x
-
-    def _to_runtime(self, value):
-        return value.reshape(self.runtime_shape)
 
     def sample(self, sample_shape=torch.Size()):
         x = self._sample()
@@ -288,7 +278,7 @@ class SiteProposal(pdist.TorchDistribution):
         self._cache = (value, lq)
         st = self.state
         st.hc = hc
-        st.prev_val = last if self.present is None else last
+        st.prev_val = last
         st.prev_addr = torch.full((st.M,), l.addr, dtype=torch.long)
         st.prev_dist = torch.full((st.M,), l.dist, dtype=torch.long)
 
@@ -325,8 +315,7 @@ class GuideSites:
         present = None if active is None else \
             active.expand((L.B,) + tuple(active.shape[1:])).reshape(L.B, -1)
         batch = L.batch_shape(loops)
-        q = SiteProposal(self.net, self.state, info, d, present, batch, tuple(v.elem_shape),
-                         runtime_shape)
+        q = SiteProposal(self.net, self.state, info, d, present, batch, tuple(v.elem_shape))
         with L.plates(loops):
             x = pyro.sample(v.name, q)
         q.advance(x)
@@ -341,8 +330,7 @@ class GuideSites:
             return x
         info = self.net.by_name[v.name]
         batch = L.batch_shape([]) if not L.batched else (L.B,) + (1,) * L.D
-        q = SiteProposal(self.net, self.state, info, d, None, batch, tuple(v.type.shape),
-                         shape)
+        q = SiteProposal(self.net, self.state, info, d, None, batch, tuple(v.type.shape))
         x = pyro.sample(v.name, q)
         q.advance(x)
         x = x.reshape(shape)

@@ -57,15 +57,11 @@ class LatentInfo:
         self.dist = DIST_IDS.get(v.dist, 0)
         self.dist_name = v.dist
         self.family = DISTRIBUTIONS[v.dist].family if v.dist else "continuous"
-        self.plate = plate
-        if plate:
-            self.inst_shape = tuple(v.family_dims)
-            self.elem_shape = tuple(v.elem_shape)
-        else:  # a sequential family: its instances are its elements
-            self.inst_shape = tuple(v.family_dims)
-            self.elem_shape = tuple(v.elem_shape)
-        self.n = int(math.prod(self.inst_shape)) if self.inst_shape else 1
-        self.de = int(math.prod(self.elem_shape)) if self.elem_shape else 1
+        self.plate = plate   # False: a sequential family, whose instances are its elements
+        self.inst_shape = tuple(v.family_dims)
+        self.elem_shape = tuple(v.elem_shape)
+        self.n = int(math.prod(self.inst_shape))
+        self.de = int(math.prod(self.elem_shape))
         self.support = v.support
         if self.family == "continuous":
             self.udim = self.de - 1 if v.support is constraints.simplex else self.de
@@ -97,28 +93,29 @@ class ProposalNetwork(nn.Module):
         self.observed = list(compiled.observed)
         C = config
         obs_embeddings = obs_embeddings or {}
+        shape = {n: tuple(ch.vars[n].type.shape) for n in self.observed}
+        size = {n: int(math.prod(shape[n])) for n in self.observed}
         self.obs_nets = nn.ModuleDict()
         for n in self.observed:
-            size = int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
             if n in obs_embeddings:
                 self.obs_nets[n] = obs_embeddings[n]
             else:
-                self.obs_nets[n] = nn.Sequential(nn.Linear(size, C.obs_embedding), nn.ReLU(),
+                self.obs_nets[n] = nn.Sequential(nn.Linear(size[n], C.obs_embedding), nn.ReLU(),
                                                  nn.Linear(C.obs_embedding, C.obs_embedding),
                                                  nn.ReLU())
-            self.register_buffer(f"obs_mean_{n}", torch.zeros(size))
-            self.register_buffer(f"obs_std_{n}", torch.ones(size))
+            self.register_buffer(f"obs_mean_{n}", torch.zeros(size[n]))
+            self.register_buffer(f"obs_std_{n}", torch.ones(size[n]))
         with torch.no_grad():
-            widths = [self._obs_width(n, ch) for n in self.observed]
+            widths = [self._embed(n, torch.zeros(1, size[n]), torch.zeros((1,) + shape[n]))
+                      .shape[1] for n in self.observed]
         self.obs_mix = nn.Sequential(nn.Linear(sum(widths), C.obs_embedding), nn.ReLU())
         # The skip: a linear map from the standardised observations (those embedded by
         # the default MLP) straight to the hidden vector every head reads, zero at the
         # start. Posterior locations are often close to linear in the data; this path
         # learns that part in a few steps, and the deep path learns the rest.
-        self.skip_names = [n for n in self.observed if n not in obs_embeddings] \
-            if C.obs_skip else []
-        raw = sum(int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
-                  for n in self.skip_names)
+        own_mlp = [n for n in self.observed if n not in obs_embeddings]
+        self.skip_names = own_mlp if C.obs_skip else []
+        raw = sum(size[n] for n in self.skip_names)
         self.obs_skip = _zero_linear(raw, C.hidden) if raw else None
         # Aligned observations, from the static graph: when a latent with instances
         # (c[i] in a loop, or h[t] of a sequential family) is a direct parent of an observed
@@ -130,16 +127,15 @@ class ProposalNetwork(nn.Module):
         self.aligned: Dict[str, list] = {}
         self.align_in = nn.ModuleDict()
         self.align_skip = nn.ModuleDict()
-        own_mlp = [n for n in self.observed if n not in obs_embeddings]
         for l in self.latents if C.obs_aligned else []:
             k = len(l.inst_shape)
             if l.n <= 1:
                 continue
             names = [o for o in own_mlp if compiled.graph.has_edge(l.name, o)
-                     and tuple(ch.vars[o].type.shape[:k]) == l.inst_shape]
+                     and shape[o][:k] == l.inst_shape]
             if not names:
                 continue
-            width = sum(int(math.prod(ch.vars[o].type.shape[k:])) for o in names)
+            width = sum(int(math.prod(shape[o][k:])) for o in names)
             self.aligned[l.name] = names
             self.align_in[l.name] = _zero_linear(width, C.obs_embedding)
             self.align_skip[l.name] = _zero_linear(width, C.hidden)
@@ -171,14 +167,15 @@ class ProposalNetwork(nn.Module):
             self.register_buffer(f"lat_mean_{l.name}", torch.zeros(l.n, max(l.udim, 1)))
             self.register_buffer(f"lat_std_{l.name}", torch.ones(l.n, max(l.udim, 1)))
 
-    def _obs_width(self, n, ch):
+    def _embed(self, n, flat, full):
+        """Observed variable n through its embedding: flattened (batch, size) or, if
+        that fails (a user's CNN, say), in its own shape; -> (batch, width)."""
         net = self.obs_nets[n]
-        size = int(math.prod(ch.vars[n].type.shape)) if ch.vars[n].type.shape else 1
-        shape = tuple(ch.vars[n].type.shape)
         try:
-            return net(torch.zeros((1,) + shape)).reshape(1, -1).shape[1]
-        except Exception:
-            return net(torch.zeros(1, size)).reshape(1, -1).shape[1]
+            e = net(flat)
+        except (RuntimeError, ValueError):
+            e = net(full)
+        return e.reshape(e.shape[0], -1)
 
     # ---------------------------------------------------------------- statistics
     @torch.no_grad()
@@ -232,18 +229,12 @@ class ProposalNetwork(nn.Module):
             x = x.reshape(x.shape[0], -1)
             x = (x - getattr(self, f"obs_mean_{n}")) / getattr(self, f"obs_std_{n}")
             raws[n] = x
-            net = self.obs_nets[n]
-            try:
-                e = net(x)
-            except RuntimeError:
-                e = net(obs[n].to(torch.get_default_dtype()))
-            parts.append(e.reshape(e.shape[0], -1))
-        e = self.obs_mix(torch.cat(parts, -1))
-        e = e.expand(M, e.shape[1]) if e.shape[0] == 1 else e
+            parts.append(self._embed(n, x, obs[n].to(torch.get_default_dtype())))
+        e = _to_batch(self.obs_mix(torch.cat(parts, -1)), M)
         if self.obs_skip is None:
             return e, None, raws
         k = self.obs_skip(torch.cat([raws[n] for n in self.skip_names], -1))
-        return e, (k.expand(M, k.shape[1]) if k.shape[0] == 1 else k), raws
+        return e, _to_batch(k, M), raws
 
     def features(self, l: LatentInfo, x: torch.Tensor) -> torch.Tensor:
         """x: (..., de) values -> (..., feat_dim) standardised features."""
@@ -255,6 +246,11 @@ class ProposalNetwork(nn.Module):
         u = biject_to(l.support).inv(_clamp_open(x, l.support))
         u = u.reshape(x.shape[:-1] + (l.udim,))
         return torch.nan_to_num(u, 0.0, 10.0, -10.0)
+
+
+def _to_batch(x, M):
+    """(1, w) -> (M, w) by broadcasting; (M, w) as it is."""
+    return x.expand(M, x.shape[1]) if x.shape[0] == 1 else x
 
 
 def _zero_linear(n_in, n_out):
