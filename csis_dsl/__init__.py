@@ -1,6 +1,6 @@
 """csis_dsl: a .ppl modelling language compiled to a Pyro model and an automatically
 generated proposal network trained by inference compilation (CSIS)."""
-from .compiler import CompiledModel, compile, compile_string
+from .compiler import CompiledModel, compile, compile_string, load
 from .errors import (CheckpointError, CompileError, CsisDslError, Diagnostic,
                      ModelRuntimeError, ObservationError)
 
@@ -8,9 +8,3 @@ __all__ = ["compile", "compile_string", "load", "CompiledModel", "CompileError",
            "ObservationError", "ModelRuntimeError", "CheckpointError", "CsisDslError",
            "Diagnostic"]
 __version__ = "0.1.0"
-
-
-def load(path):
-    """Load a model saved with ``CompiledModel.save``."""
-    from .engine.checkpoint import load as _load
-    return _load(path)

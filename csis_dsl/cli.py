@@ -6,6 +6,8 @@ import json
 import sys
 import warnings
 
+from .errors import CsisDslError
+
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 _FMT = argparse.RawDescriptionHelpFormatter
 _EXAMPLES = {
@@ -148,8 +150,8 @@ def _observations(a):
     return obs
 
 
-class _InputError(Exception):
-    pass
+class _InputError(CsisDslError):
+    """Bad command-line input (an unreadable observation file, none given)."""
 
 
 def _summary(m):
@@ -190,7 +192,6 @@ def _infer(m, a):
 
 
 def main(argv=None):
-    from .errors import CsisDslError
     p = _parser()
     try:
         a = p.parse_args(argv)
@@ -222,9 +223,8 @@ def main(argv=None):
             a.obs, a.obs_file = list(obs.items()), None
             _infer(m, a)
         return EXIT_OK
-    except (CsisDslError, _InputError) as err:
-        print(str(err) if str(err).startswith(("error", a.__dict__.get("file", "\0"))) or
-              "error:" in str(err) else f"error: {err}", file=sys.stderr)
+    except CsisDslError as err:
+        print(err.format(), file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

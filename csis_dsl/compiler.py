@@ -1,7 +1,11 @@
-"""Entry points: ``compile(path)`` / ``compile_string(text)`` -> :class:`CompiledModel`.
+"""Entry points: ``compile(path)`` / ``compile_string(text)`` -> :class:`CompiledModel`,
+and ``load(path)``.
 
-The phases (stanc3-style): parse (frontend.parser) -> check (frontend.checks) -> graph
-(graph) -> Pyro model (backend). ``dump(phase)`` prints each phase's result.
+The phases (stanc3-style), each handing the next a typed result:
+parse (``frontend.parser``) -> ``Program`` -> check (``frontend.statements``) ->
+``Checked`` -> plan (``middle.plan``) -> ``Plan`` and graph (``middle.graph``) -> the
+Pyro model (``backend``) and the proposal network (``proposals``). ``CompiledModel`` is
+a thin facade that owns the user API; ``dump(phase)`` prints each phase's result.
 """
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from typing import Dict, Optional
 import torch
 
 from .backend.pyro_model import PyroModel
-from .backend.runtime import make_plans, unsupported
-from .errors import CompileError, Diagnostic, ObservationError
-from .frontend import checks, parser
-from .graph import build_graph, summary, to_dot
+from .errors import CheckpointError, CompileError, Diagnostic
+from .frontend import parser
+from .frontend.statements import check
+from .middle.graph import build_graph, summary, to_dot
+from .middle.plan import make_plan
+
+PHASES = ("ast", "checked", "graph", "dot", "pyro")
 
 
 class CompiledModel:
@@ -25,17 +32,13 @@ class CompiledModel:
         self.source = source
         self.file = file
         self.ast = parser.parse(source, file)
-        self.checked = checks.check(self.ast, args)
-        unsupported(self.checked)
+        self.checked = check(self.ast, args)
+        self.plan = make_plan(self.checked)
         self.name = self.ast.name
-        self.plans = make_plans(self.checked)
-        self.plate_names = self._plate_names()
         self.graph = build_graph(self.checked)
-        self.pyro_model = PyroModel(self)
-        self.arg_overrides = dict(args or {})
+        self.pyro_model = PyroModel(self.checked, self.plan)
         self._guide = None
         self._trainer = None
-        self._stats_fitted = False
         self.history = None
 
     # ---------------------------------------------------------------- the guide
@@ -46,9 +49,8 @@ class CompiledModel:
         from .proposals.guide import Guide
         from .proposals.network import NetworkConfig
         cfg = config or NetworkConfig(**sizes)
-        self._guide = Guide(self, cfg, obs_embeddings)
+        self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings)
         self._trainer = None
-        self._stats_fitted = False
         self.history = None
         return self
 
@@ -58,14 +60,6 @@ class CompiledModel:
         if self._guide is None:
             self.configure()
         return self._guide
-
-    def _fit_statistics(self, n=5000):
-        if not self._stats_fitted:
-            import pyro.poutine as poutine
-            with poutine.block():   # may run inside a caller's handlers (pyro.infer.CSIS)
-                sims = self.simulate(n)
-            self.guide.net.fit_statistics(sims)
-            self._stats_fitted = True
 
     def train(self, num_steps=1000, batch_size=512, lr=1e-2, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None,
@@ -80,7 +74,7 @@ class CompiledModel:
         if seed is not None:   # torch, random and numpy
             import pyro
             pyro.set_rng_seed(seed)
-        self._fit_statistics()
+        self.guide.fit_statistics()
         if self._trainer is None:
             self._trainer = Trainer(self, lr, validation_size, seed)
         self._trainer.lr = lr
@@ -93,18 +87,22 @@ class CompiledModel:
         """Importance sampling with the trained guide (or the prior): a Posterior."""
         from .engine.posterior import importance
         if proposal == "guide":
-            self._fit_statistics()
+            self.guide.fit_statistics()
         return importance(self, observations, num_samples, proposal, seed)
 
     def check_observations(self, observations):
         """Raise ObservationError unless ``observations`` fit the model exactly (every
         observed variable, right shape, dtype and support); returns them as tensors."""
-        from .backend.pyro_model import validate_observations
-        return validate_observations(self.checked, observations, require_all=True)
+        from .backend.observations import Observations
+        return dict(Observations.of(self.checked, observations, require_all=True))
 
     def save(self, path):
-        from .engine.checkpoint import save
-        save(self, path)
+        from .engine import checkpoint
+        checkpoint.write(path, checkpoint.Checkpoint(
+            name=self.name, file=self.file, source=self.source,
+            args={n: v.clone() for n, v in self.checked.args.items()},
+            config=self.guide.config.to_dict(), state_dict=self.guide.state_dict(),
+            history=self.history.to_dict() if self.history is not None else {}))
 
     # ---------------------------------------------------------------- facts
     @property
@@ -114,61 +112,35 @@ class CompiledModel:
 
     @property
     def latents(self):
-        return [n for n in self.checked.order if self.checked.vars[n].kind == "latent"]
+        return list(self.plan.latents)
 
     @property
     def observed(self):
-        return [n for n in self.checked.order if self.checked.vars[n].kind == "observed"]
+        return list(self.plan.observed)
 
     @property
     def deterministic(self):
-        return [n for n in self.checked.order
-                if self.checked.vars[n].kind == "deterministic"]
-
-    def _plate_names(self):
-        loops = list(self.checked.loops.values())
-        counts = {}
-        for l in loops:
-            counts[l.var] = counts.get(l.var, 0) + 1
-        return {id(l.stmt): (l.var if counts[l.var] == 1 else f"{l.var}_{l.span.line}")
-                for l in loops}
-
-    def resolve_runtime_args(self, overrides) -> Dict[str, torch.Tensor]:
-        args = dict(self.checked.args)
-        for name, value in (overrides or {}).items():
-            v = self.checked.vars.get(name)
-            if v is None or v.kind != "arg":
-                raise ObservationError(f"'{name}' is not an arg of model {self.name}; its "
-                                       f"args are {list(self.checked.args)}")
-            if v.type.base != "real":
-                new = checks.Checker(self.ast, {}).convert_arg(name, v.type, value, v.span)
-                if not torch.equal(new, args[name]):
-                    raise ObservationError(
-                        f"arg '{name}' ({v.type}) fixes the model's structure; recompile "
-                        f"with compile(..., args={{'{name}': {value!r}}}) to change it")
-                continue
-            args[name] = checks.Checker(self.ast, {}).convert_arg(name, v.type, value, v.span)
-        return args
+        return list(self.plan.deterministic)
 
     # ---------------------------------------------------------------- running
     def simulate(self, num_traces: int, seed: Optional[int] = None, **args):
         """Draw ``num_traces`` joint samples in one vectorised call: a dict from every
         variable name to a tensor of shape (num_traces, *shape)."""
         from .engine.seeding import seeded
-        with torch.no_grad(), seeded(seed):
-            out = self.pyro_model(num_traces=num_traces, **args)
-        return {n: out[n].expand((num_traces,) + tuple(out[n].shape[1:]))
-                for n in self.checked.order}
+        with seeded(seed):
+            return self.pyro_model.simulate(num_traces, **args)
 
     def log_joint(self, values: Dict[str, object], **args) -> torch.Tensor:
         """log p(values) of one complete assignment (latents and observations)."""
         import pyro.poutine as poutine
-        latents = {k: v for k, v in values.items() if k in self.latents}
+        from .backend.observations import to_tensor
         obs = {k: v for k, v in values.items() if k in self.observed}
-        from .backend.pyro_model import to_tensor
-        cond = {k: to_tensor(v, k).to(torch.get_default_dtype()) if
-                self.checked.vars[k].type.base == "real" else to_tensor(v, k)
-                for k, v in latents.items()}
+        cond = {}
+        for k, v in values.items():
+            if k in self.latents:
+                t = to_tensor(v, k)
+                cond[k] = t.to(torch.get_default_dtype()) \
+                    if self.checked.vars[k].type.base == "real" else t
         tr = poutine.trace(poutine.condition(self.pyro_model, data=cond)).get_trace(
             observations=obs, **args)
         return tr.log_prob_sum()
@@ -178,17 +150,7 @@ class CompiledModel:
         if phase == "ast":
             return repr(self.ast)
         if phase == "checked":   # the middle IR: the checked symbol table, in order
-            lines = []
-            for n in self.checked.order:
-                v = self.checked.vars[n]
-                lines.append(f"{v.kind:<13} {n}: {v.type}"
-                             + (f" ~ {v.dist}" if v.dist else "")
-                             + (f", support {v.support}" if v.support is not None else "")
-                             + (f", family dims {list(v.family_dims)}" if v.family_dims else "")
-                             + (", conditional" if v.conditional else "")
-                             + (f", reads {sorted(v.reads)}" if v.reads else "")
-                             + (f", controlled by {sorted(v.control)}" if v.control else ""))
-            return "\n".join(lines)
+            return "\n".join(_checked_line(self.checked.vars[n]) for n in self.checked.order)
         if phase == "graph":
             return summary(self.graph)
         if phase == "dot":
@@ -199,11 +161,21 @@ class CompiledModel:
             return "\n".join(f"{n}: {type(s['fn']).__name__} value shape "
                              f"{tuple(s['value'].shape)}"
                              for n, s in tr.nodes.items() if s["type"] == "sample")
-        raise ValueError(f"unknown phase {phase!r}; one of ast, checked, graph, dot, pyro")
+        raise ValueError(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
 
     def __repr__(self):
         return (f"<CompiledModel {self.name}: latents {self.latents}, "
                 f"observed {self.observed}>")
+
+
+def _checked_line(v) -> str:
+    return (f"{v.kind:<13} {v.name}: {v.type}"
+            + (f" ~ {v.dist}" if v.dist else "")
+            + (f", support {v.support}" if v.support is not None else "")
+            + (f", family dims {list(v.family_dims)}" if v.family_dims else "")
+            + (", conditional" if v.conditional else "")
+            + (f", reads {sorted(v.reads)}" if v.reads else "")
+            + (f", controlled by {sorted(v.control)}" if v.control else ""))
 
 
 def compile_string(text: str, name: Optional[str] = None, args: Optional[dict] = None):
@@ -218,3 +190,30 @@ def compile(path, args: Optional[dict] = None) -> CompiledModel:  # noqa: A001
         raise CompileError([Diagnostic(None, f"cannot read spec '{path}': "
                                        f"{err.strerror or err}")]) from None
     return CompiledModel(text, str(path), args)
+
+
+def load(path, obs_embeddings=None) -> CompiledModel:
+    """A model saved with ``CompiledModel.save``: the stages composed again from the
+    stored spec and args, then the stored network and history."""
+    from .engine import checkpoint
+    from .engine.train import TrainingHistory
+    from .proposals.network import NetworkConfig
+    ckpt = checkpoint.read(path)
+    try:
+        model = CompiledModel(ckpt.source, ckpt.file, dict(ckpt.args))
+    except CompileError as err:
+        raise CheckpointError(f"{path}: the spec stored in the checkpoint no longer "
+                              f"compiles:\n{err}") from None
+    try:
+        config = NetworkConfig(**ckpt.config)
+    except TypeError as err:
+        raise CheckpointError(f"{path}: the network configuration in the checkpoint is not "
+                              f"one this csis_dsl knows ({err})") from None
+    model.configure(config, obs_embeddings=obs_embeddings)
+    try:
+        model.guide.load_state_dict(ckpt.state_dict)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not match the network of its spec "
+                              f"({str(err).splitlines()[0]})") from None
+    model.history = TrainingHistory.from_dict(ckpt.history)
+    return model

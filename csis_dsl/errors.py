@@ -70,7 +70,12 @@ def _format_one(span: Optional[Span], severity: str, message: str,
 
 
 class CsisDslError(Exception):
-    """Base class of every error csis_dsl raises on purpose."""
+    """Base class of every error csis_dsl raises on purpose. ``format()`` is what a
+    user reads (the command line prints it as it is)."""
+
+    def format(self) -> str:
+        text = str(self)
+        return text if text.startswith("error") else f"error: {text}"
 
 
 class CompileError(CsisDslError):
@@ -96,7 +101,22 @@ class ObservationError(CsisDslError, ValueError):
 
 
 class ModelRuntimeError(CsisDslError, RuntimeError):
-    """A model that did something illegal while running (names the statement)."""
+    """A model that did something illegal while running. ``span`` is the statement or
+    expression at fault; the interpreter attaches the spec's ``source`` so that the
+    message shows the line with a caret, as compile errors do."""
+
+    def __init__(self, message: str, span: Optional[Span] = None,
+                 source: Optional[str] = None):
+        self.message, self.span, self.source = message, span, source
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.span}: {self.message}" if self.span else self.message
+
+    def format(self) -> str:
+        if self.span is None:
+            return f"error: {self.message}"
+        return _format_one(self.span, "error", self.message, self.source)
 
 
 class CheckpointError(CsisDslError):

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import CsisDslError
-from .graph import to_dot
+from .middle.graph import to_dot
 
 
 def render_graph(model, path):

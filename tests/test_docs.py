@@ -77,8 +77,8 @@ def test_quick_start_is_what_ci_runs():
 
 
 def test_reference_lists_every_distribution_and_function():
-    from csis_dsl.distributions import DISTRIBUTIONS
-    from csis_dsl.functions import FUNCTIONS
+    from csis_dsl.catalogue.distributions import DISTRIBUTIONS
+    from csis_dsl.catalogue.functions import FUNCTIONS
     ref = (ROOT / "docs" / "LANGUAGE_REFERENCE.md").read_text()
     for name in DISTRIBUTIONS:
         assert f"`{name}(" in ref, name

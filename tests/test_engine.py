@@ -117,7 +117,7 @@ def test_multivariate_normal_full_covariance_proposal():
            "real[3] z ~ MultivariateNormal(zeros(3), cov);\n"
            "observe y ~ Normal(z[0] - z[2], 0.3); }")
     m = csis_dsl.compile_string(src, name="corr.ppl")
-    assert m.guide.net.heads["z"].full
+    assert m.guide.net.families["z"].head.full
     m.train(num_steps=1000, batch_size=128, seed=6, progress=False)
     cov = torch.tensor(c3, dtype=torch.float64)
     a = torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 from ..errors import ModelRuntimeError
 from ..frontend import ast as A
 from ..frontend.types import Type
-from ..functions import FUNCTIONS
+from ..catalogue.functions import FUNCTIONS
 from .values import Val, align, combine, float_of
 
 _ARITH = {
@@ -116,10 +116,11 @@ class Evaluator:
                 bad = missing & act
                 if bool(bad.any()):
                     name = e.base.id if isinstance(e.base, A.Name) else "an array"
+                    n = int(bad.flatten(1).any(1).sum()) if bad.dim() > 0 else 1
                     raise ModelRuntimeError(
-                        f"{e.span}: reading an element of '{name}' that does not exist in "
-                        f"{int(bad.flatten(1).any(1).sum()) if bad.dim() > 0 else 1} trace(s) "
-                        f"({self.where}); only the elements defined in a trace exist")
+                        f"reading an element of '{name}' that does not exist in {n} "
+                        f"trace(s) ({self.where}); only the elements defined in a trace "
+                        "exist", e.span)
         return base
 
     def index_one(self, base: Val, idx: Val, e: A.Index, k: int) -> Val:
@@ -133,8 +134,8 @@ class Evaluator:
             if bool(really.any()):
                 name = e.base.id if isinstance(e.base, A.Name) else "an array"
                 val = int(it[really][0]) if really.dim() else int(it)
-                raise ModelRuntimeError(f"{e.indices[k].span}: index {val} is out of range "
-                                        f"for '{name}' (size {size})")
+                raise ModelRuntimeError(f"index {val} is out of range for '{name}' "
+                                        f"(size {size})", e.indices[k].span)
             it = it.clamp(0, size - 1)
         rest = base.t.shape[P + 1:]
         prefix = torch.broadcast_shapes(base.t.shape[:P], it.shape[:P])

@@ -10,6 +10,14 @@ import torch
 
 
 @dataclass
+class Stored:
+    """A variable as stored by the interpreter: the whole array and which elements
+    exist."""
+    t: torch.Tensor                        # (B or 1, *family_dims, *shape)
+    exists: Optional[torch.Tensor] = None  # (B or 1, *family_dims) bool; None = all
+
+
+@dataclass
 class Val:
     t: torch.Tensor
     m: Optional[torch.Tensor]

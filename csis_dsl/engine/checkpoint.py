@@ -1,64 +1,54 @@
-"""One-file checkpoints: spec source, resolved args, network configuration, weights and
-training history; read back with ``torch.load(..., weights_only=True)``."""
+"""One-file checkpoints: the spec's source, its resolved args, the network
+configuration, the weights and the training history, read back with
+``torch.load(..., weights_only=True)`` (no pickle of code, ever).
+
+This module only writes and reads the file and checks its fields; composing the stages
+again from what it holds is the model's job (``csis_dsl.load``).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
 
 import torch
 
-from ..errors import CheckpointError, CompileError
+from ..errors import CheckpointError
 
 FORMAT = "csis_dsl-checkpoint"
-VERSION = 2   # 2: the observation skip and aligned paths (obs_skip, obs_aligned)
+VERSION = 3   # 3: one module per proposal family; statistics fitted flag in the weights
 
 
-def save(model, path):
-    ckpt = {
-        "format": FORMAT, "version": VERSION,
-        "name": model.name, "file": model.file, "source": model.source,
-        "args": {n: v.clone() for n, v in model.checked.args.items()},
-        "config": model.guide.config.to_dict(),
-        "state_dict": model.guide.state_dict(),
-        "history": model.history.to_dict() if model.history is not None else {},
-        "fitted": bool(model._stats_fitted),
-    }
-    torch.save(ckpt, str(path))
+@dataclass
+class Checkpoint:
+    name: str
+    file: str
+    source: str
+    args: Dict[str, torch.Tensor]
+    config: dict
+    state_dict: dict
+    history: dict
 
 
-def load(path, obs_embeddings=None):
-    from ..compiler import CompiledModel
-    from ..engine.train import TrainingHistory
-    from ..proposals.network import NetworkConfig
+def write(path, ckpt: Checkpoint):
+    payload = {"format": FORMAT, "version": VERSION, **ckpt.__dict__}
+    torch.save(payload, str(path))
+
+
+def read(path) -> Checkpoint:
     try:
-        ckpt = torch.load(str(path), weights_only=True, map_location="cpu")
+        raw = torch.load(str(path), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable csis_dsl checkpoint (the file is "
                               f"corrupt or of another kind: {type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a csis_dsl checkpoint (no '{FORMAT}' header); "
                               "save one with model.save(path) or `csis-dsl train`")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} is not "
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {raw.get('version')} is not "
                               f"supported (this csis_dsl reads version {VERSION})")
     try:
-        args = {n: v for n, v in ckpt["args"].items()}
-        model = CompiledModel(ckpt["source"], ckpt["file"], args)
-    except CompileError as err:
-        raise CheckpointError(f"{path}: the spec stored in the checkpoint no longer "
-                              f"compiles:\n{err}") from None
+        return Checkpoint(**{k: raw[k] for k in Checkpoint.__dataclass_fields__})
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint is missing {err}") from None
-    try:
-        config = NetworkConfig(**ckpt["config"])
-    except (TypeError, KeyError) as err:
-        raise CheckpointError(f"{path}: the network configuration in the checkpoint is not "
-                              f"one this csis_dsl knows ({err})") from None
-    model.configure(config, obs_embeddings=obs_embeddings)
-    try:
-        model.guide.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not match the network of its spec "
-                              f"({str(err).splitlines()[0]})") from None
-    model._stats_fitted = ckpt.get("fitted", True)
-    model.history = TrainingHistory.from_dict(ckpt.get("history"))
-    return model

@@ -8,9 +8,8 @@ from typing import Dict, Optional
 import pyro.poutine as poutine
 import torch
 
-from ..backend.pyro_model import validate_observations
+from ..backend.observations import Observations
 from .seeding import seeded
-from .train import _Obs
 
 
 def _per_trace(tr, B, names) -> torch.Tensor:
@@ -29,7 +28,7 @@ def _per_trace(tr, B, names) -> torch.Tensor:
 def importance(model, observations, num_samples=1000, proposal="guide",
                seed: Optional[int] = None) -> "Posterior":
     c = model
-    obs = _Obs(validate_observations(c.checked, observations, require_all=True))
+    obs = Observations.of(c.checked, observations, require_all=True)
     if proposal not in ("guide", "prior"):
         raise ValueError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
     B = int(num_samples)

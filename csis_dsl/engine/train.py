@@ -15,9 +15,7 @@ import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
-
-class _Obs(dict):
-    _validated = True
+from ..backend.observations import Observations
 
 
 @dataclass
@@ -55,7 +53,7 @@ def joint_batch(model, B: int):
         tr = poutine.trace(model.pyro_model).get_trace(num_traces=B)
     env = tr.nodes["_RETURN"]["value"]
     latents = {n: tr.nodes[n]["value"] for n in model.latents}
-    obs = _Obs({n: env[n] for n in model.observed})
+    obs = Observations({n: env[n] for n in model.observed})
     return latents, obs
 
 

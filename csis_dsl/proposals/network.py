@@ -10,7 +10,7 @@
   latent variable (statement), shared by all instances of a loop;
 * ``architecture="feedforward"``: each head sees only the observation embedding, the
   address and the loop position (the mean-field variant);
-* heads matched to the prior's support (see continuous.py, finite.py, count.py).
+* one proposal family per latent (see ``families/``), matched to the prior's support.
 """
 from __future__ import annotations
 
@@ -21,15 +21,11 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import biject_to, constraints
 
-from ..distributions import DISTRIBUTIONS
-from .continuous import MixtureHead
-from .count import CountHead
-from .finite import CategoricalHead
-
-DIST_IDS = {name: i + 1 for i, name in enumerate(sorted(DISTRIBUTIONS))}
-
+from ..catalogue.distributions import DISTRIBUTIONS
+from ..frontend.checked import Checked
+from ..middle.plan import Plan
+from .families import LatentInfo, make_family
 
 @dataclass
 class NetworkConfig:
@@ -48,49 +44,15 @@ class NetworkConfig:
         return asdict(self)
 
 
-class LatentInfo:
-    """Static facts the network needs about one latent variable."""
-
-    def __init__(self, idx, v, plate: bool):
-        self.name = v.name
-        self.addr = idx
-        self.dist = DIST_IDS.get(v.dist, 0)
-        self.dist_name = v.dist
-        self.family = DISTRIBUTIONS[v.dist].family if v.dist else "continuous"
-        self.plate = plate   # False: a sequential family, whose instances are its elements
-        self.inst_shape = tuple(v.family_dims)
-        self.elem_shape = tuple(v.elem_shape)
-        self.n = int(math.prod(self.inst_shape))
-        self.de = int(math.prod(self.elem_shape))
-        self.support = v.support
-        if self.family == "continuous":
-            self.udim = self.de - 1 if v.support is constraints.simplex else self.de
-        else:
-            self.udim = self.de
-        if self.family == "boolean":
-            self.k = 2
-        elif self.family == "finite":
-            self.k = int(v.support.upper_bound) + 1
-        else:
-            self.k = 0
-
-    @property
-    def feat_dim(self):
-        if self.family in ("finite", "boolean"):
-            return self.de * self.k
-        return self.udim
-
-
 class ProposalNetwork(nn.Module):
-    def __init__(self, compiled, config: NetworkConfig, obs_embeddings: Optional[dict] = None):
+    def __init__(self, checked: Checked, plan: Plan, graph, config: NetworkConfig,
+                 obs_embeddings: Optional[dict] = None):
         super().__init__()
         self.config = config
-        ch = compiled.checked
-        self.latents = [LatentInfo(i + 1, ch.vars[n], not (ch.vars[n].recursive or
-                                                           ch.vars[n].pieces > 1))
-                        for i, n in enumerate(compiled.latents)]
+        ch = checked
+        self.latents = [LatentInfo(i + 1, ch.vars[n]) for i, n in enumerate(plan.latents)]
         self.by_name = {l.name: l for l in self.latents}
-        self.observed = list(compiled.observed)
+        self.observed = list(plan.observed)
         C = config
         obs_embeddings = obs_embeddings or {}
         shape = {n: tuple(ch.vars[n].type.shape) for n in self.observed}
@@ -131,7 +93,7 @@ class ProposalNetwork(nn.Module):
             k = len(l.inst_shape)
             if l.n <= 1:
                 continue
-            names = [o for o in own_mlp if compiled.graph.has_edge(l.name, o)
+            names = [o for o in own_mlp if graph.has_edge(l.name, o)
                      and shape[o][:k] == l.inst_shape]
             if not names:
                 continue
@@ -141,9 +103,7 @@ class ProposalNetwork(nn.Module):
             self.align_skip[l.name] = _zero_linear(width, C.hidden)
         n_addr = len(self.latents) + 1
         self.addr_emb = nn.Embedding(n_addr, C.address_embedding)
-        self.dist_emb = nn.Embedding(len(DIST_IDS) + 1, C.dist_embedding)
-        self.value_emb = nn.ModuleDict({l.name: nn.Linear(l.feat_dim, C.value_embedding)
-                                        for l in self.latents})
+        self.dist_emb = nn.Embedding(len(DISTRIBUTIONS) + 1, C.dist_embedding)
         step_in = C.obs_embedding + 2 * C.address_embedding + 2 * C.dist_embedding + 2
         if C.architecture == "lstm":
             step_in += C.value_embedding
@@ -154,18 +114,10 @@ class ProposalNetwork(nn.Module):
         else:
             raise ValueError(f"architecture must be 'lstm' or 'feedforward', "
                              f"got {C.architecture!r}")
-        self.heads = nn.ModuleDict()
-        for l in self.latents:
-            if l.family == "continuous":
-                self.heads[l.name] = MixtureHead(C.hidden, l.de, l.udim, C.mixture_components,
-                                                 full_covariance=l.dist_name ==
-                                                 "MultivariateNormal")
-            elif l.family in ("finite", "boolean"):
-                self.heads[l.name] = CategoricalHead(C.hidden, l.de, l.k)
-            else:
-                self.heads[l.name] = CountHead(C.hidden, l.de, C.count_components)
-            self.register_buffer(f"lat_mean_{l.name}", torch.zeros(l.n, max(l.udim, 1)))
-            self.register_buffer(f"lat_std_{l.name}", torch.ones(l.n, max(l.udim, 1)))
+        self.families = nn.ModuleDict({l.name: make_family(l, config) for l in self.latents})
+        self.value_emb = nn.ModuleDict({l.name: nn.Linear(self.families[l.name].feat_dim,
+                                                          C.value_embedding)
+                                        for l in self.latents})
 
     def _embed(self, n, flat, full):
         """Observed variable n through its embedding: flattened (batch, size) or, if
@@ -187,19 +139,7 @@ class ProposalNetwork(nn.Module):
             getattr(self, f"obs_std_{n}").copy_(x.std(0).clamp(min=1e-3))
         for l in self.latents:
             x = sims[l.name].to(torch.get_default_dtype())
-            x = x.reshape(x.shape[0], l.n, l.de)
-            if l.family == "continuous":
-                u = biject_to(l.support).inv(_clamp_open(x, l.support)) \
-                    if l.support is not None else x
-                u = u.reshape(x.shape[0], l.n, l.udim)
-            elif l.family == "count":
-                u = x
-            else:
-                continue
-            m, s = u.mean(0), u.std(0).clamp(min=1e-3)
-            ok = torch.isfinite(m) & torch.isfinite(s)
-            getattr(self, f"lat_mean_{l.name}").copy_(torch.where(ok, m, torch.zeros_like(m)))
-            getattr(self, f"lat_std_{l.name}").copy_(torch.where(ok, s, torch.ones_like(s)))
+            self.families[l.name].fit(x.reshape(x.shape[0], l.n, l.de))
 
     # ---------------------------------------------------------------- the core
     def lstm_step(self, inp, hc):
@@ -236,17 +176,6 @@ class ProposalNetwork(nn.Module):
         k = self.obs_skip(torch.cat([raws[n] for n in self.skip_names], -1))
         return e, _to_batch(k, M), raws
 
-    def features(self, l: LatentInfo, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., de) values -> (..., feat_dim) standardised features."""
-        if l.family in ("finite", "boolean"):
-            oh = torch.nn.functional.one_hot(x.long().clamp(0, l.k - 1), l.k)
-            return oh.reshape(x.shape[:-1] + (l.de * l.k,)).to(torch.get_default_dtype())
-        if l.family == "count":
-            return torch.log1p(x.to(torch.get_default_dtype()).clamp(min=0))
-        u = biject_to(l.support).inv(_clamp_open(x, l.support))
-        u = u.reshape(x.shape[:-1] + (l.udim,))
-        return torch.nan_to_num(u, 0.0, 10.0, -10.0)
-
 
 def _to_batch(x, M):
     """(1, w) -> (M, w) by broadcasting; (M, w) as it is."""
@@ -259,8 +188,3 @@ def _zero_linear(n_in, n_out):
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
-
-
-def _clamp_open(x, support):
-    from .continuous import clamp_to_support
-    return clamp_to_support(x, biject_to(support))

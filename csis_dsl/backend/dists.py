@@ -1,103 +1,11 @@
-"""The distribution catalogue: parameters, supports and constructors (Pyro's names and
-parameterisations). Shared by the checker, the graph, the backend and the proposals."""
+"""Distributions the interpreter builds around the catalogue's: truncation (inverse-CDF
+sampling, renormalised density), one site defined in exclusive branches (``Switch``),
+and a batch reshape for the Pyro layout (``Reshaped``)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
 
 import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
-
-# A parameter kind says what values are legal; "safe" is what masked-out traces use so
-# that a distribution is always constructible.
-PARAM_KINDS = {
-    "real": (constraints.real, 0.0),
-    "positive": (constraints.positive, 1.0),
-    "probability": (constraints.unit_interval, 0.5),
-    "count": (constraints.nonnegative_integer, 1.0),
-    "probs": (constraints.simplex, None),           # vector, last dim
-    "concentration": (constraints.positive, 1.0),   # vector, last dim
-    "vector": (constraints.real_vector, 0.0),
-    "covariance": (constraints.positive_definite, None),
-}
-
-
-@dataclass(frozen=True)
-class DistSpec:
-    name: str
-    params: Tuple[Tuple[str, str], ...]   # (name, kind)
-    family: str          # proposal family: continuous | finite | count | boolean
-    value_type: str      # real | int | bool
-    event_param: Optional[int] = None     # index of the param whose last dim is the event
-    make: Callable = None
-    truncatable: bool = False
-
-    @property
-    def discrete(self) -> bool:
-        return self.family != "continuous"
-
-    @property
-    def arity(self) -> int:
-        return len(self.params)
-
-
-def _spec(name, params, family="continuous", value_type="real", event_param=None,
-          make=None, truncatable=False):
-    return DistSpec(name, tuple(params), family, value_type, event_param,
-                    make or getattr(pdist, name), truncatable)
-
-
-def _binomial(n, p):
-    return pdist.Binomial(total_count=n, probs=p, validate_args=False)
-
-
-DISTRIBUTIONS = {d.name: d for d in [
-    _spec("Normal", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("HalfNormal", [("scale", "positive")], truncatable=True),
-    _spec("LogNormal", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("StudentT", [("df", "positive"), ("loc", "real"), ("scale", "positive")]),
-    _spec("Cauchy", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("HalfCauchy", [("scale", "positive")], truncatable=True),
-    _spec("Laplace", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("Gumbel", [("loc", "real"), ("scale", "positive")], truncatable=True),
-    _spec("Gamma", [("concentration", "positive"), ("rate", "positive")], truncatable=True),
-    _spec("InverseGamma", [("concentration", "positive"), ("rate", "positive")], truncatable=True),
-    _spec("Exponential", [("rate", "positive")], truncatable=True),
-    _spec("Beta", [("concentration1", "positive"), ("concentration0", "positive")]),
-    _spec("Uniform", [("low", "real"), ("high", "real")], truncatable=True),
-    _spec("Chi2", [("df", "positive")], truncatable=True),
-    _spec("Weibull", [("scale", "positive"), ("concentration", "positive")], truncatable=True),
-    _spec("Bernoulli", [("probs", "probability")], family="boolean", value_type="bool",
-          make=lambda p: pdist.Bernoulli(probs=p, validate_args=False)),
-    _spec("Binomial", [("total_count", "count"), ("probs", "probability")],
-          family="finite", value_type="int", make=_binomial),
-    _spec("Categorical", [("probs", "probs")], family="finite", value_type="int",
-          event_param=None, make=lambda p: pdist.Categorical(probs=p, validate_args=False)),
-    _spec("Poisson", [("rate", "positive")], family="count", value_type="int"),
-    _spec("Geometric", [("probs", "probability")], family="count", value_type="int",
-          make=lambda p: pdist.Geometric(probs=p, validate_args=False)),
-    _spec("NegativeBinomial", [("total_count", "positive"), ("probs", "probability")],
-          family="count", value_type="int",
-          make=lambda n, p: pdist.NegativeBinomial(total_count=n, probs=p,
-                                                   validate_args=False)),
-    _spec("Dirichlet", [("concentration", "concentration")], event_param=0),
-    _spec("MultivariateNormal", [("loc", "vector"), ("covariance_matrix", "covariance")],
-          event_param=0,
-          make=lambda m, c: pdist.MultivariateNormal(m, covariance_matrix=c,
-                                                     validate_args=False)),
-]}
-
-# Parameters whose last dimension belongs to the distribution, not to the batch.
-VECTOR_PARAM_KINDS = {"probs": 1, "concentration": 1, "vector": 1, "covariance": 2}
-
-
-def make_distribution(spec: DistSpec, params):
-    """Construct the Pyro distribution (no argument validation: the interpreter checks
-    parameters itself and reports the statement)."""
-    if spec.make is getattr(pdist, spec.name, None):
-        return spec.make(*params, validate_args=False)
-    return spec.make(*params)
 
 
 def _cdf(base, x):
@@ -215,3 +123,40 @@ class Switch(pdist.TorchDistribution):
     @property
     def mean(self):
         return self._select([d.mean for d in self.dists])
+
+
+class Reshaped(pdist.TorchDistribution):
+    """``base`` with its batch shape reshaped (same number of elements)."""
+
+    def __init__(self, base, batch_shape, validate_args=False):
+        self.base = base
+        super().__init__(torch.Size(batch_shape), base.event_shape, validate_args=False)
+
+    @constraints.dependent_property
+    def support(self):
+        return self.base.support
+
+    @property
+    def has_rsample(self):
+        return self.base.has_rsample
+
+    def _to_base(self, value):
+        n = len(self.event_shape)
+        lead = value.shape[:value.dim() - n - len(self.batch_shape)]
+        return value.reshape(lead + self.base.batch_shape + self.base.event_shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        x = self.base.sample(sample_shape)
+        return x.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        x = self.base.rsample(sample_shape)
+        return x.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def log_prob(self, value):
+        lp = self.base.log_prob(self._to_base(value))
+        return lp.reshape(lp.shape[:lp.dim() - len(self.base.batch_shape)] + self.batch_shape)
+
+    @property
+    def mean(self):
+        return self.base.mean.reshape(self.batch_shape + self.event_shape)

@@ -13,7 +13,8 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .frontend.types import Type, broadcast, join_base
+from ..backend.values import Val, combine
+from ..frontend.types import Type, broadcast, join_base
 
 
 class FunctionTypeError(Exception):
@@ -54,7 +55,6 @@ def _binary(name, fn, out_base="real"):
         return Type(base, shape)
 
     def impl(vs):
-        from .backend.values import combine
         return combine(vs, fn)
     return FuncSpec(name, 2, 2, typing, impl)
 
@@ -85,7 +85,6 @@ def _minmax(name, reduce, elementwise):
         return Type(join_base(ts[0].base, ts[1].base), shape)
 
     def impl(vs):
-        from .backend.values import combine
         if len(vs) == 1:
             return vs[0].aggregate(reduce)
         return combine(vs, elementwise)
@@ -105,7 +104,6 @@ def _ones_like(fill):
         return Type("real", (_const_size("ones" if fill else "zeros", consts),))
 
     def impl(vs):
-        from .backend.values import Val
         n = int(vs[0].t.reshape(-1)[0])
         t = torch.full((n,), float(fill))
         return Val(t.reshape((1,) * vs[0].prefix + (n,)), None, vs[0].prefix)
@@ -117,7 +115,6 @@ def _linspace_typing(ts, consts):
 
 
 def _linspace_impl(vs):
-    from .backend.values import Val
     n = int(vs[2].t.reshape(-1)[0])
     a, b = vs[0].t, vs[1].t
     steps = torch.linspace(0.0, 1.0, n)
@@ -131,7 +128,6 @@ def _eye_typing(ts, consts):
 
 
 def _eye_impl(vs):
-    from .backend.values import Val
     n = int(vs[0].t.reshape(-1)[0])
     return Val(torch.eye(n).reshape((1,) * vs[0].prefix + (n, n)), None, vs[0].prefix)
 
@@ -146,7 +142,6 @@ def _dot_typing(ts, consts):
 
 
 def _dot_impl(vs):
-    from .backend.values import combine
     prod = combine(vs, torch.mul)
     return prod.aggregate(lambda t, m: torch.where(m, t, torch.zeros_like(t)).sum(-1))
 
@@ -156,7 +151,6 @@ def _clamp_typing(ts, consts):
 
 
 def _clamp_impl(vs):
-    from .backend.values import combine
     return combine(vs, lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi))
 
 

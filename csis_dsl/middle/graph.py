@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .frontend.checks import Checked
+from ..frontend.checked import Checked
 
 
 def build_graph(checked: Checked) -> nx.DiGraph:

@@ -1,0 +1,298 @@
+"""Executes a checked program once, vectorised over a batch of independent traces.
+
+Layout. Inside the interpreter every value of a statement nested in ``k`` loops is a
+tensor ``(B, n_1, ..., n_k, *shape)``: the trace batch, the loop dims, the value's own
+shape. Variables are stored as whole arrays ``(B, *family_dims, *shape)`` with a mask of
+the elements that exist.
+
+How loops run. A loop is *fissioned*: each statement of its body runs once over all
+iterations (the loop variable is a tensor along its own dim), which is exact whenever
+no statement reads another iteration of a family defined in the same loop. A family
+that does (``h[t] ~ Normal(h[t - 1], ...)``) becomes one site whose distribution
+(:mod:`.family`) produces its elements in order. Branches and latent-bounded loops run
+with masks: a site element whose mask is off is absent from the trace and contributes
+nothing to any log density.
+
+Every random statement goes to the site handler (:mod:`.handlers`), which decides its
+value: the same interpreter serves the Pyro model, the guide and the fast path.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+
+from ..catalogue.distributions import DISTRIBUTIONS, PARAM_KINDS, check_values, normalise
+from ..errors import ModelRuntimeError
+from ..frontend import ast as A
+from ..frontend.checked import Checked, Loop, Var
+from ..middle.plan import Plan
+from .dists import Switch, Truncated
+from .evaluate import Evaluator
+from .family import FamilyDist
+from .handlers import Site, SiteHandler
+from .values import Stored, Val, float_of
+
+
+def extend(t: torch.Tensor, P: int) -> torch.Tensor:
+    """Trailing singleton dims up to ``P`` dims."""
+    return t.reshape(t.shape + (1,) * (P - t.dim())) if t.dim() < P else t
+
+
+def extend_to(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
+
+
+class Runtime:
+    """One execution of the program over ``B`` traces."""
+
+    def __init__(self, checked: Checked, plan: Plan, B: int, handler: SiteHandler,
+                 args: Dict[str, torch.Tensor]):
+        self.checked, self.plan, self.B, self.handler = checked, plan, B, handler
+        self.env: Dict[str, Stored] = {n: Stored(v.unsqueeze(0)) for n, v in args.items()}
+        self.done: set = set()            # families already emitted as a whole
+
+    # ---------------------------------------------------------------- contexts
+    def loop_value(self, loops: List[Loop], k: int, at: Optional[int] = None) -> Val:
+        P = 1 + len(loops)
+        if at is None:
+            loop = loops[k]
+            shape = [1] * P
+            shape[1 + k] = loop.size
+            return Val(torch.arange(loop.lo, loop.lo + loop.size).reshape(shape), None, P)
+        return Val(torch.tensor(at).reshape([1] * P), None, P)
+
+    def lookup_fn(self, loops: List[Loop], fixed: Dict[int, int] = None,
+                  overlay: Dict[str, Stored] = None):
+        P = 1 + len(loops)
+        fixed = fixed or {}
+        by_var = {l.var: k for k, l in enumerate(loops)}
+
+        def lookup(name: str) -> Val:
+            if name in by_var:
+                k = by_var[name]
+                return self.loop_value(loops, k, fixed.get(k))
+            st = (overlay or {}).get(name) or self.env.get(name)
+            if st is None:
+                raise ModelRuntimeError(f"'{name}' has no value here (is it defined only "
+                                        "in a branch that did not run?)")
+            t = st.t
+            shape = t.shape[:1] + (1,) * (P - 1) + t.shape[1:]
+            m = None
+            if st.exists is not None:
+                e = st.exists
+                m = e.reshape(e.shape[:1] + (1,) * (P - 1) + e.shape[1:])
+                m = m.reshape(m.shape + (1,) * (len(shape) - m.dim()))
+            return Val(t.reshape(shape), m, P)
+        return lookup
+
+    def evaluator(self, loops, active=None, fixed=None, where="", overlay=None):
+        return Evaluator(self.lookup_fn(loops, fixed, overlay), 1 + len(loops), active, where)
+
+    def active_mask(self, s: A.Stmt, loops: List[Loop], fixed=None, overlay=None):
+        """(B, *loop dims) bool: where statement ``s`` runs, or None (everywhere)."""
+        P = 1 + len(loops)
+        mask = None
+
+        def andm(a, b):
+            return b if a is None else a & b
+        for k, loop in enumerate(loops):       # loop bounds that depend on values
+            if loop.static:
+                continue
+            ev = self.evaluator(loops[:k], fixed=fixed, overlay=overlay)
+            lo, hi = extend(ev(loop.start).t, P), extend(ev(loop.stop).t, P)
+            idx = self.loop_value(loops, k, (fixed or {}).get(k)).t
+            mask = andm(mask, (idx >= lo) & (idx < hi))
+        for g in self.plan.placement[s].guards:
+            ev = self.evaluator(loops[:g.depth], fixed=fixed, overlay=overlay)
+            taken = None
+            for j, (cond, _) in enumerate(g.stmt.branches[:g.branch + 1]):
+                c = ev(cond).t != 0
+                taken = andm(taken, c if j == g.branch else ~c)
+            if taken is not None:
+                mask = andm(mask, extend(taken, P))
+        if mask is not None and mask.shape[0] == 1:
+            mask = mask.expand((self.B,) + tuple(mask.shape[1:]))
+        return mask
+
+    # ---------------------------------------------------------------- running
+    def run(self) -> Dict[str, Stored]:
+        try:
+            self.block(self.checked.program.body)
+        except ModelRuntimeError as err:
+            err.source = err.source or self.checked.source
+            raise
+        return self.env
+
+    def block(self, stmts):
+        for s in stmts:
+            if isinstance(s, A.For):
+                self.block(s.body)
+            elif isinstance(s, A.If):
+                for name, defs in self.plan.switches.get(s, {}).items():
+                    self.emit_switch(s, name, defs)
+                self.block([b for _, body in s.branches for b in body] + list(s.orelse or []))
+            elif isinstance(s, A.Sample):
+                self.sample(s)
+            elif isinstance(s, A.Assign):
+                self.assign(s)
+
+    def where(self, s, name):
+        return f"'{name}' at {s.span}"
+
+    def emit(self, site: Site) -> torch.Tensor:
+        if site.var.kind == "observed":
+            return self.handler.observed(site)
+        return self.handler.latent(site)
+
+    # ---------------------------------------------------------------- distributions
+    def dist_for(self, s: A.Sample, loops, active, fixed=None, overlay=None, elem_shape=()):
+        """The statement's distribution in the runtime layout, with batch shape
+        (B, *loop dims, *element batch) and event shape = the distribution's own."""
+        name = A.target_name(s.target)
+        spec = DISTRIBUTIONS[s.dist.call.func]
+        ev = self.evaluator(loops, active, fixed, self.where(s, name), overlay)
+        P = 1 + len(loops)
+        params = [self.check_param(float_of(ev(a).t), p, spec.name, active, P, s)
+                  for p, a in zip(spec.params, s.dist.call.args)]
+        # broadcast the batch part of every parameter to (B, *loops, *element batch)
+        event = spec.event_shape(params)
+        batch = (self.B,) + tuple(1 if k in (fixed or {}) else l.size
+                                  for k, l in enumerate(loops))
+        elem_batch = tuple(elem_shape[:len(elem_shape) - len(event)])
+        out = []
+        for p, t in zip(spec.params, params):
+            nvec = p.vector_dims
+            tail = tuple(t.shape[t.dim() - nvec:]) if nvec else ()
+            core = tuple(t.shape[P:t.dim() - nvec])
+            core = (1,) * (len(elem_batch) - len(core)) + core
+            out.append(t.reshape(t.shape[:P] + core + tail).expand(batch + elem_batch + tail))
+        d = spec.build(out)
+        if s.dist.trunc is not None:
+            lo, hi = [None if b is None else self._bound(ev(b).t, P, len(elem_batch))
+                      for b in s.dist.trunc]
+            d = Truncated(d, lo, hi)
+        return d
+
+    @staticmethod
+    def _bound(t, P, n_elem):
+        t = float_of(extend(t, P))
+        return t.reshape(t.shape + (1,) * n_elem)
+
+    def check_param(self, p, param, dname, active, P, s):
+        """Parameters out of range where the statement runs are a ModelRuntimeError
+        naming it; where it does not run they are replaced by a safe value."""
+        kind = PARAM_KINDS[param.kind]
+        p = normalise(param.kind, p)
+        if param.kind == "covariance":
+            return p
+        bad = ~check_values(param.kind, p)
+        if not bool(bad.any()):
+            return p
+        real_bad = bad if active is None else bad & extend_to(active, bad)
+        if bool(real_bad.any()):
+            sel = extend_to(real_bad, p).expand(p.shape)
+            val = p[sel].reshape(-1)[0]
+            n = int(real_bad.reshape(real_bad.shape[0], -1).any(1).sum())
+            raise ModelRuntimeError(f"the {param.name} of {dname} must be {kind.words}, got "
+                                    f"{float(val):g} in {n} trace(s)", s.span)
+        fill = kind.safe if kind.safe is not None else 1.0 / p.shape[-1]
+        return torch.where(extend_to(bad, p), torch.full_like(p, fill), p)
+
+    # ---------------------------------------------------------------- statements
+    def sample(self, s: A.Sample):
+        name = A.target_name(s.target)
+        v: Var = self.checked.vars[name]
+        if name in self.done:
+            return
+        if v.is_family:
+            self.emit_family(v)
+            return
+        loops = self.plan.loops_of(s)
+        active = self.active_mask(s, loops)
+        d = self.dist_for(s, loops, active, elem_shape=v.elem_shape)
+        value = self.emit(Site(v, s, d, active, loops))
+        self.store(v, value, active)
+
+    def store(self, v: Var, value: torch.Tensor, active, merge=False):
+        value = value.expand((self.B,) + tuple(value.shape[1:])) if value.shape[0] == 1 \
+            else value
+        exists = active
+        if merge and v.name in self.env:
+            old = self.env[v.name]
+            if active is not None:
+                value = torch.where(extend_to(active, value), value,
+                                    old.t.expand(value.shape).to(value.dtype))
+                if old.exists is not None:
+                    exists = active | old.exists
+        if exists is not None:
+            exists = exists.expand(value.shape[:1 + len(v.family_dims)])
+        self.env[v.name] = Stored(value, exists)
+
+    def emit_switch(self, s: A.If, name, defs):
+        """One site for a variable defined in several exclusive branches."""
+        v = self.checked.vars[name]
+        loops = self.plan.loops_of(s)
+        dists, masks = [], []
+        for _, st in defs:
+            m = self.active_mask(st, loops)
+            masks.append(m)
+            dists.append(self.dist_for(st, loops, m, elem_shape=v.elem_shape))
+        index = torch.zeros(dists[0].batch_shape[:1 + len(loops)], dtype=torch.long)
+        present = None
+        for j, m in enumerate(masks):
+            if m is None:
+                continue
+            index = torch.where(m.expand(index.shape), torch.full_like(index, j), index)
+            present = m if present is None else present | m
+        d = Switch(extend(index, len(dists[0].batch_shape)), dists)
+        value = self.emit(Site(v, defs[0][1], d, present, loops))
+        self.store(v, value, present)
+        self.done.add(name)
+
+    def emit_family(self, v: Var):
+        d = FamilyDist(self, v, self.plan.pieces[v.name])
+        value = self.emit(Site(v, v.stmts[0], d, None, [], family=True))
+        self.env[v.name] = Stored(value, d.exists(value))
+        self.done.add(v.name)
+
+    def assign(self, s: A.Assign):
+        name = A.target_name(s.target)
+        v: Var = self.checked.vars[name]
+        loops = self.plan.loops_of(s)
+        if v.recursive:
+            self.assign_sequential(s, v, loops)
+            return
+        active = self.active_mask(s, loops)
+        t = self.evaluator(loops, active, where=self.where(s, name))(s.value).t
+        if v.type.base == "real":
+            t = float_of(t)
+        shape = (self.B,) + tuple(l.size for l in loops) + tuple(v.elem_shape)
+        t = t.expand(torch.broadcast_shapes(t.shape, (1,) * (1 + len(loops)) + tuple(v.elem_shape)))
+        t = t.expand((self.B,) + t.shape[1:]) if t.shape[0] == 1 else t
+        self.store(v, t.expand(shape), active, merge=len(v.stmts) > 1)
+
+    def assign_sequential(self, s, v, loops):
+        """A deterministic family that reads its own earlier elements, in order."""
+        k, loop = len(loops) - 1, loops[-1]
+        shape = (self.B,) + tuple(v.family_dims) + tuple(v.elem_shape)
+        st = self.env.get(v.name)
+        buf = torch.zeros(shape) if st is None else st.t.clone().to(torch.get_default_dtype())
+        ex = torch.zeros(shape[:1 + len(v.family_dims)], dtype=torch.bool) \
+            if st is None or st.exists is None else st.exists.clone()
+        for i in range(loop.lo, loop.lo + loop.size):
+            fixed = {k: i}
+            overlay = {v.name: Stored(buf, ex)}
+            active = self.active_mask(s, loops, fixed, overlay)
+            ev = self.evaluator(loops, active, fixed, self.where(s, v.name), overlay)
+            val = float_of(ev(s.value).t)
+            val = val.expand(torch.broadcast_shapes(val.shape, (self.B,) + (1,) * len(loops)
+                                                    + tuple(v.elem_shape)))
+            sel = val.reshape((self.B,) + tuple(val.shape[1:len(loops)])
+                              + tuple(val.shape[len(loops) + 1:]))
+            a = torch.ones(self.B, dtype=torch.bool) if active is None \
+                else active.reshape(self.B, -1)[:, 0]
+            buf, ex = buf.clone(), ex.clone()
+            buf[:, i] = sel
+            ex[:, i] = a
+        self.env[v.name] = Stored(buf, ex)

@@ -1,0 +1,128 @@
+"""Observations: the values given for observed variables, checked once against the
+model (names, shapes, dtypes, supports) and carried as an :class:`Observations` object,
+so that every later stage knows they are valid without re-checking a flag."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from torch.distributions import constraints
+
+from ..catalogue.supports import describe
+from ..errors import ObservationError
+from ..frontend.checked import Checked
+
+
+class Observations(Mapping):
+    """Validated observations: name -> tensor of shape (1 or B, *shape), real-valued
+    variables in the default float dtype."""
+
+    def __init__(self, values: Dict[str, torch.Tensor]):
+        self._values = dict(values)
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self):
+        return len(self._values)
+
+    def __repr__(self):
+        return f"Observations({', '.join(self._values)})"
+
+    @property
+    def batch(self) -> int:
+        """How many observation sets these are (1: one set shared by every trace)."""
+        return max((t.shape[0] for t in self._values.values()), default=1)
+
+    @classmethod
+    def of(cls, checked: Checked, observations, batch: Optional[int] = None,
+           require_all: bool = True) -> "Observations":
+        """Validate ``observations`` (a mapping of name to number, list, array or
+        tensor), or pass an already validated one through."""
+        if isinstance(observations, Observations):
+            return observations
+        return cls(validate(checked, observations, batch, require_all))
+
+
+def to_tensor(value, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise ObservationError(f"{what}: cannot read {value!r} as a number or array") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise ObservationError(f"{what}: expected numbers, got {value!r}")
+    return torch.as_tensor(arr)
+
+
+def validate(checked: Checked, observations, batch: Optional[int] = None,
+             require_all: bool = True) -> Dict[str, torch.Tensor]:
+    """Check names, shapes, dtypes and supports; return tensors of shape
+    (1 or batch, *shape). Every problem is reported in one ObservationError."""
+    if observations is None:
+        observations = {}
+    if not isinstance(observations, Mapping):
+        raise ObservationError("observations must be a mapping from observed variable to "
+                               f"value, such as {{'y': 1.0}}; got {type(observations).__name__}")
+    names = checked.names("observed")
+    msgs = []
+    for k in observations:
+        if k in names:
+            continue
+        kind = checked.vars[k].kind if k in checked.vars else None
+        if kind:
+            msgs.append(f"'{k}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind} variable, "
+                        f"not an observed one; the observed variables are {names}")
+        else:
+            m = difflib.get_close_matches(str(k), names, n=1)
+            msgs.append(f"unknown observed variable '{k}'"
+                        + (f"; did you mean '{m[0]}'?" if m else f"; the model observes {names}"))
+    if require_all:
+        msgs += [f"missing observation for '{n}' (expected {checked.vars[n].type})"
+                 for n in names if n not in observations]
+    out = {}
+    for k, value in observations.items():
+        if k not in names:
+            continue
+        try:
+            out[k] = _one(checked.vars[k], k, value, batch)
+        except ObservationError as err:
+            msgs.append(str(err))
+    if msgs:
+        raise ObservationError("; ".join(msgs) if len(msgs) == 1 else
+                               "bad observations:\n  - " + "\n  - ".join(msgs))
+    return out
+
+
+def _one(v, k, value, batch) -> torch.Tensor:
+    t = to_tensor(value, f"observation '{k}'")
+    shape = tuple(v.type.shape)
+    if tuple(t.shape) == shape:
+        t = t.unsqueeze(0)
+    elif batch is None or tuple(t.shape) != (batch,) + shape:
+        raise ObservationError(f"observation '{k}' has shape {list(t.shape)}, expected "
+                               f"{list(shape)} ({v.type}); nothing is broadcast")
+    if v.type.base in ("int", "bool"):
+        if t.is_floating_point() and not bool(torch.all(t == t.round())):
+            raise ObservationError(f"observation '{k}' must be {v.type.base}-valued "
+                                   f"({v.dist}), got {t.reshape(-1)[0].item():g}")
+    elif t.dtype == torch.bool:
+        raise ObservationError(f"observation '{k}' must be real-valued, got a bool")
+    t = t.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(t).all()):
+        raise ObservationError(f"observation '{k}' contains NaN or infinity")
+    sup = v.support
+    if sup is not None and sup is not constraints.real and sup is not constraints.real_vector:
+        ok = sup.check(t)
+        if not bool(ok.all()):
+            bad = t[~ok.expand(t.shape)] if ok.shape == t.shape else t.reshape(-1)
+            raise ObservationError(f"observation '{k}' = {bad.reshape(-1)[0].item():g} is "
+                                   f"outside the support of {v.dist} ({describe(sup)})")
+    return t

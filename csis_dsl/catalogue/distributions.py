@@ -1,0 +1,193 @@
+"""The distribution catalogue: one entry per distribution owns everything the compiler
+knows about it -- its parameters and their legal values, its value type, its support
+(from what is known when compiling), its event shape, its constructor and the proposal
+family that proposes it. The checker, the interpreter and the proposal network ask the
+entry; none of them tests a distribution's name.
+
+Adding a distribution is one ``DistSpec`` in ``DISTRIBUTIONS`` (plus its tests and its
+line in the language reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Tuple
+
+import pyro.distributions as pdist
+import torch
+from torch.distributions import constraints
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """What values a parameter may take. ``safe`` is a legal value that traces where the
+    statement does not run use, so that a distribution is always constructible;
+    ``vector_dims`` trailing dims belong to the distribution, not to the batch."""
+    constraint: object
+    safe: Optional[float]
+    words: str
+    vector_dims: int = 0
+
+
+PARAM_KINDS = {
+    "real": ParamKind(constraints.real, 0.0, "a finite number"),
+    "positive": ParamKind(constraints.positive, 1.0, "positive"),
+    "probability": ParamKind(constraints.unit_interval, 0.5, "in [0, 1]"),
+    "count": ParamKind(constraints.nonnegative_integer, 1.0, "a non-negative integer"),
+    "probs": ParamKind(constraints.simplex, None, "non-negative weights", 1),
+    "concentration": ParamKind(constraints.positive, 1.0, "positive", 1),
+    "vector": ParamKind(constraints.real_vector, 0.0, "finite", 1),
+    "covariance": ParamKind(constraints.positive_definite, None, "positive definite", 2),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str                 # a key of PARAM_KINDS
+
+    @property
+    def vector_dims(self) -> int:
+        return PARAM_KINDS[self.kind].vector_dims
+
+
+class StaticArgs(Protocol):
+    """What the checker knows about a call's arguments when compiling."""
+
+    def const(self, i: int): ...               # the value, or None
+    def shape(self, i: int) -> Tuple[int, ...]: ...
+    def int_range(self, i: int): ...           # (lo, hi) of an integer argument, or None
+
+
+def _real(args) -> object:
+    return constraints.real
+
+
+@dataclass(frozen=True)
+class DistSpec:
+    name: str
+    params: Tuple[Param, ...]
+    make: Callable                          # parameters (tensors) -> a torch distribution
+    value_type: str = "real"                # real | int | bool
+    proposal: str = "continuous"            # the proposal family (proposals/families/)
+    support: Callable = _real               # StaticArgs -> constraint
+    event_param: Optional[int] = None       # the parameter whose last dim is the event
+    truncatable: bool = False
+
+    @property
+    def discrete(self) -> bool:
+        return self.value_type != "real"
+
+    @property
+    def arity(self) -> int:
+        return len(self.params)
+
+    def event_shape(self, params) -> Tuple[int, ...]:
+        """The event shape of a distribution built from these parameter tensors."""
+        if self.event_param is None:
+            return ()
+        return tuple(params[self.event_param].shape[-1:])
+
+    def build(self, params):
+        """The torch distribution (no argument validation: the interpreter checks the
+        parameters itself and names the statement)."""
+        return self.make(*params)
+
+
+def _torch(name, **fixed):
+    cls = getattr(pdist, name)
+    return lambda *p: cls(*p, validate_args=False, **fixed)
+
+
+def _const_support(c):
+    return lambda args: c
+
+
+def _uniform_support(args):
+    lo, hi = args.const(0), args.const(1)
+    if lo is not None and hi is not None:
+        return constraints.interval(lo, hi)
+    return constraints.real
+
+
+def _categorical_support(args):
+    return constraints.integer_interval(0, args.shape(0)[-1] - 1)
+
+
+def _binomial_support(args):
+    r = args.int_range(0)
+    return constraints.integer_interval(0, int(r[1])) if r else constraints.nonnegative_integer
+
+
+def _spec(name, params, make=None, **kw):
+    return DistSpec(name, tuple(Param(n, k) for n, k in params), make or _torch(name), **kw)
+
+
+_POSITIVE = _const_support(constraints.positive)
+_COUNT = dict(value_type="int", proposal="count",
+              support=_const_support(constraints.nonnegative_integer))
+
+DISTRIBUTIONS = {d.name: d for d in [
+    _spec("Normal", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("HalfNormal", [("scale", "positive")], truncatable=True, support=_POSITIVE),
+    _spec("LogNormal", [("loc", "real"), ("scale", "positive")], truncatable=True,
+          support=_POSITIVE),
+    _spec("StudentT", [("df", "positive"), ("loc", "real"), ("scale", "positive")]),
+    _spec("Cauchy", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("HalfCauchy", [("scale", "positive")], truncatable=True, support=_POSITIVE),
+    _spec("Laplace", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("Gumbel", [("loc", "real"), ("scale", "positive")], truncatable=True),
+    _spec("Gamma", [("concentration", "positive"), ("rate", "positive")], truncatable=True,
+          support=_POSITIVE),
+    _spec("InverseGamma", [("concentration", "positive"), ("rate", "positive")],
+          truncatable=True, support=_POSITIVE),
+    _spec("Exponential", [("rate", "positive")], truncatable=True, support=_POSITIVE),
+    _spec("Beta", [("concentration1", "positive"), ("concentration0", "positive")],
+          support=_const_support(constraints.unit_interval)),
+    _spec("Uniform", [("low", "real"), ("high", "real")], truncatable=True,
+          support=_uniform_support),
+    _spec("Chi2", [("df", "positive")], truncatable=True, support=_POSITIVE),
+    _spec("Weibull", [("scale", "positive"), ("concentration", "positive")],
+          truncatable=True, support=_POSITIVE),
+    _spec("Bernoulli", [("probs", "probability")], value_type="bool", proposal="finite",
+          make=lambda p: pdist.Bernoulli(probs=p, validate_args=False),
+          support=_const_support(constraints.boolean)),
+    _spec("Binomial", [("total_count", "count"), ("probs", "probability")],
+          value_type="int", proposal="finite", support=_binomial_support,
+          make=lambda n, p: pdist.Binomial(total_count=n, probs=p, validate_args=False)),
+    _spec("Categorical", [("probs", "probs")], value_type="int", proposal="finite",
+          support=_categorical_support,
+          make=lambda p: pdist.Categorical(probs=p, validate_args=False)),
+    _spec("Poisson", [("rate", "positive")], **_COUNT),
+    _spec("Geometric", [("probs", "probability")], **_COUNT,
+          make=lambda p: pdist.Geometric(probs=p, validate_args=False)),
+    _spec("NegativeBinomial", [("total_count", "positive"), ("probs", "probability")],
+          **_COUNT, make=lambda n, p: pdist.NegativeBinomial(total_count=n, probs=p,
+                                                             validate_args=False)),
+    _spec("Dirichlet", [("concentration", "concentration")], event_param=0,
+          support=_const_support(constraints.simplex)),
+    _spec("MultivariateNormal", [("loc", "vector"), ("covariance_matrix", "covariance")],
+          event_param=0, support=_const_support(constraints.real_vector),
+          make=lambda m, c: pdist.MultivariateNormal(m, covariance_matrix=c,
+                                                     validate_args=False)),
+]}
+
+
+def check_values(kind: str, p: torch.Tensor) -> torch.Tensor:
+    """Which elements of a parameter tensor are legal for ``kind`` (batch shape: the
+    parameter's shape less its vector dims). Probability vectors are checked after
+    normalisation (see ``normalise``)."""
+    k = PARAM_KINDS[kind]
+    if kind == "covariance":
+        return torch.ones(p.shape[:-2], dtype=torch.bool)
+    if kind == "probs":
+        return (p >= 0).all(-1)
+    if kind in ("real", "vector"):
+        ok = torch.isfinite(p)
+    else:
+        ok = k.constraint.check(p)
+    return ok.all(-1) if k.vector_dims and ok.dim() == p.dim() else ok
+
+
+def normalise(kind: str, p: torch.Tensor) -> torch.Tensor:
+    """Probability weights are normalised to sum to one; other kinds pass through."""
+    return p / p.sum(-1, keepdim=True) if kind == "probs" else p

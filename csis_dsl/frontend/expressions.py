@@ -1,0 +1,189 @@
+"""Static types of expressions: base (real | int | bool) and concrete shape, with
+broadcasting, indexing and the function catalogue's typing rules. Every expression's
+type is recorded in ``scope.types`` for the later stages."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ..catalogue.distributions import DISTRIBUTIONS
+from ..catalogue.functions import FUNCTIONS, FunctionTypeError
+from . import ast as A
+from .constants import Constants
+from .scopes import Scope, close_match
+from .types import BOOL, INT, REAL, Type, broadcast, join_base
+
+
+class CallArgs:
+    """A distribution call's arguments as the catalogue's ``StaticArgs``: constants,
+    shapes and integer ranges known when compiling."""
+
+    def __init__(self, call: A.Call, types, constants: Constants):
+        self.call, self.types, self.k = call, types, constants
+
+    def const(self, i):
+        return self.k.try_const(self.call.args[i])
+
+    def shape(self, i):
+        return self.types[self.call.args[i]].shape
+
+    def int_range(self, i):
+        return self.k.interval(self.call.args[i])
+
+
+class ExprTyper:
+    def __init__(self, scope: Scope, constants: Constants):
+        self.scope, self.k = scope, constants
+
+    def error(self, span, msg):
+        self.scope.error(span, msg)
+
+    def expr(self, e: A.Expr) -> Optional[Type]:
+        t = self._expr(e)
+        if t is not None:
+            self.scope.types[e] = t
+        return t
+
+    def _expr(self, e: A.Expr) -> Optional[Type]:
+        if isinstance(e, A.Num):
+            return INT if e.is_int else REAL
+        if isinstance(e, A.Bool):
+            return BOOL
+        if isinstance(e, A.Name):
+            v = self.scope.lookup(e.id, e.span)
+            return v.type if v else None
+        if isinstance(e, A.Unary):
+            t = self.expr(e.operand)
+            if t is None:
+                return None
+            if e.op == "not":
+                return BOOL.with_shape(t.shape)
+            return Type(t.base if t.base != "bool" else "int", t.shape)
+        if isinstance(e, A.Binary):
+            return self.binary(e)
+        if isinstance(e, A.Cond):
+            c, a, b = self.expr(e.test), self.expr(e.then), self.expr(e.orelse)
+            if None in (c, a, b):
+                return None
+            shape = broadcast(broadcast(a.shape, b.shape) or (), c.shape)
+            if shape is None or broadcast(a.shape, b.shape) is None:
+                self.error(e.span, f"shape mismatch: the branches of '?' are {a} and {b}")
+                return None
+            return Type(join_base(a.base, b.base) if a.base != b.base else a.base, shape)
+        if isinstance(e, A.Vector):
+            return self.vector(e)
+        if isinstance(e, A.Index):
+            return self.index(e)
+        if isinstance(e, A.Call):
+            return self.call(e)
+        return None  # pragma: no cover
+
+    def binary(self, e: A.Binary) -> Optional[Type]:
+        a, b = self.expr(e.left), self.expr(e.right)
+        if a is None or b is None:
+            return None
+        shape = broadcast(a.shape, b.shape)
+        if shape is None:
+            self.error(e.span, f"shape mismatch: '{e.op}' between {a} and {b}")
+            return None
+        if e.op in ("and", "or", "==", "!=", "<", "<=", ">", ">="):
+            return BOOL.with_shape(shape)
+        if e.op in ("/", "^"):
+            return REAL.with_shape(shape)
+        return Type(join_base(a.base, b.base), shape)
+
+    def vector(self, e: A.Vector) -> Optional[Type]:
+        ts = [self.expr(i) for i in e.items]
+        if not ts:
+            self.error(e.span, "an empty vector literal has no type; use zeros(0)")
+            return None
+        if None in ts:
+            return None
+        if any(t.shape != ts[0].shape for t in ts):
+            self.error(e.span, "the items of a vector literal must all have the same "
+                       f"shape; got {', '.join(str(t) for t in ts)}")
+            return None
+        base = "real" if any(t.base == "real" for t in ts) else ts[0].base
+        return Type(base, (len(ts),) + ts[0].shape)
+
+    def index(self, e: A.Index) -> Optional[Type]:
+        base = self.expr(e.base)
+        idx = [self.expr(i) for i in e.indices]
+        if base is None or None in idx:
+            return None
+        for i, t in zip(e.indices, idx):
+            if t.base == "real":
+                self.error(i.span, f"an index must be an integer, got {t}")
+                return None
+            if t.shape:
+                self.error(i.span, f"an index must be a scalar, got {t}")
+                return None
+        if len(idx) > len(base.shape):
+            nd = len(base.shape)
+            what = "a scalar" if not nd else f"{base} (has {nd} dimension{'s' if nd > 1 else ''})"
+            self.error(e.span, f"cannot index {what} with {len(idx)} "
+                       f"ind{'ices' if len(idx) > 1 else 'ex'}")
+            return None
+        for k, i in enumerate(e.indices):
+            r = self.k.interval(i)
+            if r is not None and r[0] == r[1] and (r[0] >= base.shape[k] or r[1] < 0):
+                self.error(i.span, f"index {int(r[0])} is out of range for a dimension "
+                           f"of size {base.shape[k]}")
+        return Type(base.base, base.shape[len(idx):])
+
+    def call(self, e: A.Call) -> Optional[Type]:
+        if e.func in DISTRIBUTIONS:
+            self.error(e.func_span, f"'{e.func}' is a distribution; it can only appear "
+                       "on the right of '~'")
+            return None
+        f = FUNCTIONS.get(e.func)
+        if f is None:
+            self.error(e.func_span, f"unknown function '{e.func}'{close_match(e.func, FUNCTIONS)}")
+            for a in e.args:
+                self.expr(a)
+            return None
+        ts = [self.expr(a) for a in e.args]
+        if not f.min_args <= len(e.args) <= f.max_args:
+            want = (f"{f.min_args}" if f.min_args == f.max_args
+                    else f"{f.min_args} or {f.max_args}")
+            self.error(e.span, f"{e.func} takes {want} argument{'s' if f.max_args > 1 else ''}"
+                       f", got {len(e.args)}")
+            return None
+        if None in ts:
+            return None
+        consts = [self.k.try_const(a) for a in e.args]
+        try:
+            return f.typing(ts, consts)
+        except FunctionTypeError as err:
+            at = e.span
+            if f.needs_const and len(e.args) > f.needs_const[0] \
+                    and consts[f.needs_const[0]] is None:
+                at = e.args[f.needs_const[0]].span
+            self.error(at, str(err))
+            return None
+
+    # ------------------------------------------------------------------ types
+    def type_spec(self, t: A.TypeSpec) -> Optional[Type]:
+        """A declared type with its sizes evaluated (they must be constants)."""
+        dims = []
+        for d in t.dims:
+            self.expr(d)
+            c = self.k.try_const(d)
+            if c is None or float(c) != int(c) or int(c) < 0:
+                self.error(d.span, "a size must be a non-negative integer known when "
+                           "compiling (a literal or an arg)")
+                return None
+            dims.append(int(c))
+        for b in (t.lower, t.upper):
+            if b is not None:
+                self.expr(b)
+                if self.k.try_const(b) is None:
+                    self.error(b.span, "a bound must be a number known when compiling")
+        if t.base == "simplex":
+            if len(dims) != 1:
+                self.error(t.span, "simplex needs one size, as in simplex[K]")
+                return None
+            return Type("real", tuple(dims))
+        return Type(t.base, tuple(dims))
+
+    def types_of(self, exprs) -> List[Optional[Type]]:
+        return [self.scope.types.get(a) for a in exprs]

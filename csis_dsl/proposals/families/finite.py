@@ -1,0 +1,73 @@
+"""Finite supports (Bernoulli, Categorical, Binomial): a Categorical over exactly the
+prior's support, its logits the prior's log-probabilities in this trace (in a family
+produced in order, given the elements before) plus a learned correction."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Categorical, Independent, constraints
+
+from .base import Proposal, ProposalFamily
+
+
+class CategoricalProposal(Proposal):
+    def __init__(self, logits):
+        self.d = Independent(Categorical(logits=logits, validate_args=False), 1)
+
+    def sample(self):
+        with torch.no_grad():
+            return self.d.sample().to(torch.get_default_dtype())
+
+    def log_prob(self, x):
+        return self.d.log_prob(x.long())
+
+
+class FiniteProposal(ProposalFamily):
+    name = "finite"
+
+    def __init__(self, info, config):
+        super().__init__(info, config)
+        sup = info.support
+        self.k = 2 if sup is constraints.boolean else int(sup.upper_bound) + 1
+        self.out = nn.Linear(config.hidden, info.de * self.k)
+        with torch.no_grad():
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+
+    @property
+    def feat_dim(self):
+        return self.info.de * self.k
+
+    def facts(self, d, M, width, j0=0):
+        """The prior's log-probability of each value: (M, width, de, k), -inf outside its
+        support (Binomial: above its total count in this trace)."""
+        de, k = self.info.de, self.k
+        if d is None:
+            return (torch.zeros(M, width, de, k),)
+        as_long = isinstance(d, torch.distributions.Categorical)
+        try:
+            lp = torch.stack([d.log_prob(torch.full(d.batch_shape, float(v)).to(
+                torch.long if as_long else torch.get_default_dtype())) for v in range(k)], -1)
+            lp = lp.reshape(M, width, de, k)
+            if hasattr(d, "total_count"):
+                n = d.total_count.reshape(M, width, de, 1)
+                lp = torch.where(torch.arange(k) <= n, lp, torch.full_like(lp, -float("inf")))
+            lp = torch.nan_to_num(lp, nan=-float("inf"))
+        except (NotImplementedError, RuntimeError, ValueError):
+            lp = torch.zeros(M, width, de, k)
+        return (lp.detach(),)
+
+    def features(self, x, j0=0):
+        oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k)
+        return oh.reshape(x.shape[:-1] + (self.info.de * self.k,)).to(torch.get_default_dtype())
+
+    def forward(self, h, facts):
+        prior_logp = facts[0]
+        logits = prior_logp + self.out(h).view(h.shape[0], self.info.de, self.k)
+        logits = torch.where(torch.isfinite(prior_logp), logits,
+                             torch.full_like(logits, -float("inf")))
+        return CategoricalProposal(logits)
+
+
+FAMILY = FiniteProposal
