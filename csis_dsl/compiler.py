@@ -83,12 +83,30 @@ class CompiledModel:
                                          progress=progress, validate_every=validate_every)
         return self.history
 
-    def infer(self, observations, num_samples=1000, proposal="guide", seed=None):
-        """Importance sampling with the trained guide (or the prior): a Posterior."""
+    def infer(self, observations, num_samples=1000, proposal="guide", seed=None,
+              refine_steps=0, progress=False):
+        """Importance sampling with the trained guide (or the prior): a Posterior.
+
+        ``refine_steps=N`` first adapts a copy of the proposal to these observations
+        (``refine``), then draws the samples from it; the weights stay exact."""
         from .engine.posterior import importance
         if proposal == "guide":
             self.guide.fit_statistics()
+        if refine_steps and proposal == "guide":
+            return self.refine(observations, steps=refine_steps, seed=seed,
+                               progress=progress).infer(num_samples, seed=seed)
         return importance(self, observations, num_samples, proposal, seed)
+
+    def refine(self, observations, steps=200, draws=256, lr=1e-3, seed=None,
+               progress=False, max_seconds=None):
+        """A copy of the proposal adapted to ``observations`` by importance-weighted
+        (wake-phase) updates; ``.infer(num_samples)`` draws from it, ``.guide`` is the
+        refined network, ``.ess`` the ESS of each step. The amortised network is
+        unchanged."""
+        from .engine.refine import refine
+        self.guide.fit_statistics()
+        return refine(self, observations, steps=steps, draws=draws, lr=lr, seed=seed,
+                      progress=progress, max_seconds=max_seconds)
 
     def check_observations(self, observations):
         """Raise ObservationError unless ``observations`` fit the model exactly (every

@@ -44,11 +44,19 @@ def extend_to(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Runtime:
-    """One execution of the program over ``B`` traces."""
+    """One execution of the program over ``B`` traces.
+
+    ``strict``: a parameter out of range is the model's fault (a ModelRuntimeError
+    naming the statement) -- right when every value comes from the model itself. When
+    latents come from elsewhere (a proposal, a refinement), such a trace is impossible
+    under the model, not an error: it is marked in ``invalid`` (its density is zero)
+    and the run goes on with a safe value."""
 
     def __init__(self, checked: Checked, plan: Plan, B: int, handler: SiteHandler,
-                 args: Dict[str, torch.Tensor]):
+                 args: Dict[str, torch.Tensor], strict: bool = True):
         self.checked, self.plan, self.B, self.handler = checked, plan, B, handler
+        self.strict = strict
+        self.invalid = torch.zeros(B, dtype=torch.bool)
         self.env: Dict[str, Stored] = {n: Stored(v.unsqueeze(0)) for n, v in args.items()}
         self.done: set = set()            # families already emitted as a whole
 
@@ -141,6 +149,7 @@ class Runtime:
         return f"'{name}' at {s.span}"
 
     def emit(self, site: Site) -> torch.Tensor:
+        site.env = self.env
         if site.var.kind == "observed":
             return self.handler.observed(site)
         return self.handler.latent(site)
@@ -190,7 +199,10 @@ class Runtime:
         if not bool(bad.any()):
             return p
         real_bad = bad if active is None else bad & extend_to(active, bad)
-        if bool(real_bad.any()):
+        if bool(real_bad.any()) and not self.strict:
+            traces = real_bad.reshape(real_bad.shape[0], -1).any(1)
+            self.invalid = self.invalid | traces.expand(self.B)
+        elif bool(real_bad.any()):
             sel = extend_to(real_bad, p).expand(p.shape)
             val = p[sel].reshape(-1)[0]
             n = int(real_bad.reshape(real_bad.shape[0], -1).any(1).sum())

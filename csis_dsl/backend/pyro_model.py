@@ -9,6 +9,7 @@ import torch
 from ..frontend.args import resolve_runtime_args
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
+from .handlers import Scorer, SiteHandler
 from .interpreter import Runtime
 from .observations import Observations
 from .pyro_sites import Layout, PyroSites
@@ -52,9 +53,22 @@ class PyroModel:
     def simulate(self, num_traces: int, **args) -> Dict[str, torch.Tensor]:
         """``num_traces`` joint samples in one vectorised call, without Pyro: every
         variable as a tensor (num_traces, *shape)."""
-        from .handlers import SiteHandler
         with torch.no_grad():
             rt = Runtime(self.checked, self.plan, num_traces, SiteHandler(), self.args(args))
             env = rt.run()
         return {n: env[n].t.expand((num_traces,) + tuple(env[n].t.shape[1:]))
                 for n in self.checked.order}
+
+    def score(self, num_traces: int, observations=None, values=None, **args):
+        """One vectorised run without Pyro: latents from ``values`` (sampled from the
+        prior where not given), observed variables from ``observations``. Returns
+        (log p of the latents (B,), log p of the observations (B,), the :class:`Env`);
+        given latents that make a parameter illegal have log p = -inf."""
+        scorer = Scorer(num_traces, observations, values)
+        rt = Runtime(self.checked, self.plan, num_traces, scorer, self.args(args),
+                     strict=values is None)
+        env = env_of(rt.run())
+        # a trace whose given latents make a parameter illegal has density zero
+        dead = torch.where(rt.invalid, torch.full_like(scorer.log_latent, -float("inf")),
+                           torch.zeros_like(scorer.log_latent))
+        return scorer.log_latent + dead, scorer.log_observed, env

@@ -5,68 +5,61 @@ import math
 import warnings
 from typing import Dict, Optional
 
-import pyro.poutine as poutine
 import torch
 
 from ..backend.observations import Observations
+from .diagnostics import far_observations, k_threshold, pareto_k
 from .seeding import seeded
 
 
-def _per_trace(tr, B, names) -> torch.Tensor:
-    total = torch.zeros(B)
-    tr.compute_log_prob()
-    for n in names:
-        site = tr.nodes.get(n)
-        if site is None or site["type"] != "sample":
-            continue
-        lp = site["log_prob"]
-        lp = lp.expand((B,) + tuple(lp.shape[1:])) if lp.dim() and lp.shape[0] == 1 else lp
-        total = total + (lp.reshape(B, -1).sum(1) if lp.dim() else lp.expand(B))
-    return total
-
-
 def importance(model, observations, num_samples=1000, proposal="guide",
-               seed: Optional[int] = None) -> "Posterior":
-    c = model
-    obs = Observations.of(c.checked, observations, require_all=True)
+               seed: Optional[int] = None, guide=None, refinement=None) -> "Posterior":
+    """Importance sampling in one vectorised pass (no Pyro trace): log weights
+    log p(latents, observations) - log q(latents | observations), with ``guide`` (the
+    model's unless given, e.g. a refined copy) or the prior as the proposal."""
+    obs = Observations.of(model.checked, observations, require_all=True)
     if proposal not in ("guide", "prior"):
         raise ValueError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
+    guide = guide if guide is not None else (model.guide if proposal == "guide" else None)
     B = int(num_samples)
     with torch.no_grad(), seeded(seed):
         if proposal == "guide":
-            gtr = poutine.trace(c.guide).get_trace(observations=obs, num_traces=B)
-            mtr = poutine.trace(poutine.replay(c.pyro_model, trace=gtr)).get_trace(
-                observations=obs, num_traces=B)
-            log_q = _per_trace(gtr, B, c.latents)
-            log_p = _per_trace(mtr, B, c.latents + c.observed)
-            log_w = log_p - log_q
+            values, log_q = guide.propose(obs, B)
+            log_latent, log_obs, env = model.pyro_model.score(B, obs, values)
+            log_w = log_latent + log_obs - log_q
         else:
-            mtr = poutine.trace(c.pyro_model).get_trace(observations=obs, num_traces=B)
-            log_w = _per_trace(mtr, B, c.observed)
-    env = mtr.nodes["_RETURN"]["value"]
+            _, log_w, env = model.pyro_model.score(B, obs)
     values = {n: env[n].expand((B,) + tuple(env[n].shape[1:]))
-              for n in c.latents + c.deterministic}
-    exists = {n: getattr(env, "exists", {}).get(n) for n in values}
-    return Posterior(c, values, exists, log_w, obs, proposal)
+              for n in model.latents + model.deterministic}
+    exists = {n: env.exists.get(n) for n in values}
+    far = far_observations(guide, obs) if guide is not None and refinement is None else []
+    return Posterior(model, values, exists, log_w, obs, proposal, refinement, far)
 
 
 class Posterior:
     """Weighted samples of the latents (and deterministic variables) given the
-    observations."""
+    observations, with the diagnostics of their weights: ``ess``, ``pareto_k``,
+    ``log_evidence``; ``refinement`` when the proposal was refined for them."""
 
-    def __init__(self, model, values, exists, log_weights, observations, proposal):
+    def __init__(self, model, values, exists, log_weights, observations, proposal,
+                 refinement=None, far=()):
         self.model = model
         self._values = values
         self._exists = exists
-        lw = torch.nan_to_num(log_weights.detach().double(), nan=-math.inf)
+        lw = log_weights.detach().double()
+        lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
         self.log_weights = lw
         self.observations = dict(observations)
         self.proposal = proposal
+        self.refinement = refinement
         self.num_samples = lw.shape[0]
+        self.far_observations = list(far)
         finite = torch.isfinite(lw)
         if not bool(finite.any()):
             warnings.warn("every importance weight is zero (log weight -inf or NaN): the "
-                          "proposal never proposed a value the model allows", RuntimeWarning)
+                          "proposal never proposed a value the model allows given these "
+                          "observations, so there is no estimate; check that the "
+                          "observations are possible under the model", RuntimeWarning)
             self.weights = torch.full_like(lw, 1.0 / lw.shape[0])
             self.log_evidence = -math.inf
             self.ess = 0.0
@@ -74,10 +67,27 @@ class Posterior:
             self.log_evidence = float(torch.logsumexp(lw, 0) - math.log(lw.shape[0]))
             self.weights = torch.softmax(lw, 0)
             self.ess = float(1.0 / (self.weights ** 2).sum())
-        if self.ess < 0.05 * self.num_samples:
+        self.pareto_k = pareto_k(lw)
+        self._warn()
+
+    def _warn(self):
+        hint = "train longer, refine for these observations (refine_steps=...) or draw " \
+            "more samples"
+        for name, z in self.far_observations:
+            warnings.warn(f"observation '{name}' lies far outside the simulations the "
+                          f"proposal was trained on ({z:.3g} standard deviations of the "
+                          "prior predictive): the amortised proposal is extrapolating and "
+                          "its ESS may look good while being wrong; refine for these "
+                          "observations (refine_steps=...) and check the model", RuntimeWarning)
+        if 0 < self.ess < 0.05 * self.num_samples:
             warnings.warn(f"effective sample size {self.ess:.1f} is below 5% of the "
-                          f"{self.num_samples} samples: the estimates are unreliable (train "
-                          "longer or draw more samples)", RuntimeWarning)
+                          f"{self.num_samples} samples: the estimates are unreliable "
+                          f"({hint})", RuntimeWarning)
+        if self.pareto_k > k_threshold(self.num_samples):
+            warnings.warn(f"Pareto k-hat {self.pareto_k:.2f} is above "
+                          f"{k_threshold(self.num_samples):.2f}: the importance weights "
+                          f"have a heavy tail and the estimates are unreliable ({hint})",
+                          RuntimeWarning)
 
     @property
     def latents(self):
@@ -156,8 +166,10 @@ class Posterior:
         return out
 
     def summary(self, max_elements: int = 10) -> str:
+        how = self.proposal + (f", refined {len(self.refinement.ess)} steps"
+                               if self.refinement is not None else "")
         rows = [f"posterior of {self.model.name}: {self.num_samples} samples "
-                f"(proposal: {self.proposal}), ESS {self.ess:.1f}, "
+                f"(proposal: {how}), ESS {self.ess:.1f}, Pareto k {self.pareto_k:.2f}, "
                 f"log evidence {self.log_evidence:.3f}",
                 f"{'variable':<16}{'mean':>10}{'std':>10}{'5%':>10}{'50%':>10}{'95%':>10}"]
         for name in self.latents + self.model.deterministic:
@@ -180,8 +192,13 @@ class Posterior:
         return "\n".join(rows)
 
     def to_dict(self, max_elements=None):
+        def num(x):        # JSON has no infinities
+            return x if math.isfinite(x) else None
         out = {"ess": self.ess, "num_samples": self.num_samples,
-               "log_evidence": self.log_evidence, "proposal": self.proposal, "latents": {}}
+               "pareto_k": num(self.pareto_k),
+               "refine_steps": len(self.refinement.ess) if self.refinement else 0,
+               "log_evidence": num(self.log_evidence), "proposal": self.proposal,
+               "latents": {}}
         for name in self.latents:
             q = self.quantile(name, [0.05, 0.5, 0.95])
             d = {"mean": self.mean(name).tolist(), "std": self.std(name).tolist(),

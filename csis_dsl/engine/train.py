@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from tqdm.auto import tqdm
 
@@ -48,19 +47,16 @@ class TrainingHistory:
 
 
 def joint_batch(model, B: int):
-    """B joint traces: (latent values in Pyro layout, observations (B, *shape))."""
-    with torch.no_grad():
-        tr = poutine.trace(model.pyro_model).get_trace(num_traces=B)
-    env = tr.nodes["_RETURN"]["value"]
-    latents = {n: tr.nodes[n]["value"] for n in model.latents}
-    obs = Observations({n: env[n] for n in model.observed})
-    return latents, obs
+    """B joint traces from the prior, in one vectorised run (no Pyro trace): (the
+    latents {name: (B, ...)}, the observations)."""
+    sims = model.pyro_model.simulate(B)
+    return ({n: sims[n] for n in model.latents},
+            Observations({n: sims[n] for n in model.observed}))
 
 
 def guide_loss(model, latents, obs, B: int) -> torch.Tensor:
-    tr = poutine.trace(poutine.condition(model.guide, data=latents)).get_trace(
-        observations=obs, num_traces=B)
-    return -tr.log_prob_sum() / B
+    """The inference-compilation loss: the mean over traces of -log q(latents | obs)."""
+    return -model.guide.log_q(obs, latents, B).mean()
 
 
 class Trainer:

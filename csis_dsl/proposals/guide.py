@@ -39,12 +39,50 @@ class GuideSites(SiteHandler):
         L = self.layout
         present = None if site.mask is None else \
             site.mask.expand((L.B,) + tuple(site.mask.shape[1:])).reshape(L.B, -1)
-        q = SiteProposal(self.net, self.state, self.net.by_name[site.name], site.fn, present,
-                         L.batch_shape(site), L.event_shape(site))
+        q = SiteProposal(self.net, self.state, self.net.by_name[site.name], site.fn,
+                         site.env, present, L.batch_shape(site), L.event_shape(site))
         with L.plates(site):
             x = pyro.sample(site.name, q)
         q.advance(x)
         return L.from_pyro(x, site)
+
+
+class ProposeSites(SiteHandler):
+    """The guide's handler without Pyro (the fast path): latents proposed, or given in
+    ``values`` (teacher forcing); accumulates log q per trace."""
+
+    def __init__(self, net: ProposalNetwork, B: int, obs, state: GuideState, values=None):
+        super().__init__(obs)
+        self.net, self.B, self.state = net, B, state
+        self.values = values or {}
+        self.proposed = {}
+        self.present = {}
+        self.contexts = {}
+        self.log_q = torch.zeros(B)
+
+    def observed(self, site: Site):
+        return given(self.observations[site.name], site, self.B)
+
+    def latent(self, site: Site):
+        B, info = self.B, self.net.by_name[site.name]
+        present = None if site.mask is None else \
+            site.mask.expand((B,) + tuple(site.mask.shape[1:])).reshape(B, -1)
+        shape = site.value_shape(B)
+        q = SiteProposal(self.net, self.state, info, site.fn, site.env, present,
+                         shape[:1], shape[1:])
+        x = self.values.get(site.name)
+        if x is None:
+            x = q.sample()
+        x = x.expand((B,) + tuple(x.shape[1:])).reshape(shape)
+        self.log_q = self.log_q + q.advance(x).sum(-1)
+        self.proposed[site.name] = x
+        self.present[site.name] = present
+        with torch.no_grad():
+            prev = None if info.plate else q._previous(x.reshape(B, info.n, info.de).to(
+                torch.get_default_dtype()))
+            c = q.adapter_context(0, info.n, prev)
+        self.contexts[site.name] = None if c is None else c.detach()
+        return x
 
 
 _GUIDE_NUMBERS = itertools.count()
@@ -66,12 +104,49 @@ class Guide(nn.Module):
         # be, and pyro.module would then load another guide's stale weights)
         self._pyro_name = f"csis_dsl.{model.checked.program.name}.{next(_GUIDE_NUMBERS)}"
 
+    def __deepcopy__(self, memo):
+        """A copy of the network's weights and state; the model it proposes for (the
+        checked program and plan, read-only) is shared, not copied."""
+        import copy
+        memo[id(self.model)] = self.model
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            setattr(new, k, copy.deepcopy(v, memo))
+        return new
+
     def fit_statistics(self, n: int = 5000):
         """Standardisation statistics of the network from ``n`` prior simulations, once."""
         if not bool(self.fitted):
             with poutine.block():   # may run inside a caller's handlers (pyro.infer.CSIS)
                 self.net.fit_statistics(self.model.simulate(n))
             self.fitted.fill_(True)
+
+    def _run(self, obs, B, handler_of, args):
+        state = GuideState(self.net, self.net.embed(obs, B))
+        handler = handler_of(state)
+        Runtime(self.model.checked, self.model.plan, B, handler, self.model.args(args),
+                strict=False).run()
+        return handler
+
+    def propose(self, observations, num_traces: int, grad: bool = False,
+                present: bool = False, **args):
+        """Draw every latent from the proposal, without Pyro: (values {name: (B, ...)},
+        log q (B,)), and with ``present`` also the handler that drew them (where each
+        site's instances exist, their contexts). With ``grad``, log q is differentiable
+        in the network's weights (the draws themselves never are)."""
+        obs = Observations.of(self.model.checked, observations, batch=num_traces)
+        with torch.set_grad_enabled(grad):
+            h = self._run(obs, num_traces, lambda st: ProposeSites(
+                self.net, num_traces, obs, st), args)
+        return (h.proposed, h.log_q, h) if present else (h.proposed, h.log_q)
+
+    def log_q(self, observations, values, num_traces: int, **args) -> torch.Tensor:
+        """log q(values | observations) per trace (B,), differentiable, without Pyro
+        (teacher forcing: the fast path of training)."""
+        obs = Observations.of(self.model.checked, observations, batch=num_traces)
+        return self._run(obs, num_traces, lambda st: ProposeSites(
+            self.net, num_traces, obs, st, values), args).log_q
 
     def forward(self, observations=None, num_traces: Optional[int] = None, **args):
         if observations is None:
@@ -83,9 +158,10 @@ class Guide(nn.Module):
             pyro.module(self._pyro_name, self)
         obs = Observations.of(self.model.checked, observations, batch=num_traces)
         layout = Layout(self.model.plan, num_traces or 1, num_traces is not None)
-        state = GuideState(self.net, self.net.embed_observations(obs, layout.B))
+        state = GuideState(self.net, self.net.embed(obs, layout.B))
         rt = Runtime(self.model.checked, self.model.plan, layout.B,
-                     GuideSites(self.net, layout, obs, state), self.model.args(args))
+                     GuideSites(self.net, layout, obs, state), self.model.args(args),
+                     strict=False)
         with layout.traces_plate():
             rt.run()
         return None

@@ -1,31 +1,39 @@
-"""The inference network generated from the graph (Le, Baydin & Wood 2017).
+"""The inference network generated from the graph (after Le, Baydin & Wood 2017, with
+what a static graph allows).
 
-* observation embedding: one MLP per observed variable (inputs standardised with
-  statistics of prior simulations; replaceable by a user ``nn.Module``), concatenated
-  and mixed by a final layer;
-* ``architecture="lstm"``: an LSTM over the latent *instances* in execution order; its
-  input at each step is the observation embedding, an embedding of the previous
-  instance's value, learned embeddings of the previous and current address and
-  distribution type, and the loop position; one address embedding and one head per
-  latent variable (statement), shared by all instances of a loop;
-* ``architecture="feedforward"``: each head sees only the observation embedding, the
-  address and the loop position (the mean-field variant);
-* one proposal family per latent (see ``families/``), matched to the prior's support.
+* The observations are embedded once (:mod:`.embedding`).
+* ``architecture="lstm"``: an LSTM cell takes one step per latent *site* (statement),
+  in execution order; its input is the observation embedding, a summary of the
+  previous site's value (the mean value embedding over its instances) and learned
+  embeddings of the previous and current address and distribution type.
+  ``"feedforward"`` drops the recurrence (the mean-field variant).
+* Every instance of a site gets its own hidden vector from the site's state, in one
+  batched call: an instance encoder reads the values already drawn in the site's
+  Markov blanket and the observations aligned with the instance (:mod:`.context`)
+  and its position. The instances of a plate are proposed together, whatever their
+  number.
+* A family produced in order (``h[t]`` reads ``h[t - 1]``) is proposed element by
+  element as a Markov chain: element t reads element t - 1 and a bidirectional
+  encoding of the aligned observation series (past and future), so the proposal can
+  represent the smoothing posterior p(h[t] | h[t - 1], all y), not only the filter.
+* One proposal family per latent (``families/``) turns a hidden vector into a
+  proposal on the prior's support.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..catalogue.distributions import DISTRIBUTIONS
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
+from .context import SiteInputs
+from .embedding import ObservationEmbedding, zero_linear
 from .families import LatentInfo, make_family
+
 
 @dataclass
 class NetworkConfig:
@@ -39,152 +47,194 @@ class NetworkConfig:
     count_components: int = 3
     obs_skip: bool = True          # a linear path from the observations to every head
     obs_aligned: bool = True       # instance j of a loop also reads the observations at j
+    context: bool = True           # a site reads the values drawn in its Markov blanket
+    set_embedding: int = 32        # width of the DeepSets embedding of observations in a
+                                   # plate (0: none)
+    smoothing: int = 8             # features of the bidirectional encoding of aligned series
 
     def to_dict(self):
         return asdict(self)
+
+
+class InstanceEncoder(nn.Module):
+    """h (M, H) and per-instance inputs x (M, m, w) -> one hidden vector per instance
+    (M * m, H): h plus a linear and a one-hidden-layer path in (h, x), both zero at the
+    start (so an untrained site proposes from its state alone). The part in h is
+    computed once per trace, not once per instance."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.width = width
+        if width:
+            self.lin = zero_linear(width, hidden)
+            self.inp_h = nn.Linear(hidden, hidden)
+            self.inp_x = nn.Linear(width, hidden, bias=False)
+            self.out = zero_linear(hidden, hidden)
+
+    def forward(self, h, x):
+        M, H = h.shape
+        m = 1 if x is None else x.shape[1]
+        hh = h.unsqueeze(1)
+        if not self.width:
+            return hh.expand(M, m, H).reshape(M * m, H)
+        z = torch.relu(self.inp_h(h).unsqueeze(1) + self.inp_x(x))
+        return (hh + self.lin(x) + self.out(z)).reshape(M * m, H)
+
+
+class SeriesEncoder(nn.Module):
+    """A bidirectional encoding of a series (M, T, w) -> (M, T, width): per-element
+    features phi(x_t), then their exponentially weighted means over the past and over
+    the future at a few learned decay rates. Linear in time and cheap (two scans); it
+    gives element t a summary of the whole series on both sides, which is what a
+    smoothing posterior of a Markov chain depends on."""
+
+    def __init__(self, width_in: int, features: int, decays=(0.5, 0.8, 0.93, 0.98)):
+        super().__init__()
+        self.phi = nn.Linear(width_in, features)
+        self.logit = nn.Parameter(torch.logit(torch.tensor(decays)))
+        self.width = 2 * features * len(decays)
+
+    def forward(self, x):
+        f = torch.tanh(self.phi(x)).unsqueeze(2)               # (M, T, 1, F)
+        r = torch.sigmoid(self.logit).reshape(1, -1, 1)         # (1, K, 1)
+        M, T = f.shape[:2]
+        fwd, bwd = [], []
+        acc = torch.zeros(M, r.shape[1], f.shape[-1])
+        for t in range(T):
+            acc = r * acc + (1 - r) * f[:, t]
+            fwd.append(acc)
+        acc = torch.zeros_like(acc)
+        for t in reversed(range(T)):
+            acc = r * acc + (1 - r) * f[:, t]
+            bwd.append(acc)
+        # divide by the weights' sum (1 - r^(terms)), so that ends are means too
+        n = torch.arange(1, T + 1, dtype=f.dtype).reshape(1, T, 1, 1)
+        norm = 1 - r.unsqueeze(1) ** n                          # (1, T, K, 1)
+        out = torch.cat([torch.stack(fwd, 1) / norm, torch.stack(bwd[::-1], 1) / norm.flip(1)], 2)
+        return out.reshape(M, T, -1)
 
 
 class ProposalNetwork(nn.Module):
     def __init__(self, checked: Checked, plan: Plan, graph, config: NetworkConfig,
                  obs_embeddings: Optional[dict] = None):
         super().__init__()
-        self.config = config
-        ch = checked
-        self.latents = [LatentInfo(i + 1, ch.vars[n]) for i, n in enumerate(plan.latents)]
-        self.by_name = {l.name: l for l in self.latents}
-        self.observed = list(plan.observed)
-        C = config
-        obs_embeddings = obs_embeddings or {}
-        shape = {n: tuple(ch.vars[n].type.shape) for n in self.observed}
-        size = {n: int(math.prod(shape[n])) for n in self.observed}
-        self.obs_nets = nn.ModuleDict()
-        for n in self.observed:
-            if n in obs_embeddings:
-                self.obs_nets[n] = obs_embeddings[n]
-            else:
-                self.obs_nets[n] = nn.Sequential(nn.Linear(size[n], C.obs_embedding), nn.ReLU(),
-                                                 nn.Linear(C.obs_embedding, C.obs_embedding),
-                                                 nn.ReLU())
-            self.register_buffer(f"obs_mean_{n}", torch.zeros(size[n]))
-            self.register_buffer(f"obs_std_{n}", torch.ones(size[n]))
-        with torch.no_grad():
-            widths = [self._embed(n, torch.zeros(1, size[n]), torch.zeros((1,) + shape[n]))
-                      .shape[1] for n in self.observed]
-        self.obs_mix = nn.Sequential(nn.Linear(sum(widths), C.obs_embedding), nn.ReLU())
-        # The skip: a linear map from the standardised observations (those embedded by
-        # the default MLP) straight to the hidden vector every head reads, zero at the
-        # start. Posterior locations are often close to linear in the data; this path
-        # learns that part in a few steps, and the deep path learns the rest.
-        own_mlp = [n for n in self.observed if n not in obs_embeddings]
-        self.skip_names = own_mlp if C.obs_skip else []
-        raw = sum(size[n] for n in self.skip_names)
-        self.obs_skip = _zero_linear(raw, C.hidden) if raw else None
-        # Aligned observations, from the static graph: when a latent with instances
-        # (c[i] in a loop, or h[t] of a sequential family) is a direct parent of an observed
-        # variable whose leading dimensions are the latent's instances (y[i], y[t]), the
-        # proposal for instance j also reads that variable's elements at j, through a
-        # linear map into its step input and another into its head (both zero at the
-        # start). Otherwise instance j would have to find y[j] inside the embedding of all
-        # of y.
-        self.aligned: Dict[str, list] = {}
-        self.align_in = nn.ModuleDict()
-        self.align_skip = nn.ModuleDict()
-        for l in self.latents if C.obs_aligned else []:
-            k = len(l.inst_shape)
-            if l.n <= 1:
-                continue
-            names = [o for o in own_mlp if graph.has_edge(l.name, o)
-                     and shape[o][:k] == l.inst_shape]
-            if not names:
-                continue
-            width = sum(int(math.prod(shape[o][k:])) for o in names)
-            self.aligned[l.name] = names
-            self.align_in[l.name] = _zero_linear(width, C.obs_embedding)
-            self.align_skip[l.name] = _zero_linear(width, C.hidden)
-        n_addr = len(self.latents) + 1
-        self.addr_emb = nn.Embedding(n_addr, C.address_embedding)
-        self.dist_emb = nn.Embedding(len(DISTRIBUTIONS) + 1, C.dist_embedding)
-        step_in = C.obs_embedding + 2 * C.address_embedding + 2 * C.dist_embedding + 2
-        if C.architecture == "lstm":
-            step_in += C.value_embedding
-            self.core = nn.LSTM(step_in, C.hidden, batch_first=True)
-        elif C.architecture == "feedforward":
-            self.core = nn.Sequential(nn.Linear(step_in, C.hidden), nn.ReLU(),
-                                      nn.Linear(C.hidden, C.hidden), nn.ReLU())
-        else:
+        self.config = C = config
+        if C.architecture not in ("lstm", "feedforward"):
             raise ValueError(f"architecture must be 'lstm' or 'feedforward', "
                              f"got {C.architecture!r}")
-        self.families = nn.ModuleDict({l.name: make_family(l, config) for l in self.latents})
+        self.latents = [LatentInfo(i + 1, checked.vars[n]) for i, n in enumerate(plan.latents)]
+        self.by_name = {l.name: l for l in self.latents}
+        self.observed = list(plan.observed)
+        self.embedding = ObservationEmbedding(checked, plan, graph, C, obs_embeddings or {})
+        self.addr_emb = nn.Embedding(len(self.latents) + 1, C.address_embedding)
+        self.dist_emb = nn.Embedding(len(DISTRIBUTIONS) + 1, C.dist_embedding)
+        step_in = C.obs_embedding + 2 * C.address_embedding + 2 * C.dist_embedding
+        if C.architecture == "lstm":
+            self.core = nn.LSTMCell(step_in + C.value_embedding, C.hidden)
+        else:
+            self.core = nn.Sequential(nn.Linear(step_in, C.hidden), nn.ReLU(),
+                                      nn.Linear(C.hidden, C.hidden), nn.ReLU())
+        self.families = nn.ModuleDict({l.name: make_family(l, C) for l in self.latents})
         self.value_emb = nn.ModuleDict({l.name: nn.Linear(self.families[l.name].feat_dim,
                                                           C.value_embedding)
                                         for l in self.latents})
-
-    def _embed(self, n, flat, full):
-        """Observed variable n through its embedding: flattened (batch, size) or, if
-        that fails (a user's CNN, say), in its own shape; -> (batch, width)."""
-        net = self.obs_nets[n]
-        try:
-            e = net(flat)
-        except (RuntimeError, ValueError):
-            e = net(full)
-        return e.reshape(e.shape[0], -1)
+        self.inputs = SiteInputs(checked, plan, graph, self.latents, self.families, C)
+        self.smoothers = nn.ModuleDict()
+        self.encoders = nn.ModuleDict()
+        for l in self.latents:
+            width = self.inputs.context_width(l.name) + self.inputs.align_width[l.name] + 1
+            if not l.plate:
+                width += self.families[l.name].feat_dim + 1     # element t - 1, first flag
+                if self.inputs.align_width[l.name] and C.smoothing:
+                    self.smoothers[l.name] = SeriesEncoder(
+                        self.inputs.align_width[l.name] + self.inputs.context_width(l.name),
+                        C.smoothing)
+                    width += self.smoothers[l.name].width
+            self.encoders[l.name] = InstanceEncoder(C.hidden, width)
 
     # ---------------------------------------------------------------- statistics
     @torch.no_grad()
-    def fit_statistics(self, sims: Dict[str, torch.Tensor]):
+    def fit_statistics(self, sims):
         """Standardisation statistics from prior simulations."""
-        for n in self.observed:
-            x = sims[n].reshape(sims[n].shape[0], -1).to(torch.get_default_dtype())
-            getattr(self, f"obs_mean_{n}").copy_(x.mean(0))
-            getattr(self, f"obs_std_{n}").copy_(x.std(0).clamp(min=1e-3))
+        self.embedding.fit(sims)
         for l in self.latents:
             x = sims[l.name].to(torch.get_default_dtype())
             self.families[l.name].fit(x.reshape(x.shape[0], l.n, l.de))
+        self.inputs.fit(sims)
+
+    # ---------------------------------------------------------------- refinement
+    def add_adapters(self):
+        """Per-instance parameters of every site, zero at the start (see each family's
+        ``adapter_shapes``): what a refinement for one set of observations learns."""
+        self.adapters = nn.ModuleDict({
+            l.name: nn.ParameterDict({k: nn.Parameter(torch.zeros((l.n,) + tuple(shape)))
+                                      for k, shape in self.families[l.name].adapter_shapes(
+                                          self.adapter_context_width(l)).items()})
+            for l in self.latents})
+        return list(self.adapters.parameters())
+
+    def adapter_context_width(self, info: LatentInfo) -> int:
+        """What a refinement's affine adapter may be linear in: the site's context, and
+        for a family produced in order the previous element too."""
+        extra = 0 if info.plate else self.families[info.name].feat_dim
+        return self.inputs.context_width(info.name) + extra
+
+    def adapter(self, name: str, j0: int, m: int, M: int, context=None):
+        """The adapters of instances j0 .. j0 + m - 1 for M traces, rows first, and the
+        context features of those rows (M, m, p) when the site has any."""
+        adapters = getattr(self, "adapters", None)
+        if adapters is None or name not in adapters:
+            return None
+        out = {k: p[j0:j0 + m].unsqueeze(0).expand((M, m) + tuple(p.shape[1:]))
+               .reshape((M * m,) + tuple(p.shape[1:])) for k, p in adapters[name].items()}
+        if context is not None:
+            out["context"] = context.reshape(M * m, -1)
+        return out
+
+    def embed(self, obs, M: int):
+        return self.embedding(obs, M)
 
     # ---------------------------------------------------------------- the core
-    def lstm_step(self, inp, hc):
-        """One LSTM step, (M, 1, in) -> ((M, 1, H), (h, c)), with the LSTM's own weights
-        (PyTorch's gate order i, f, g, o). For a single step this is cheaper than the
-        oneDNN sequence kernel, forwards and backwards; the results are the same."""
-        core = self.core
-        x = inp[:, 0]
-        gates = F.linear(x, core.weight_ih_l0, core.bias_ih_l0 + core.bias_hh_l0)
-        if hc is not None:
-            h0, c0 = hc[0][0], hc[1][0]
-            gates = torch.addmm(gates, h0, core.weight_hh_l0.t())
-        i, f, g, o = gates.chunk(4, -1)
-        c = torch.sigmoid(i) * torch.tanh(g)
-        if hc is not None:
-            c = c + torch.sigmoid(f) * c0
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0))
+    def step(self, state, info: LatentInfo) -> torch.Tensor:
+        """The recurrent step of one site: (M, hidden); the new recurrent state is kept
+        aside until the site's value is known (``state.pending``)."""
+        M = state.M
+        parts = [state.obs, self.addr_emb(state.prev_addr),
+                 self.addr_emb.weight[info.addr].expand(M, -1),
+                 self.dist_emb(state.prev_dist), self.dist_emb.weight[info.dist].expand(M, -1)]
+        if self.config.architecture == "lstm":
+            hc = self.core(torch.cat(parts + [state.prev_val], -1), state.hc)
+            state.pending = hc
+            return hc[0]
+        state.pending = None
+        return self.core(torch.cat(parts, -1))
 
-    # ---------------------------------------------------------------- embedding
-    def embed_observations(self, obs: Dict[str, torch.Tensor], M: int):
-        """-> (the observation embedding (M, obs_embedding), the skip (M, hidden) or None,
-        the standardised observations {name: (1 or M, size)})."""
-        parts, raws = [], {}
-        for n in self.observed:
-            x = obs[n].to(torch.get_default_dtype())
-            x = x.reshape(x.shape[0], -1)
-            x = (x - getattr(self, f"obs_mean_{n}")) / getattr(self, f"obs_std_{n}")
-            raws[n] = x
-            parts.append(self._embed(n, x, obs[n].to(torch.get_default_dtype())))
-        e = _to_batch(self.obs_mix(torch.cat(parts, -1)), M)
-        if self.obs_skip is None:
-            return e, None, raws
-        k = self.obs_skip(torch.cat([raws[n] for n in self.skip_names], -1))
-        return e, _to_batch(k, M), raws
+    def value_summary(self, info: LatentInfo, x, present) -> torch.Tensor:
+        """The mean value embedding over a site's present instances: (M, value_embedding)."""
+        f = self.families[info.name].features(x, 0).nan_to_num(0.0, 10.0, -10.0).clamp(-10.0, 10.0)
+        ve = self.value_emb[info.name](f)
+        if present is None:
+            return ve.mean(1)
+        w = present.to(ve.dtype).unsqueeze(-1)
+        return (ve * w).sum(1) / w.sum(1).clamp(min=1.0)
 
+    def smooth(self, info: LatentInfo, aligned, context) -> Optional[torch.Tensor]:
+        """The bidirectional encoding of a family's aligned series: (M, n, 2 * smoothing)."""
+        if info.name not in self.smoothers:
+            return None
+        inp = aligned if context is None else torch.cat([aligned, context], -1)
+        return self.smoothers[info.name](inp)
 
-def _to_batch(x, M):
-    """(1, w) -> (M, w) by broadcasting; (M, w) as it is."""
-    return x.expand(M, x.shape[1]) if x.shape[0] == 1 else x
+    def skip_rows(self, skip, m):
+        """The observation skip (M, H) repeated for m instances: (M * m, H)."""
+        return skip if m == 1 else skip.unsqueeze(1).expand(-1, m, -1).reshape(-1, skip.shape[1])
 
 
-def _zero_linear(n_in, n_out):
-    """A linear layer that starts at zero: a new path changes nothing until it learns."""
-    layer = nn.Linear(n_in, n_out)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
+def positions(j0: int, m: int, n: int, M: int) -> torch.Tensor:
+    pos = torch.arange(j0, j0 + m, dtype=torch.get_default_dtype()) / max(n - 1, 1)
+    return pos.reshape(1, m, 1).expand(M, m, 1)
+
+
+def first_flags(j0: int, m: int, M: int) -> torch.Tensor:
+    return (torch.arange(j0, j0 + m) == 0).to(torch.get_default_dtype()).reshape(1, m, 1).expand(M, m, 1)
+

@@ -1,10 +1,12 @@
 """The proposal for one latent site (all its instances), as a Pyro distribution.
 
 The network carries a recurrent state from site to site within one run of the guide
-(:class:`GuideState`). ``sample`` draws the site instance by instance; ``log_prob`` of a
-given value scores it by teacher forcing. Where the proposal is located comes from the
-site's family (:mod:`.families`): for a statement, from its prior in this trace; for a
-family produced in order, from the prior of each element given the elements before.
+(:class:`GuideState`). A statement's instances (the iterations of a plate) are proposed
+together in one call; a family produced in order is proposed element by element, each
+element reading the one before. ``log_prob`` of a given value scores it by teacher
+forcing in one call either way. Where the proposal is located comes from the site's
+family (:mod:`.families`): for a statement, from its prior in this trace; for a family
+produced in order, from the prior of each element given the elements before.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch.distributions import constraints
 
 from .families import LatentInfo
-from .network import ProposalNetwork
+from .network import ProposalNetwork, first_flags, positions
 
 
 class GuideState:
@@ -23,37 +25,36 @@ class GuideState:
 
     def __init__(self, net: ProposalNetwork, embedded):
         C = net.config
-        obs_emb, self.skip, self.raws = embedded
-        M = obs_emb.shape[0]
-        self.M = M
-        self.obs = obs_emb
+        self.obs, self.skip, self.raws = embedded
+        self.M = M = self.obs.shape[0]
         self.hc = None
+        self.pending = None
         self.prev_val = torch.zeros(M, C.value_embedding)
         self.prev_addr = torch.zeros(M, dtype=torch.long)
         self.prev_dist = torch.zeros(M, dtype=torch.long)
 
-    def moved_past(self, info: LatentInfo, hc, last_value_emb):
-        self.hc = hc
-        self.prev_val = last_value_emb
+    def moved_past(self, info: LatentInfo, summary):
+        self.hc = self.pending
+        self.prev_val = summary
         self.prev_addr = torch.full((self.M,), info.addr, dtype=torch.long)
         self.prev_dist = torch.full((self.M,), info.dist, dtype=torch.long)
-
-    def saved(self):
-        return (self.hc, self.prev_val, self.prev_addr, self.prev_dist)
-
-    def restore(self, saved):
-        self.hc, self.prev_val, self.prev_addr, self.prev_dist = saved
 
 
 class SiteProposal(pdist.TorchDistribution):
     """``prior`` is the site's distribution in the interpreter's layout (a statement's,
-    or a :class:`~csis_dsl.backend.family.FamilyDist`)."""
+    or a :class:`~csis_dsl.backend.family.FamilyDist`); ``env`` what the interpreter
+    has computed so far (the values of the site's context)."""
 
     def __init__(self, net: ProposalNetwork, state: GuideState, info: LatentInfo, prior,
-                 present: Optional[torch.Tensor], batch_shape, event_shape):
+                 env, present: Optional[torch.Tensor], batch_shape, event_shape):
         self.net, self.state, self.info, self.prior = net, state, info, prior
         self.family = net.families[info.name]
         self.present = present            # (M, n) bool or None
+        M, n = state.M, info.n
+        self.h = net.step(state, info)
+        self.ctx = net.inputs.context_features(info.name, env, net.families, M, 0, n)
+        self.align = net.inputs.aligned_observations(info.name, state.raws, M, n, 0, n)
+        self.smooth = None if info.plate else net.smooth(info, self.align, self.ctx)
         self._cache = None
         self._facts = None
         super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
@@ -84,103 +85,66 @@ class SiteProposal(pdist.TorchDistribution):
                     out[k][:, at] = torch.where(m, t, out[k][:, at])
         return tuple(out)
 
-    def _head(self, h, facts, j0, m):
-        """Proposal over instances j0 .. j0 + m - 1 (rows M * m) from hidden h (M * m, H)."""
-        l = self.info
-        a = self._aligned(j0, m)
-        if a is not None:
-            h = h + self.net.align_skip[l.name](a).reshape(h.shape)
-        skip = self.state.skip
-        if skip is not None:   # (M, H) -> one row per instance of h's (M * m, H)
-            h = h + (skip if m == 1 else
-                     skip.unsqueeze(1).expand(-1, m, -1).reshape(h.shape[0], -1))
-        flat = tuple(f.reshape((-1,) + tuple(f.shape[2:])) for f in facts)
-        return self.family(h, flat)
-
-    def _value_emb(self, x, j0=0):
-        """x: (M, m, de) -> (M, m, E) value embeddings."""
-        return self.net.value_emb[self.info.name](self.family.features(x, j0))
-
-    def _aligned(self, j0, m):
-        """The standardised observations aligned with instances j0..j0+m-1:
-        (M, m, width), or None when this latent has none."""
-        l, st = self.info, self.state
-        names = self.net.aligned.get(l.name)
-        if not names:
-            return None
-        parts = []
-        for o in names:
-            x = st.raws[o]
-            x = x.reshape(x.shape[0], l.n, -1)[:, j0:j0 + m]
-            parts.append(x.expand(st.M, m, x.shape[-1]))
+    # ------------------------------------------------------------ the proposal
+    def _inputs(self, j0, m, prev=None):
+        """Per-instance inputs of instances j0 .. j0 + m - 1: (M, m, width)."""
+        M, n = self.state.M, self.info.n
+        parts = [t[:, j0:j0 + m] for t in (self.ctx, self.align) if t is not None]
+        parts.append(positions(j0, m, n, M))
+        if not self.info.plate:
+            parts += [prev, first_flags(j0, m, M)]
+            if self.smooth is not None:
+                parts.append(self.smooth[:, j0:j0 + m])
         return torch.cat(parts, -1)
 
-    def _step_inputs(self, M, m, prev_val, prev_addr, prev_dist, j0=0):
-        """Inputs for instances j0..j0+m-1: (M, m, step_in)."""
-        net, l, C = self.net, self.info, self.net.config
-        obs = self.state.obs.unsqueeze(1).expand(M, m, -1)
-        a = self._aligned(j0, m)
-        if a is not None:
-            obs = obs + net.align_in[l.name](a)
-        # the current site's address and type are the same for every trace and instance:
-        # one embedding row, broadcast (cheaper than a lookup per instance, both ways)
-        cur_a = net.addr_emb.weight[l.addr].expand(M, m, -1)
-        cur_d = net.dist_emb.weight[l.dist].expand(M, m, -1)
-        pos = torch.arange(j0, j0 + m, dtype=torch.get_default_dtype()) / max(l.n - 1, 1)
-        pos = pos.reshape(1, m, 1).expand(M, m, 1)
-        pres = torch.ones(M, m, 1) if self.present is None else \
-            self.present[:, j0:j0 + m].unsqueeze(-1).to(torch.get_default_dtype())
-        parts = [obs, net.addr_emb(prev_addr), cur_a, net.dist_emb(prev_dist), cur_d, pos, pres]
-        if C.architecture == "lstm":
-            parts.insert(1, prev_val)
-        return torch.cat(parts, -1)
+    def adapter_context(self, j0, m, prev=None):
+        """What a refinement's adapter is linear in, for instances j0 .. j0 + m - 1:
+        the context, and in a family the previous element: (M, m, p) or None."""
+        parts = [] if self.ctx is None else [self.ctx[:, j0:j0 + m]]
+        if not self.info.plate:
+            parts.append(prev)
+        return torch.cat(parts, -1) if parts else None
 
-    def _run_core(self, inp, hc):
-        if self.net.config.architecture == "lstm":
-            if inp.shape[1] == 1:
-                return self.net.lstm_step(inp, hc)
-            return self.net.core(inp, hc)
-        return self.net.core(inp), hc
+    def _proposal(self, facts, j0, m, prev=None):
+        hid = self.net.encoders[self.info.name](self.h, self._inputs(j0, m, prev))
+        if self.state.skip is not None:
+            hid = hid + self.net.skip_rows(self.state.skip, m)
+        adapt = self.net.adapter(self.info.name, j0, m, self.state.M,
+                                 self.adapter_context(j0, m, prev))
+        return self.family(hid, tuple(f.reshape((-1,) + tuple(f.shape[2:])) for f in facts),
+                           adapt)
+
+    def _features(self, x, j0):
+        """Standardised features, bounded (an absurd draw must not blow up the network)."""
+        return self.family.features(x, j0).nan_to_num(0.0, 10.0, -10.0).clamp(-10.0, 10.0)
+
+    def _previous(self, x):
+        """The features of element t - 1 for every element t (zeros for t = 0)."""
+        f = self._features(x, 0)
+        return torch.cat([torch.zeros_like(f[:, :1]), f[:, :-1]], 1)
 
     # ------------------------------------------------------------ sampling/scoring
-    def _score(self, x):
-        """Teacher forcing: x (M, n, de) -> per-instance log q (M, n), end state."""
-        st, l = self.state, self.info
-        M, n = x.shape[0], l.n
-        ve = self._value_emb(x)
-        if self.present is not None:
-            ve = ve * self.present.unsqueeze(-1).to(ve.dtype)
-        prev_val = torch.cat([st.prev_val.unsqueeze(1), ve[:, :-1]], 1)
-        prev_addr = torch.cat([st.prev_addr.unsqueeze(1),
-                               torch.full((M, n - 1), l.addr, dtype=torch.long)], 1)
-        prev_dist = torch.cat([st.prev_dist.unsqueeze(1),
-                               torch.full((M, n - 1), l.dist, dtype=torch.long)], 1)
-        inp = self._step_inputs(M, n, prev_val, prev_addr, prev_dist)
-        out, hc = self._run_core(inp, st.hc)
-        q = self._head(out.reshape(M * n, -1), self.facts(x), 0, n)
-        lq = q.log_prob(x.reshape(M * n, l.de)).reshape(M, n)
-        return lq, hc, ve[:, -1]
-
     @torch.no_grad()
     def _sample(self):
-        st, l = self.state, self.info
-        M = st.M
-        hc, prev_val = st.hc, st.prev_val
-        prev_addr, prev_dist = st.prev_addr, st.prev_dist
+        l, M = self.info, self.state.M
+        if l.plate:
+            return self._proposal(self.facts(), 0, l.n).sample().reshape(M, l.n, l.de)
         buf = torch.zeros(M, l.n, l.de)
+        prev = torch.zeros(M, 1, self.family.feat_dim)
         for j in range(l.n):
-            inp = self._step_inputs(M, 1, prev_val.unsqueeze(1), prev_addr.unsqueeze(1),
-                                    prev_dist.unsqueeze(1), j0=j)
-            out, hc = self._run_core(inp, hc)
-            q = self._head(out[:, 0], self.facts(buf, j), j, 1)
-            x = q.sample().reshape(M, 1, l.de)
-            buf[:, j] = x[:, 0]
-            prev_val = self._value_emb(x, j)[:, 0]
-            if self.present is not None:
-                prev_val = prev_val * self.present[:, j:j + 1].to(prev_val.dtype)
-            prev_addr = torch.full((M,), l.addr, dtype=torch.long)
-            prev_dist = torch.full((M,), l.dist, dtype=torch.long)
+            q = self._proposal(self.facts(buf, j), j, 1, prev)
+            buf[:, j] = q.sample().reshape(M, l.de)
+            prev = self._features(buf[:, j:j + 1], j)
         return buf
+
+    def _score(self, x):
+        """Teacher forcing: x (M, n, de) -> per-instance log q (M, n)."""
+        l, M = self.info, self.state.M
+        if l.plate:
+            q = self._proposal(self.facts(), 0, l.n)
+        else:
+            q = self._proposal(self.facts(x), 0, l.n, self._previous(x))
+        return q.log_prob(x.reshape(M * l.n, l.de)).reshape(M, l.n)
 
     def sample(self, sample_shape=torch.Size()):
         return self._sample().reshape(self.batch_shape + self.event_shape)
@@ -189,17 +153,20 @@ class SiteProposal(pdist.TorchDistribution):
         """Score ``value`` and move the carried state past this site."""
         l = self.info
         x = value.reshape(self.state.M, l.n, l.de).to(torch.get_default_dtype())
-        lq, hc, last = self._score(x)
+        lq = self._score(x)
         if self.present is not None:
             lq = torch.where(self.present, lq, torch.zeros_like(lq))
         self._cache = (value, lq)
-        self.state.moved_past(l, hc, last)
+        self.state.moved_past(l, self.net.value_summary(l, x, self.present))
+        return lq
 
     def log_prob(self, value):
         if self._cache is None or self._cache[0] is not value:
-            saved = self.state.saved()
-            self.advance(value)
-            self.state.restore(saved)
+            x = value.reshape(self.state.M, self.info.n, self.info.de)
+            lq = self._score(x.to(torch.get_default_dtype()))
+            if self.present is not None:
+                lq = torch.where(self.present, lq, torch.zeros_like(lq))
+            self._cache = (value, lq)
         lq = self._cache[1]
         if self.info.plate and self.info.inst_shape:
             return lq.reshape(self.batch_shape)

@@ -60,8 +60,22 @@ class ProposalFamily(nn.Module):
         """x: (M, m, de) values of instances j0.. -> (M, m, feat_dim), standardised."""
         raise NotImplementedError
 
-    def forward(self, h: torch.Tensor, facts) -> "Proposal":
-        """h: (rows, hidden); facts flattened to rows -> the proposal over (rows, de)."""
+    def adapter_shapes(self, context: int = 0) -> dict:
+        """Per-instance parameters a refinement adds (name -> shape of one instance),
+        each zero at the start: adapting the proposal to one set of observations.
+        ``context`` is the width of the site's context features."""
+        return {}
+
+    def adapt_step(self, x: torch.Tensor, w: torch.Tensor, params: dict, rate: float,
+                   ctx=None, present=None):
+        """One closed-form update of the adapters towards the weighted draws: x (K, n,
+        de) drawn from the current proposal, w (K, n) their weights (normalised over K,
+        zero where an instance is absent), ctx (K, n, p) their context features,
+        present (K, n) where the instances exist (None: everywhere)."""
+
+    def forward(self, h: torch.Tensor, facts, adapt=None) -> "Proposal":
+        """h: (rows, hidden); facts flattened to rows; ``adapt`` the refinement's
+        per-instance parameters for these rows, or None -> the proposal over (rows, de)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ shared helpers
@@ -89,3 +103,49 @@ def moments(d, M: int, width: int, de: int) -> Optional[Tuple[torch.Tensor, torc
         return d.mean.reshape(M, width, de), d.stddev.reshape(M, width, de)
     except (NotImplementedError, AttributeError, RuntimeError):
         return None
+
+
+def _regression(u, c, w, ridge=1e-4):
+    """Weighted least squares of u (K, n, d) on [1, c] (K, n, p), per instance:
+    coefficients (n, 1 + p, d) and residual sd (n, d)."""
+    X = torch.cat([torch.ones(c.shape[:-1] + (1,), dtype=u.dtype), c], -1)   # (K, n, 1 + p)
+    Xw = X * w.unsqueeze(-1)
+    A = torch.einsum("kni,knj->nij", Xw, X)
+    A = A + ridge * torch.eye(A.shape[-1], dtype=A.dtype) * A.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None].clamp(min=1e-12)
+    b = torch.einsum("kni,knd->nid", Xw, u)
+    beta = torch.linalg.solve(A, b)
+    res = u - torch.einsum("kni,nid->knd", X, beta)
+    sd = ((w.unsqueeze(-1) * res ** 2).sum(0) / w.sum(0).clamp(min=1e-30).unsqueeze(-1)).sqrt()
+    return beta, sd
+
+
+def affine_match(u, w, shift, log_factor, rate, ctx=None, coupling=None, present=None,
+                 max_ratio=5.0):
+    """Update an affine adapter u -> u exp(log_factor) + shift [+ coupling @ ctx] (in
+    place) so that the draws u (K, n, d) of the current proposal, mapped once more, get
+    the weighted conditional mean and sd given the context ctx (K, n, p): the
+    regression of u on the context moves ``rate`` of the way to the weighted one, the
+    residual sd by (weighted / current) ** rate (at most ``max_ratio`` per step).
+    ``present`` (K, n): where each instance exists (default: everywhere)."""
+    w = w.to(u.dtype)                                              # (K, n)
+    present = torch.ones_like(w) if present is None else present.to(u.dtype)
+    K, p = u.shape[0], 0 if ctx is None else ctx.shape[-1]
+    if coupling is None or K < 4 * (p + 2):
+        ctx, p = u[..., :0], 0
+    beta_q, s_q = _regression(u, ctx, present)
+    beta_w, s_w = _regression(u, ctx, w)
+    ok = (torch.isfinite(beta_w).all(1) & torch.isfinite(beta_q).all(1) & torch.isfinite(s_w)
+          & torch.isfinite(s_q) & (s_q > 0) & (s_w > 0)
+          & (present.sum(0) > p + 2).unsqueeze(-1))                # (n, d)
+    r = (s_w / s_q).clamp(1 / max_ratio, max_ratio) ** rate
+    beta_t = beta_q + rate * (beta_w - beta_q)
+    new_shift = r * shift + beta_t[:, 0] - r * beta_q[:, 0]
+    new_factor = (log_factor + torch.log(r)).clamp(-40.0, 10.0)
+    if p:
+        # coupling (n, d, p): u'' = r u' + (beta_t - r beta_q) . ctx, with u' = ... + coupling . ctx
+        new = r.unsqueeze(-1) * coupling + (beta_t[:, 1:] - r.unsqueeze(1) * beta_q[:, 1:]).transpose(1, 2)
+        ok = ok & torch.isfinite(new).all(-1)
+        coupling.copy_(torch.where(ok.unsqueeze(-1), new, coupling))
+    ok = ok & torch.isfinite(new_shift) & torch.isfinite(new_factor)
+    shift.copy_(torch.where(ok, new_shift, shift))
+    log_factor.copy_(torch.where(ok, new_factor, log_factor))

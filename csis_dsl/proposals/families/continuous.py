@@ -15,7 +15,10 @@ from torch.distributions import (Categorical, Independent, MixtureSameFamily,
                                  biject_to, constraints)
 from torch.distributions.transforms import IndependentTransform
 
-from .base import Proposal, ProposalFamily, moments
+from .base import Proposal, ProposalFamily, affine_match, moments
+
+
+BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
 
 
 class MixtureHead(nn.Module):
@@ -38,21 +41,35 @@ class MixtureHead(nn.Module):
             self.register_buffer("tril_idx", torch.tril_indices(unconstrained_dim,
                                                                 unconstrained_dim, -1))
 
-    def forward(self, h, loc_u, scale_u):
-        """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim)."""
+    def forward(self, h, loc_u, scale_u, adapt=None):
+        """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim).
+
+        ``adapt`` (a refinement's per-instance parameters, rows first): an affine map
+        u -> u exp(log_factor) + shift of the whole mixture in unconstrained space, and
+        offsets of the component logits."""
         u = self.udim
         raw = self.out(h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
         loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
-        diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-3
+        diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5
+        scale = scale_u.unsqueeze(1) * diag                            # (rows, K, udim)
+        if adapt is not None:
+            shift, log_factor, dlogits, coupled = adapt
+            factor = torch.exp(log_factor).unsqueeze(1)
+            loc = loc * factor + (shift + coupled).unsqueeze(1)
+            scale = scale * factor
+            logits = logits + dlogits
+        # finite whatever the prior of this trace (an absurd earlier draw can make it so)
+        loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
+        scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
         if self.full:
-            # L = diag(prior scale) @ (diag(softplus) + strictly lower part)
-            tril = torch.diag_embed(diag)
+            # L = diag(scale) @ (I + strictly lower part), the scale as above
+            tril = torch.diag_embed(torch.ones_like(diag))
             tril[..., self.tril_idx[0], self.tril_idx[1]] = raw[..., 1 + 2 * u:]
-            comp = MultivariateNormal(loc, scale_tril=scale_u.unsqueeze(1).unsqueeze(-1) * tril,
+            comp = MultivariateNormal(loc, scale_tril=scale.unsqueeze(-1) * tril,
                                       validate_args=False)
         else:
-            comp = Independent(Normal(loc, scale_u.unsqueeze(1) * diag), 1)
+            comp = Independent(Normal(loc, scale), 1)
         return MixtureSameFamily(Categorical(logits=logits), comp, validate_args=False)
 
 
@@ -60,22 +77,23 @@ class PushedMixture(Proposal):
     """The unconstrained mixture pushed through the support's bijection; values are
     flat (rows, dim)."""
 
-    def __init__(self, base, transform):
-        self.t = transform
+    def __init__(self, base, transform, support):
+        self.t, self.support = transform, support
         t = transform if transform.event_dim else IndependentTransform(transform, 1)
         self.d = TransformedDistribution(base, [t], validate_args=False)
 
     def sample(self):
-        with torch.no_grad():
-            return self.d.sample()
+        with torch.no_grad():   # inside the open support even where exp/sigmoid saturate
+            return clamp_to_support(self.d.sample(), self.support)
 
     def log_prob(self, x):
-        return self.d.log_prob(clamp_to_support(x, self.t))
+        return self.d.log_prob(clamp_to_support(x, self.support))
 
 
-def clamp_to_support(x, t):
-    """Keep float32 boundary values (a Beta draw of exactly 1.0) inside the open support."""
-    dom = t.codomain
+def clamp_to_support(x, dom):
+    """Keep boundary values (a Beta draw of exactly 1.0, an exp that underflows to 0 or
+    overflows to infinity) inside the open support ``dom`` (a constraint), and finite."""
+    x = x.clamp(-BIG, BIG)
     tiny = 1e-6
     if hasattr(dom, "lower_bound") and hasattr(dom, "upper_bound"):
         lo, hi = dom.lower_bound, dom.upper_bound
@@ -85,7 +103,7 @@ def clamp_to_support(x, t):
         return torch.maximum(x, torch.as_tensor(dom.lower_bound) + 1e-30)
     if hasattr(dom, "upper_bound"):
         return torch.minimum(x, torch.as_tensor(dom.upper_bound) - 1e-30)
-    if dom is constraints.simplex:
+    if isinstance(dom, type(constraints.simplex)):
         x = x.clamp(min=1e-30)
         return x / x.sum(-1, keepdim=True)
     return x
@@ -106,6 +124,7 @@ class ContinuousProposal(ProposalFamily):
         # element on the real line or (0, inf) (log-normal moment matching there)
         self.moments_usable = self.udim == info.de and \
             info.support in (constraints.real, constraints.positive)
+        self.log_moments = info.support is constraints.positive
 
     @property
     def feat_dim(self):
@@ -113,7 +132,7 @@ class ContinuousProposal(ProposalFamily):
 
     def unconstrained(self, x):
         """x: (..., de) -> (..., udim) in unconstrained space."""
-        u = self.transform.inv(clamp_to_support(x, self.transform))
+        u = self.transform.inv(clamp_to_support(x, self.info.support))
         return u.reshape(x.shape[:-1] + (self.udim,))
 
     @torch.no_grad()
@@ -130,7 +149,7 @@ class ContinuousProposal(ProposalFamily):
         if mom is None:
             return mean.detach(), std.detach()
         m, s = mom
-        if self.info.support is constraints.positive:
+        if self.log_moments:
             v = torch.log1p((s / m) ** 2)
             m, s = torch.log(m) - 0.5 * v, v.sqrt()
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
@@ -141,9 +160,28 @@ class ContinuousProposal(ProposalFamily):
         m = x.shape[1]
         return (u - self.mean[j0:j0 + m]) / self.std[j0:j0 + m]
 
-    def forward(self, h, facts):
+    def adapter_shapes(self, context: int = 0):
+        return {"shift": (self.udim,), "log_factor": (self.udim,),
+                "logits": (self.head.k,), "coupling": (self.udim, context)}
+
+    @torch.no_grad()
+    def adapt_step(self, x, w, params, rate, ctx=None, present=None):
+        """Moment matching: move the affine adapter so that the proposal's mean (linear
+        in the site's context: the values drawn before it) and sd of every unconstrained
+        element become the weighted ones. x: (K, n, de) draws of the current proposal,
+        w: (K, n) their normalised weights, ctx: (K, n, p) their contexts."""
+        u = self.unconstrained(x)                                   # (K, n, udim)
+        affine_match(u, w, params["shift"], params["log_factor"], rate, ctx,
+                     params["coupling"] if params["coupling"].shape[-1] else None, present)
+
+    def forward(self, h, facts, adapt=None):
         loc, scale = facts
-        return PushedMixture(self.head(h, loc, scale), self.transform)
+        if adapt is not None:
+            ctx = adapt.get("context")
+            coupled = torch.zeros_like(adapt["shift"]) if ctx is None else \
+                torch.einsum("rdp,rp->rd", adapt["coupling"], ctx)
+            adapt = (adapt["shift"], adapt["log_factor"], adapt["logits"], coupled)
+        return PushedMixture(self.head(h, loc, scale, adapt), self.transform, self.info.support)
 
 
 FAMILY = ContinuousProposal

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Proposal, ProposalFamily, moments
+from .base import Proposal, ProposalFamily, affine_match, moments
 
 
 class DiscretizedLogisticMixture(Proposal):
@@ -74,11 +74,23 @@ class CountProposal(ProposalFamily):
         f = torch.log1p(x.to(torch.get_default_dtype()).clamp(min=0))
         return (f - self.mean[j0:j0 + m]) / self.std[j0:j0 + m]
 
-    def forward(self, h, facts):
+    def adapter_shapes(self, context: int = 0):
+        return {"shift": (self.info.de,), "log_factor": (self.info.de,)}
+
+    @torch.no_grad()
+    def adapt_step(self, x, w, params, rate, ctx=None, present=None):
+        affine_match(x.to(w.dtype), w, params["shift"], params["log_factor"], rate,
+                     present=present)
+
+    def forward(self, h, facts, adapt=None):
         mean, std = facts
         raw = self.out(h).view(h.shape[0], self.info.de, self.k, 3)
         loc = mean.unsqueeze(-1) + std.unsqueeze(-1) * raw[..., 1]
         scale = (std.unsqueeze(-1) * 0.6) * (F.softplus(raw[..., 2]) + 1e-2)
+        if adapt is not None:       # a refinement's affine map of the counts' scale
+            factor = torch.exp(adapt["log_factor"]).unsqueeze(-1)
+            loc = loc * factor + adapt["shift"].unsqueeze(-1)
+            scale = scale * factor
         return DiscretizedLogisticMixture(raw[..., 0], loc, scale)
 
 

@@ -62,9 +62,28 @@ class FiniteProposal(ProposalFamily):
         oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k)
         return oh.reshape(x.shape[:-1] + (self.info.de * self.k,)).to(torch.get_default_dtype())
 
-    def forward(self, h, facts):
+    def adapter_shapes(self, context: int = 0):
+        return {"logits": (self.info.de, self.k)}
+
+    @torch.no_grad()
+    def adapt_step(self, x, w, params, rate, ctx=None, present=None):
+        """Move each instance's logits by rate x (log weighted frequency - log frequency)
+        of every value among the draws."""
+        K = x.shape[0]
+        oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k).to(w.dtype)   # (K, n, de, k)
+        present = (torch.ones_like(w) if present is None else present.to(w.dtype))[..., None, None]
+        eps = 0.5 / K
+        p_q = (present * oh).sum(0) / present.sum(0).clamp(min=1.0)
+        p_w = (w[..., None, None] * oh).sum(0)
+        delta = torch.log(p_w + eps) - torch.log(p_q + eps)
+        ok = torch.isfinite(delta) & (present.sum(0) > 1)
+        params["logits"].add_(torch.where(ok, rate * delta, torch.zeros_like(delta)))
+
+    def forward(self, h, facts, adapt=None):
         prior_logp = facts[0]
         logits = prior_logp + self.out(h).view(h.shape[0], self.info.de, self.k)
+        if adapt is not None:
+            logits = logits + adapt["logits"]
         logits = torch.where(torch.isfinite(prior_logp), logits,
                              torch.full_like(logits, -float("inf")))
         return CategoricalProposal(logits)

@@ -1,0 +1,120 @@
+"""Exact posteriors of three of the real models, by quadrature over the few parameters
+that are not conditionally Gaussian (independent of csis_dsl: plain torch, float64).
+
+Each function returns {name: (posterior mean, posterior sd)} with tensors of the
+variable's shape.
+"""
+import math
+
+import torch
+
+T64 = torch.float64
+
+
+def _trapezoid_weights(grid):
+    w = torch.zeros_like(grid)
+    d = grid[1:] - grid[:-1]
+    w[1:] += d / 2
+    w[:-1] += d / 2
+    return w
+
+
+def _normalise(logp, w):
+    lw = logp + torch.log(w)
+    return torch.softmax(lw.reshape(-1), 0).reshape(lw.shape)
+
+
+def faithful(x, y, prior_sd=1000.0, sigma_scale=100.0):
+    """y = a + b x + N(0, s^2); a, b ~ N(0, prior_sd^2); s ~ HalfNormal(sigma_scale).
+    Given s, (a, b) is Gaussian; s by quadrature."""
+    x, y = torch.as_tensor(x, dtype=T64), torch.as_tensor(y, dtype=T64)
+    n = len(y)
+    X = torch.stack([torch.ones(n, dtype=T64), x], 1)
+    s = torch.linspace(1.0, 30.0, 6001, dtype=T64)
+    XtX, Xty, yty = X.T @ X, X.T @ y, y @ y
+    prec = XtX / s[:, None, None] ** 2 + torch.eye(2, dtype=T64) / prior_sd ** 2
+    V = torch.linalg.inv(prec)
+    m = (V @ Xty) / s[:, None] ** 2
+    logdet_V = torch.logdet(V)
+    quad = yty / s ** 2 - torch.einsum("gi,gij,gj->g", m, prec, m)
+    loglik = -n * torch.log(s) - 0.5 * quad + 0.5 * logdet_V - 2 * math.log(prior_sd)
+    logprior = -0.5 * (s / sigma_scale) ** 2
+    w = _normalise(loglik + logprior, _trapezoid_weights(s))
+    mean = (w[:, None] * m).sum(0)
+    second = (w[:, None, None] * (V + m[:, :, None] * m[:, None, :])).sum(0)
+    sd = (second.diagonal() - mean ** 2).sqrt()
+    ms = (w * s).sum()
+    return {"intercept": (mean[0], sd[0]), "slope": (mean[1], sd[1]),
+            "sigma": (ms, ((w * s ** 2).sum() - ms ** 2).sqrt())}
+
+
+def eight_schools(y, sigma, mu_sd=5.0, tau_scale=5.0):
+    """mu ~ N(0, mu_sd^2), tau ~ HalfCauchy(tau_scale), theta_j ~ N(mu, tau^2),
+    y_j ~ N(theta_j, sigma_j^2): quadrature over tau, the rest Gaussian."""
+    y, sig = torch.as_tensor(y, dtype=T64), torch.as_tensor(sigma, dtype=T64)
+    tau = torch.cat([torch.linspace(1e-4, 40.0, 20001, dtype=T64)[:-1],
+                     torch.logspace(math.log10(40.0), 4.0, 4001, dtype=T64)])
+    v = sig ** 2 + tau[:, None] ** 2                              # (G, J)
+    cov = torch.diag_embed(v) + mu_sd ** 2
+    loglik = torch.distributions.MultivariateNormal(torch.zeros(len(y), dtype=T64),
+                                                    cov).log_prob(y)
+    logprior = -torch.log1p((tau / tau_scale) ** 2)
+    w = _normalise(loglik + logprior, _trapezoid_weights(tau))
+    prec_mu = 1 / mu_sd ** 2 + (1 / v).sum(1)
+    m_mu = (y / v).sum(1) / prec_mu
+    v_mu = 1 / prec_mu
+    c = (1 / tau[:, None] ** 2) / (1 / sig ** 2 + 1 / tau[:, None] ** 2)   # shrinkage
+    v_th = 1 / (1 / sig ** 2 + 1 / tau[:, None] ** 2)
+    m_th = (1 - c) * y + c * m_mu[:, None]
+    var_th = v_th + c ** 2 * v_mu[:, None]
+
+    def moments(m, var):
+        wm = w.reshape((-1,) + (1,) * (m.dim() - 1))
+        mean = (wm * m).sum(0)
+        return mean, ((wm * (var + m ** 2)).sum(0) - mean ** 2).sqrt()
+    mt = (w * tau).sum()
+    return {"mu": moments(m_mu, v_mu), "theta": moments(m_th, var_th),
+            "tau": (mt, ((w * tau ** 2).sum() - mt ** 2).sqrt())}
+
+
+def nile(y, level0=(1000.0, 300.0), level_scale=100.0, obs_scale=200.0):
+    """Local level model: a 2-D grid over (sigma_level, sigma_obs), a Kalman filter
+    and RTS smoother at every grid point (vectorised)."""
+    y = torch.as_tensor(y, dtype=T64)
+    sl = torch.linspace(0.5, 160.0, 320, dtype=T64)
+    so = torch.linspace(40.0, 220.0, 360, dtype=T64)
+    SL, SO = torch.meshgrid(sl, so, indexing="ij")
+    q, r = SL.reshape(-1) ** 2, SO.reshape(-1) ** 2
+    G, T = q.shape[0], len(y)
+    m, P = torch.full((G,), level0[0], dtype=T64), torch.full((G,), level0[1] ** 2, dtype=T64)
+    loglik = torch.zeros(G, dtype=T64)
+    fm, fP, pm, pP = [], [], [], []
+    for t in range(T):
+        if t > 0:
+            P = P + q
+        pm.append(m)
+        pP.append(P)
+        S = P + r
+        loglik += -0.5 * (torch.log(2 * math.pi * S) + (y[t] - m) ** 2 / S)
+        K = P / S
+        m = m + K * (y[t] - m)
+        P = (1 - K) * P
+        fm.append(m)
+        fP.append(P)
+    sm, sP = [fm[-1]], [fP[-1]]
+    for t in range(T - 2, -1, -1):          # Rauch-Tung-Striebel
+        J = fP[t] / pP[t + 1]
+        sm.insert(0, fm[t] + J * (sm[0] - pm[t + 1]))
+        sP.insert(0, fP[t] + J ** 2 * (sP[0] - pP[t + 1]))
+    sm, sP = torch.stack(sm, 1), torch.stack(sP, 1)              # (G, T)
+    logprior = -0.5 * (SL.reshape(-1) / level_scale) ** 2 - 0.5 * (SO.reshape(-1) / obs_scale) ** 2
+    wgrid = (_trapezoid_weights(sl)[:, None] * _trapezoid_weights(so)[None, :]).reshape(-1)
+    w = _normalise(loglik + logprior, wgrid)
+    lm = (w[:, None] * sm).sum(0)
+    lsd = ((w[:, None] * (sP + sm ** 2)).sum(0) - lm ** 2).sqrt()
+
+    def scalar(x):
+        mx = (w * x).sum()
+        return mx, ((w * x ** 2).sum() - mx ** 2).sqrt()
+    return {"sigma_level": scalar(SL.reshape(-1)), "sigma_obs": scalar(SO.reshape(-1)),
+            "level": (lm, lsd)}

@@ -1,0 +1,141 @@
+"""What a site's proposal reads besides the recurrent state: the values already drawn in
+its Markov blanket, and the observations aligned with its instances, both chosen from
+the static graph.
+
+* Context: the latents and deterministic values defined before the site among its
+  parents, its children and its children's other parents (``w`` and ``mu`` for ``c[i]``
+  in a mixture; ``drift`` for ``h[t]``). One whose leading dims are the site's
+  instances is read element by element (aligned); a small one is read whole; a large
+  one is left to the recurrent state.
+* Aligned observations: an observed child whose leading dims are the site's instances
+  (``y[i]`` for ``c[i]``, ``y[t]`` for ``h[t]``) is read at each instance's index.
+
+Features of a latent are its family's (standardised, unconstrained; one-hot for finite
+supports); of a deterministic value, its value standardised with prior simulations.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..frontend.checked import Checked
+from ..middle.plan import Plan
+
+WHOLE_MAX = 256        # the widest context read whole
+
+
+@dataclass
+class ContextVar:
+    name: str
+    latent: bool          # a latent (its family's features) or a deterministic value
+    n: int                # its instances (family elements)
+    de: int               # elements per instance
+    feat: int             # feature width per instance
+    aligned: bool         # read at the site's instance index
+
+    @property
+    def width(self) -> int:
+        return self.feat if self.aligned else self.n * self.feat
+
+
+def blanket(graph, name: str) -> set:
+    """Parents, children and the children's other parents of ``name``."""
+    out = set(graph.predecessors(name)) | set(graph.successors(name))
+    for child in graph.successors(name):
+        out |= set(graph.predecessors(child))
+    out.discard(name)
+    return out
+
+
+class SiteInputs(nn.Module):
+    """The static choice of context and aligned observations for every latent site, and
+    the statistics that standardise deterministic values."""
+
+    def __init__(self, checked: Checked, plan: Plan, graph, infos, families, config):
+        super().__init__()
+        order = {n: i for i, n in enumerate(checked.order)}
+        self.context: Dict[str, List[ContextVar]] = {}
+        self.aligned: Dict[str, List[str]] = {}
+        self.align_width: Dict[str, int] = {}
+        self.det_names = []
+        obs_shape = {o: tuple(checked.vars[o].type.shape) for o in plan.observed}
+        for info in infos:
+            k, ctx = len(info.inst_shape), []
+            for c in sorted(blanket(graph, info.name), key=order.get) if config.context else []:
+                v = checked.vars[c]
+                if v.kind not in ("latent", "deterministic") or order[c] > order[info.name] \
+                        or v.type.base == "bool" and v.kind == "deterministic":
+                    continue
+                n = int(math.prod(v.family_dims)) if v.family_dims else 1
+                de = int(math.prod(v.elem_shape))
+                feat = families[c].feat_dim if v.kind == "latent" else de
+                aligned = info.n > 1 and tuple(v.family_dims) == info.inst_shape
+                cv = ContextVar(c, v.kind == "latent", n, de, feat, aligned)
+                if aligned or cv.width <= WHOLE_MAX:
+                    ctx.append(cv)
+                    if v.kind == "deterministic" and c not in self.det_names:
+                        self.det_names.append(c)
+            self.context[info.name] = ctx
+            names = [o for o in plan.observed if config.obs_aligned and info.n > 1
+                     and graph.has_edge(info.name, o) and obs_shape[o][:k] == info.inst_shape]
+            self.aligned[info.name] = names
+            self.align_width[info.name] = sum(int(math.prod(obs_shape[o][k:])) for o in names)
+        for c in self.det_names:
+            v = checked.vars[c]
+            size = int(math.prod(v.type.shape)) if v.type.shape else 1
+            self.register_buffer(f"mean_{c}", torch.zeros(size))
+            self.register_buffer(f"std_{c}", torch.ones(size))
+
+    def context_width(self, name: str) -> int:
+        return sum(c.width for c in self.context[name])
+
+    @torch.no_grad()
+    def fit(self, sims):
+        for c in self.det_names:
+            x = sims[c].reshape(sims[c].shape[0], -1).to(torch.get_default_dtype())
+            getattr(self, f"mean_{c}").copy_(x.mean(0))
+            getattr(self, f"std_{c}").copy_(x.std(0).clamp(min=1e-3))
+
+    def context_features(self, name: str, env, families, M: int, j0: int,
+                         m: int) -> Optional[torch.Tensor]:
+        """(M, m, context width) for instances j0 .. j0 + m - 1, or None."""
+        parts = []
+        for c in self.context[name]:
+            st = env.get(c.name)
+            if st is None:          # not produced yet in this run (a later piece)
+                parts.append(torch.zeros(M, m, c.width))
+                continue
+            x = st.t.to(torch.get_default_dtype())
+            x = x.expand((M,) + tuple(x.shape[1:])).reshape(M, c.n, c.de)
+            if c.latent:
+                f = families[c.name].features(x, 0)
+            else:
+                f = ((x.reshape(M, -1) - getattr(self, f"mean_{c.name}"))
+                     / getattr(self, f"std_{c.name}")).reshape(M, c.n, c.de)
+            if st.exists is not None:
+                ex = st.exists.expand((M,) + tuple(st.exists.shape[1:])).reshape(M, -1)
+                if ex.shape[1] == c.n:
+                    f = f * ex.unsqueeze(-1).to(f.dtype)
+            f = torch.nan_to_num(f, 0.0, 10.0, -10.0).clamp(-10.0, 10.0)
+            if c.aligned:
+                parts.append(f[:, j0:j0 + m])
+            else:
+                parts.append(f.reshape(M, 1, -1).expand(M, m, -1))
+        return torch.cat(parts, -1) if parts else None
+
+    def aligned_observations(self, name: str, raws, M: int, n: int, j0: int,
+                             m: int) -> Optional[torch.Tensor]:
+        """The standardised observations at instances j0 .. j0 + m - 1: (M, m, width)."""
+        names = self.aligned[name]
+        if not names:
+            return None
+        parts = []
+        for o in names:
+            x = raws[o]
+            x = x.reshape(x.shape[0], n, -1)[:, j0:j0 + m]
+            parts.append(x.expand(M, m, x.shape[-1]))
+        return torch.cat(parts, -1)

@@ -1,0 +1,51 @@
+"""Published models on their real data (bench/real/), against exact posteriors computed
+here by quadrature (bench/real/exact.py): posterior means within 0.2 reference sd and
+sds within 25%, after a training and refinement budget CI can afford. The other real
+models, with NUTS references, are in bench/bench_real.py."""
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+
+import csis_dsl
+from conftest import ROOT
+
+REAL = ROOT / "bench" / "real"
+sys.path.insert(0, str(REAL))
+import exact  # noqa: E402
+
+
+def load(name):
+    return json.loads((REAL / f"{name}.json").read_text())
+
+
+def check_against(post, ref, mean_tol=0.2, sd_tol=0.25):
+    for name, (m, s) in ref.items():
+        got_m = post.mean(name).double().reshape(m.shape)
+        got_s = post.std(name).double().reshape(s.shape)
+        err = ((got_m - m).abs() / s).max()
+        ratio = (got_s / s - 1).abs().max()
+        assert err < mean_tol, (name, float(err), got_m, m)
+        assert ratio < sd_tol, (name, float(ratio), got_s, s)
+
+
+def fit(name, steps, batch, refine_steps, seed=0):
+    d = load(name)
+    m = csis_dsl.compile(REAL / f"{name}.ppl", args=d["args"])
+    m.train(num_steps=steps, batch_size=batch, seed=seed, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return m.infer(d["observations"], num_samples=4000, seed=seed,
+                       refine_steps=refine_steps)
+
+
+def test_regression_with_a_posterior_far_narrower_than_its_prior():
+    """Old Faithful: waiting time on eruption length with N(0, 1000) priors; the
+    posterior sd of the slope is 3e-4 of its prior sd."""
+    d = load("faithful")
+    ref = exact.faithful(d["args"]["x"], d["observations"]["y"])
+    post = fit("faithful", steps=300, batch=256, refine_steps=250)
+    assert post.ess > 0.1 * post.num_samples
+    check_against(post, ref)
