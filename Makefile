@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bench_frontend.py
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_real.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -35,6 +35,7 @@ svg and png need the graphviz 'dot' program (apt-get install graphviz).""",
   csis-dsl infer gaussian.pt --obs x1=8 --obs x2=9
   csis-dsl infer lr.pt --obs 'y=[0.1, 0.5, 0.9]' --samples 5000 --json
   csis-dsl infer gaussian.pt --obs-file obs.json --plot posterior.png
+  csis-dsl infer gaussian.pt --obs x1=30 --obs x2=31 --refine-steps 200
 
 --obs values are JSON: numbers, true/false, or lists for arrays.""",
     "run": """examples:
@@ -53,6 +54,24 @@ def _kv(text):
         raise argparse.ArgumentTypeError(f"{k}: {v!r} is not a number, true/false or a "
                                          "JSON list") from None
     return k.strip(), val
+
+
+def _number(kind, low, inclusive):
+    """An argparse type: a finite number of ``kind`` at least (or above) ``low``."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")) or v < low or (v == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} "
+                                             f"{low}, got {text}")
+        return v
+    return parse
+
+
+POSITIVE_INT, COUNT, POSITIVE = _number(int, 1, True), _number(int, 0, True), _number(float, 0, False)
 
 
 def _parser():
@@ -91,9 +110,11 @@ def _parser():
                        description="Importance sampling with the proposal network of a "
                                    "trained checkpoint: prints mean, std and 5/50/95%% "
                                    "quantiles per latent (probabilities for discrete ones), "
-                                   "the effective sample size and the log evidence.")
+                                   "the effective sample size, the Pareto k-hat of the "
+                                   "weights and the log evidence.")
     i.add_argument("checkpoint")
     _infer_args(i)
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="compile, train with defaults, infer, print the summary",
                        epilog=_EXAMPLES["run"], formatter_class=_FMT,
                        description="The whole job: compile FILE, check the observations, "
@@ -107,20 +128,22 @@ def _train_args(t):
     t.add_argument("file", help="a .ppl spec")
     t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
-    t.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
-    t.add_argument("--batch-size", type=int, default=512, help="traces per step (default 512)")
-    t.add_argument("--lr", type=float, default=1e-2,
+    t.add_argument("--steps", type=POSITIVE_INT, default=1500,
+                   help="training steps (default 1500)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=512,
+                   help="traces per step (default 512)")
+    t.add_argument("--lr", type=POSITIVE, default=1e-2,
                    help="Adam's initial learning rate (default 1e-2)")
-    t.add_argument("--lr-tau", type=float, default=50,
+    t.add_argument("--lr-tau", type=_number(float, 0, True), default=50,
                    help="the rate at step t is lr / sqrt(1 + t / lr-tau); 0 keeps it "
                         "constant (default 50)")
-    t.add_argument("--lr-decay", type=float, default=None,
+    t.add_argument("--lr-decay", type=POSITIVE, default=None,
                    help="also decay the rate within this run to this fraction of its "
                         "start (default: no extra decay)")
     t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm",
                    help="proposal network: an LSTM over the latent sites (default) or the "
                         "cheaper feedforward (mean-field) variant")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -128,11 +151,15 @@ def _infer_args(i):
     i.add_argument("--obs", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="an observation (repeatable); VALUE is a number or JSON list")
     i.add_argument("--obs-file", help="a JSON file of observations")
-    i.add_argument("--samples", type=int, default=1000,
+    i.add_argument("--samples", type=POSITIVE_INT, default=1000,
                    help="importance samples (default 1000)")
+    i.add_argument("--refine-steps", type=COUNT, default=None, metavar="N",
+                   help="first adapt a copy of the proposal to these observations with N "
+                        "importance-weighted updates (infer: default 0; run: automatic "
+                        "when the amortised ESS is below 10%% of the samples)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.add_argument("--plot", help="save posterior marginals to this PNG")
-    i.add_argument("--infer-seed", type=int, default=None,
+    i.add_argument("--infer-seed", type=COUNT, default=None,
                    help="random seed for the importance sampler")
 
 
@@ -180,8 +207,24 @@ def _train(a, m=None):
     return m
 
 
-def _infer(m, a):
-    post = m.infer(_observations(a), num_samples=a.samples, seed=a.infer_seed)
+AUTO_REFINE_STEPS, AUTO_REFINE_BELOW = 300, 0.1
+
+
+def _infer(m, a, auto_refine=False):
+    obs = _observations(a)
+    show = not getattr(a, "no_progress", False)
+    steps = a.refine_steps or 0
+    if auto_refine and a.refine_steps is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = m.infer(obs, num_samples=a.samples, seed=a.infer_seed)
+        if first.ess < AUTO_REFINE_BELOW * first.num_samples:
+            print(f"amortised ESS {first.ess:.1f} of {first.num_samples} is below "
+                  f"{AUTO_REFINE_BELOW:.0%}: refining the proposal for these observations "
+                  f"({AUTO_REFINE_STEPS} steps)", file=sys.stderr)
+            steps = AUTO_REFINE_STEPS
+    post = m.infer(obs, num_samples=a.samples, seed=a.infer_seed, refine_steps=steps,
+                   progress=show)
     if a.json:
         print(json.dumps(post.to_dict(), indent=2))
     else:
@@ -221,7 +264,7 @@ def main(argv=None):
             m.check_observations(obs)       # fail before training, not after
             m = _train(a, m)
             a.obs, a.obs_file = list(obs.items()), None
-            _infer(m, a)
+            _infer(m, a, auto_refine=True)
         return EXIT_OK
     except CsisDslError as err:
         print(err.format(), file=sys.stderr)

@@ -84,18 +84,23 @@ class CompiledModel:
         return self.history
 
     def infer(self, observations, num_samples=1000, proposal="guide", seed=None,
-              refine_steps=0, progress=False):
+              refine_steps=0, progress=False, defensive=0.1):
         """Importance sampling with the trained guide (or the prior): a Posterior.
 
         ``refine_steps=N`` first adapts a copy of the proposal to these observations
-        (``refine``), then draws the samples from it; the weights stay exact."""
+        (``refine``), then draws the samples from it. ``defensive``: every site
+        proposes from (1 - defensive) q + defensive q_broad (q with its scales doubled,
+        or the prior of a discrete site), which keeps the weights bounded where q is
+        too narrow. The weights stay exact either way."""
         from .engine.posterior import importance
         if proposal == "guide":
             self.guide.fit_statistics()
         if refine_steps and proposal == "guide":
             return self.refine(observations, steps=refine_steps, seed=seed,
-                               progress=progress).infer(num_samples, seed=seed)
-        return importance(self, observations, num_samples, proposal, seed)
+                               progress=progress).infer(num_samples, seed=seed,
+                                                        defensive=defensive)
+        return importance(self, observations, num_samples, proposal, seed,
+                          defensive=defensive)
 
     def refine(self, observations, steps=200, draws=256, lr=1e-3, seed=None,
                progress=False, max_seconds=None):

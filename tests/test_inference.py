@@ -51,13 +51,17 @@ def test_refinement_recovers_a_posterior_far_from_training(gaussian):
     assert post.ess > 2000 and post.refinement is r
     assert abs(float(post.mean("z")) - mean) < 5 * sd / math.sqrt(post.ess)
     assert abs(float(post.std("z")) - sd) < 0.1 * sd
-    # the weights are exact: log p(z, x) - log q(z | x) of the refined proposal
+    # the weights are exact: log p(z, x) - log q(z | x), q the refined proposal mixed
+    # with its broadened self (defensive weight 0.1, the default)
     z = post.values("z")[:5].float()
     lp = torch.stack([gaussian.log_joint({"z": float(v), **obs}) for v in z])
     from csis_dsl.backend.observations import Observations
-    lq = r.guide.log_q(Observations.of(gaussian.checked, obs, batch=5),
-                       {"z": z}, 5).detach()
-    assert torch.allclose(post.log_weights[:5].float(), (lp - lq).float(), atol=1e-3)
+    o = Observations.of(gaussian.checked, obs, batch=5)
+    lq = r.guide.log_q(o, {"z": z}, 5).detach()
+    with r.guide.net.defensive_mixing(1.0):
+        lb = r.guide.log_q(o, {"z": z}, 5).detach()
+    mix = torch.logaddexp(lq + math.log(0.9), lb + math.log(0.1))
+    assert torch.allclose(post.log_weights[:5].float(), (lp - mix).float(), atol=1e-3)
     after = gaussian.guide.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -30,6 +30,7 @@ class Site:
     loops: List[Loop]
     family: bool = False      # one site over a whole family produced in order
     env: Optional[dict] = None   # what the interpreter has computed so far
+    runtime: object = None       # the interpreter (to score other statements at will)
 
     @property
     def name(self) -> str:

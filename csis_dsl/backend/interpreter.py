@@ -149,7 +149,7 @@ class Runtime:
         return f"'{name}' at {s.span}"
 
     def emit(self, site: Site) -> torch.Tensor:
-        site.env = self.env
+        site.env, site.runtime = self.env, self
         if site.var.kind == "observed":
             return self.handler.observed(site)
         return self.handler.latent(site)
@@ -182,6 +182,26 @@ class Runtime:
                       for b in s.dist.trunc]
             d = Truncated(d, lo, hi)
         return d
+
+    def stmt_log_prob(self, s: A.Sample, value: torch.Tensor, overlay: Dict[str, Stored],
+                      fixed: Optional[Dict[int, int]] = None) -> torch.Tensor:
+        """log p of ``value`` (the statement's whole array, (1 or B, *family dims,
+        *element)) under statement ``s`` evaluated with ``overlay`` replacing stored
+        variables: (B, *loop dims, with the ``fixed`` ones of size 1), zero where it
+        does not run. What a proposal uses to ask how a candidate value of one latent
+        explains the observations that depend on it."""
+        v = self.checked.vars[A.target_name(s.target)]
+        loops = self.plan.loops_of(s)
+        active = self.active_mask(s, loops, fixed, overlay)
+        d = self.dist_for(s, loops, active, fixed, overlay, elem_shape=v.elem_shape)
+        x = value.expand((self.B,) + tuple(value.shape[1:]))
+        for k, j in (fixed or {}).items():
+            x = x.narrow(1 + k, j, 1)       # arrays are indexed from 0, as loops here
+        lp = d.log_prob(x.reshape(d.batch_shape + d.event_shape))
+        lp = lp.reshape(lp.shape[:1 + len(loops)] + (-1,)).sum(-1)
+        if active is not None:
+            lp = torch.where(active.reshape(lp.shape), lp, torch.zeros_like(lp))
+        return lp
 
     @staticmethod
     def _bound(t, P, n_elem):

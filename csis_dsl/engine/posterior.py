@@ -12,11 +12,42 @@ from .diagnostics import far_observations, k_threshold, pareto_k
 from .seeding import seeded
 
 
+def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
+    """B draws from a defensive proposal, and log q of the mixture at each.
+
+    ``mixing="trace"``: (1 - weight) q + weight q_broad over whole traces, q_broad being
+    q with every site broadened (scales doubled; discrete sites: their prior) -- the
+    weights are then bounded by p / (weight q_broad) whatever the dimension. ``"site"``:
+    each site mixes on its own (cheaper: one pass; but in many dimensions almost every
+    trace has some broad site)."""
+    net = guide.net
+    if not weight:
+        return guide.propose(obs, B)
+    if mixing == "site":
+        with net.defensive_mixing(weight):
+            return guide.propose(obs, B)
+    if mixing != "trace":
+        raise ValueError(f"mixing must be 'trace' or 'site', got {mixing!r}")
+    n_broad = int(torch.distributions.Binomial(B, torch.tensor(float(weight))).sample())
+    parts = [guide.propose(obs, B - n_broad)[0]] if B - n_broad else []
+    if n_broad:
+        with net.defensive_mixing(1.0):
+            parts.append(guide.propose(obs, n_broad)[0])
+    values = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+    log_q = guide.log_q(obs, values, B)
+    with net.defensive_mixing(1.0):
+        log_broad = guide.log_q(obs, values, B)
+    return values, torch.logaddexp(log_q + math.log1p(-weight), log_broad + math.log(weight))
+
+
 def importance(model, observations, num_samples=1000, proposal="guide",
-               seed: Optional[int] = None, guide=None, refinement=None) -> "Posterior":
+               seed: Optional[int] = None, guide=None, refinement=None,
+               defensive: float = 0.0, mixing: str = "trace") -> "Posterior":
     """Importance sampling in one vectorised pass (no Pyro trace): log weights
     log p(latents, observations) - log q(latents | observations), with ``guide`` (the
-    model's unless given, e.g. a refined copy) or the prior as the proposal."""
+    model's unless given, e.g. a refined copy) or the prior as the proposal. With
+    ``defensive`` > 0 every site proposes from (1 - defensive) q + defensive q_broad,
+    and q in the weights is that mixture's density."""
     obs = Observations.of(model.checked, observations, require_all=True)
     if proposal not in ("guide", "prior"):
         raise ValueError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
@@ -24,7 +55,7 @@ def importance(model, observations, num_samples=1000, proposal="guide",
     B = int(num_samples)
     with torch.no_grad(), seeded(seed):
         if proposal == "guide":
-            values, log_q = guide.propose(obs, B)
+            values, log_q = defensive_draws(guide, obs, B, defensive, mixing)
             log_latent, log_obs, env = model.pyro_model.score(B, obs, values)
             log_w = log_latent + log_obs - log_q
         else:

@@ -83,17 +83,19 @@ class Refinement:
     final_ess: float = 0.0     # number of fresh draws
     kept_start: bool = False   # the refined proposal was not better: the start is kept
 
-    def infer(self, num_samples: int = 1000, seed: Optional[int] = None):
-        """Importance sampling with the refined proposal: a Posterior."""
+    def infer(self, num_samples: int = 1000, seed: Optional[int] = None,
+              defensive: float = 0.1):
+        """Importance sampling with the refined proposal: a Posterior (``defensive``:
+        see ``CompiledModel.infer``)."""
         from .posterior import importance
         return importance(self.model, self.observations, num_samples, seed=seed,
-                          guide=self.guide, refinement=self)
+                          guide=self.guide, refinement=self, defensive=defensive)
 
 
 def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 1e-3,
            min_ess: float = 0.3, seed: Optional[int] = None, progress: bool = False,
            guide=None, max_seconds: Optional[float] = None,
-           adapt_rate: float = 0.5) -> Refinement:
+           adapt_rate: float = 0.5, search_below: float = 0.15) -> Refinement:
     """Refine a copy of ``guide`` (default: the model's) for ``observations``: ``steps``
     updates of ``draws`` traces each (fewer if ``max_seconds`` runs out first)."""
     obs = Observations.of(model.checked, observations, require_all=True)
@@ -128,24 +130,31 @@ def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 
             norm = torch.nn.utils.clip_grad_norm_(params, 100.0)
             if torch.isfinite(norm):   # a draw at the edge of the support can give an
                 opt.step()             # infinite gradient: skip that step, not the run
-            if alpha < 1.0:            # the search: move the adapters towards the bridge
-                match_moments(guide.net, drawn, w, adapt_rate)
             full = torch.softmax(log_w, 0)
-            out.ess.append(float(1.0 / (full ** 2).sum()))
+            ess_now = float(1.0 / (full ** 2).sum())
+            if ess_now < search_below * draws:
+                # far from the posterior (the search): closed-form moves of the
+                # adapters towards the bridge; near it, the gradient steps alone
+                match_moments(guide.net, drawn, w, adapt_rate)
+            out.ess.append(ess_now)
             out.alpha.append(alpha)
             out.draws += draws
             bar.set_postfix(ess=f"{out.ess[-1]:.0f}/{draws}", alpha=f"{alpha:.2f}")
         bar.close()
         # never worse than where it started: compare both on fresh draws
-        out.start_ess, out.final_ess = (ess_of(model, g, obs, 4 * draws) for g in (start, guide))
+        out.start_ess, out.final_ess = (ess_of(model, g, obs, max(2048, 4 * draws))
+                                        for g in (start, guide))
     if out.final_ess < out.start_ess:
         out.guide, out.kept_start = start, True
     return out
 
 
 @torch.no_grad()
-def ess_of(model, guide, obs, n) -> float:
-    values, log_q = guide.propose(obs, n)
+def ess_of(model, guide, obs, n, defensive=0.1) -> float:
+    """The ESS of n fresh draws from the defensive mixture of ``guide`` (as infer
+    draws them)."""
+    from .posterior import defensive_draws
+    values, log_q = defensive_draws(guide, obs, n, defensive, "trace")
     log_latent, log_obs, _ = model.pyro_model.score(n, obs, values)
     log_w = (log_latent + log_obs - log_q).double()
     log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)

@@ -9,6 +9,11 @@ the static graph.
   one is left to the recurrent state.
 * Aligned observations: an observed child whose leading dims are the site's instances
   (``y[i]`` for ``c[i]``, ``y[t]`` for ``h[t]``) is read at each instance's index.
+* Informing children: observed children whose density the proposal can evaluate at a
+  candidate value when the site is proposed (``informs``); the family then moves its
+  prior location by how well each candidate explains them (the locally optimal
+  proposal of particle filtering: exact for a discrete site, one Newton step for a
+  continuous one).
 
 Features of a latent are its family's (standardised, unconstrained; one-hot for finite
 supports); of a deterministic value, its value standardised with prior simulations.
@@ -22,6 +27,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..frontend import ast as A
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
 
@@ -49,6 +55,31 @@ def blanket(graph, name: str) -> set:
         out |= set(graph.predecessors(child))
     out.discard(name)
     return out
+
+
+def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
+    """Whether observed child ``o`` of a latent site can tell its proposal how each
+    candidate value explains the data when the site is proposed: one plain statement
+    (``y[i] ~ ...`` in ``for i in range(N)``), reading nothing defined after the site,
+    aligned with the site's instances (or any child, for a site with one instance)."""
+    v = checked.vars[o]
+    s = v.stmts[0]
+    if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
+        return False
+    loops = plan.loops_of(s)
+    if any(not l.static or l.lo != 0 for l in loops):
+        return False
+    idx = s.target.indices if isinstance(s.target, A.Index) else []
+    if [getattr(i, "id", None) for i in idx] != [l.var for l in loops]:
+        return False
+    if any(order[r] > order[info.name] for r in v.reads | v.control
+           if checked.vars[r].kind != "arg"):
+        return False
+    site = checked.vars[info.name]
+    if info.n > 1:
+        return tuple(v.family_dims) == info.inst_shape and all(
+            l.static and l.lo == 0 for l in site.loops) and info.de == 1
+    return info.de == 1
 
 
 class SiteInputs(nn.Module):
@@ -84,6 +115,10 @@ class SiteInputs(nn.Module):
                      and graph.has_edge(info.name, o) and obs_shape[o][:k] == info.inst_shape]
             self.aligned[info.name] = names
             self.align_width[info.name] = sum(int(math.prod(obs_shape[o][k:])) for o in names)
+        self.informing = {info.name: [o for o in plan.observed
+                                      if graph.has_edge(info.name, o)
+                                      and informs(checked, plan, order, info, o)]
+                          for info in infos} if config.informed else {}
         for c in self.det_names:
             v = checked.vars[c]
             size = int(math.prod(v.type.shape)) if v.type.shape else 1

@@ -40,7 +40,8 @@ class GuideSites(SiteHandler):
         present = None if site.mask is None else \
             site.mask.expand((L.B,) + tuple(site.mask.shape[1:])).reshape(L.B, -1)
         q = SiteProposal(self.net, self.state, self.net.by_name[site.name], site.fn,
-                         site.env, present, L.batch_shape(site), L.event_shape(site))
+                         site.env, present, L.batch_shape(site), L.event_shape(site),
+                         site.runtime)
         with L.plates(site):
             x = pyro.sample(site.name, q)
         q.advance(x)
@@ -69,7 +70,7 @@ class ProposeSites(SiteHandler):
             site.mask.expand((B,) + tuple(site.mask.shape[1:])).reshape(B, -1)
         shape = site.value_shape(B)
         q = SiteProposal(self.net, self.state, info, site.fn, site.env, present,
-                         shape[:1], shape[1:])
+                         shape[:1], shape[1:], site.runtime)
         x = self.values.get(site.name)
         if x is None:
             x = q.sample()
@@ -123,7 +124,7 @@ class Guide(nn.Module):
             self.fitted.fill_(True)
 
     def _run(self, obs, B, handler_of, args):
-        state = GuideState(self.net, self.net.embed(obs, B))
+        state = GuideState(self.net, self.net.embed(obs, B), obs)
         handler = handler_of(state)
         Runtime(self.model.checked, self.model.plan, B, handler, self.model.args(args),
                 strict=False).run()
@@ -158,7 +159,7 @@ class Guide(nn.Module):
             pyro.module(self._pyro_name, self)
         obs = Observations.of(self.model.checked, observations, batch=num_traces)
         layout = Layout(self.model.plan, num_traces or 1, num_traces is not None)
-        state = GuideState(self.net, self.net.embed(obs, layout.B))
+        state = GuideState(self.net, self.net.embed(obs, layout.B), obs)
         rt = Runtime(self.model.checked, self.model.plan, layout.B,
                      GuideSites(self.net, layout, obs, state), self.model.args(args),
                      strict=False)

@@ -21,11 +21,13 @@ what a static graph allows).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..catalogue.distributions import DISTRIBUTIONS
 from ..frontend.checked import Checked
@@ -33,6 +35,7 @@ from ..middle.plan import Plan
 from .context import SiteInputs
 from .embedding import ObservationEmbedding, zero_linear
 from .families import LatentInfo, make_family
+from .families.base import Rows
 
 
 @dataclass
@@ -51,34 +54,54 @@ class NetworkConfig:
     set_embedding: int = 32        # width of the DeepSets embedding of observations in a
                                    # plate (0: none)
     smoothing: int = 8             # features of the bidirectional encoding of aligned series
+    instance_hidden: int = 32      # the inner width of the per-instance encoder
+    informed: bool = True          # locate proposals by how candidates explain the data
 
     def to_dict(self):
         return asdict(self)
 
 
 class InstanceEncoder(nn.Module):
-    """h (M, H) and per-instance inputs x (M, m, w) -> one hidden vector per instance
-    (M * m, H): h plus a linear and a one-hidden-layer path in (h, x), both zero at the
-    start (so an untrained site proposes from its state alone). The part in h is
-    computed once per trace, not once per instance."""
+    """h (M, H) and per-instance inputs -> one hidden vector per instance (M * m, H): h
+    plus a linear and a one-hidden-layer path in (h, inputs), both zero at the start (so
+    an untrained site proposes from its state alone). The inputs are ``const``, known
+    before the site is drawn (context, aligned observations, position), and ``var``,
+    the previous element in a family produced in order. The parts in h and in const are
+    computed once per site (``prepare``), so that drawing a family element by element
+    only adds the small part in var (``step``)."""
 
-    def __init__(self, hidden: int, width: int):
+    def __init__(self, hidden: int, const: int, var: int = 0, inner: int = 32):
         super().__init__()
-        self.width = width
-        if width:
-            self.lin = zero_linear(width, hidden)
-            self.inp_h = nn.Linear(hidden, hidden)
-            self.inp_x = nn.Linear(width, hidden, bias=False)
-            self.out = zero_linear(hidden, hidden)
+        self.const, self.var = const, var
+        width = const + var
+        self.lin = zero_linear(width, hidden)
+        self.inp_h = nn.Linear(hidden, inner)
+        self.inp_x = nn.Linear(width, inner, bias=False)
+        self.out = zero_linear(inner, hidden)
 
-    def forward(self, h, x):
-        M, H = h.shape
-        m = 1 if x is None else x.shape[1]
-        hh = h.unsqueeze(1)
-        if not self.width:
-            return hh.expand(M, m, H).reshape(M * m, H)
+    def forward(self, h, const, var=None, skip=None):
+        """Factored hidden vectors (:class:`Rows`) of every instance; ``skip`` (M, H) is
+        added to all of a trace's instances."""
+        x = const if var is None else torch.cat([const, var], -1)
         z = torch.relu(self.inp_h(h).unsqueeze(1) + self.inp_x(x))
-        return (hh + self.lin(x) + self.out(z)).reshape(M * m, H)
+        shared = h + self.lin.bias + self.out.bias + (0 if skip is None else skip)
+        return Rows(shared, [(x, self.lin.weight), (z, self.out.weight)], x.shape[1])
+
+    def prepare(self, h, const):
+        """What does not depend on the previous element: (M, n, inner), (M, n, H)."""
+        c = self.const
+        a = self.inp_h(h).unsqueeze(1) + F.linear(const, self.inp_x.weight[:, :c])
+        b = h.unsqueeze(1) + F.linear(const, self.lin.weight[:, :c], self.lin.bias)
+        return a, b
+
+    def step(self, prepared, j, var, skip=None):
+        """The hidden vectors of element j given the previous element var (M, 1, w)."""
+        a, b = prepared
+        c = self.const
+        z = torch.relu(a[:, j:j + 1] + F.linear(var, self.inp_x.weight[:, c:]))
+        out = b[:, j:j + 1] + F.linear(var, self.lin.weight[:, c:]) + self.out(z)
+        out = out.reshape(out.shape[0], -1)
+        return out if skip is None else out + skip
 
 
 class SeriesEncoder(nn.Module):
@@ -142,15 +165,17 @@ class ProposalNetwork(nn.Module):
         self.smoothers = nn.ModuleDict()
         self.encoders = nn.ModuleDict()
         for l in self.latents:
-            width = self.inputs.context_width(l.name) + self.inputs.align_width[l.name] + 1
+            const = self.inputs.context_width(l.name) + self.inputs.align_width[l.name] + 1
+            var = 0
             if not l.plate:
-                width += self.families[l.name].feat_dim + 1     # element t - 1, first flag
+                const += 1                                       # the first-element flag
+                var = self.families[l.name].feat_dim             # element t - 1
                 if self.inputs.align_width[l.name] and C.smoothing:
                     self.smoothers[l.name] = SeriesEncoder(
                         self.inputs.align_width[l.name] + self.inputs.context_width(l.name),
                         C.smoothing)
-                    width += self.smoothers[l.name].width
-            self.encoders[l.name] = InstanceEncoder(C.hidden, width)
+                    const += self.smoothers[l.name].width
+            self.encoders[l.name] = InstanceEncoder(C.hidden, const, var, C.instance_hidden)
 
     # ---------------------------------------------------------------- statistics
     @torch.no_grad()
@@ -161,6 +186,18 @@ class ProposalNetwork(nn.Module):
             x = sims[l.name].to(torch.get_default_dtype())
             self.families[l.name].fit(x.reshape(x.shape[0], l.n, l.de))
         self.inputs.fit(sims)
+
+    # ---------------------------------------------------------------- inference
+    defensive = 0.0     # the weight of every site's broad component (0 while training)
+
+    @contextlib.contextmanager
+    def defensive_mixing(self, weight: float):
+        """Propose from (1 - weight) q + weight q_broad at every site meanwhile."""
+        saved, self.defensive = self.defensive, float(weight)
+        try:
+            yield
+        finally:
+            self.defensive = saved
 
     # ---------------------------------------------------------------- refinement
     def add_adapters(self):
@@ -225,9 +262,6 @@ class ProposalNetwork(nn.Module):
         inp = aligned if context is None else torch.cat([aligned, context], -1)
         return self.smoothers[info.name](inp)
 
-    def skip_rows(self, skip, m):
-        """The observation skip (M, H) repeated for m instances: (M * m, H)."""
-        return skip if m == 1 else skip.unsqueeze(1).expand(-1, m, -1).reshape(-1, skip.shape[1])
 
 
 def positions(j0: int, m: int, n: int, M: int) -> torch.Tensor:

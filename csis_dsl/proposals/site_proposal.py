@@ -16,6 +16,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
+from ..backend.values import Stored
 from .families import LatentInfo
 from .network import ProposalNetwork, first_flags, positions
 
@@ -23,9 +24,10 @@ from .network import ProposalNetwork, first_flags, positions
 class GuideState:
     """The recurrent state carried from site to site within one guide run."""
 
-    def __init__(self, net: ProposalNetwork, embedded):
+    def __init__(self, net: ProposalNetwork, embedded, observations=None):
         C = net.config
         self.obs, self.skip, self.raws = embedded
+        self.observations = observations   # the given values (what informs proposals)
         self.M = M = self.obs.shape[0]
         self.hc = None
         self.pending = None
@@ -46,8 +48,12 @@ class SiteProposal(pdist.TorchDistribution):
     has computed so far (the values of the site's context)."""
 
     def __init__(self, net: ProposalNetwork, state: GuideState, info: LatentInfo, prior,
-                 env, present: Optional[torch.Tensor], batch_shape, event_shape):
+                 env, present: Optional[torch.Tensor], batch_shape, event_shape,
+                 runtime=None):
         self.net, self.state, self.info, self.prior = net, state, info, prior
+        self.runtime = runtime
+        self.informing = net.inputs.informing.get(info.name, []) \
+            if runtime is not None and state.observations is not None else []
         self.family = net.families[info.name]
         self.present = present            # (M, n) bool or None
         M, n = state.M, info.n
@@ -57,6 +63,7 @@ class SiteProposal(pdist.TorchDistribution):
         self.smooth = None if info.plate else net.smooth(info, self.align, self.ctx)
         self._cache = None
         self._facts = None
+        self._const_inputs = None
         super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
 
     @constraints.dependent_property
@@ -71,7 +78,36 @@ class SiteProposal(pdist.TorchDistribution):
         if l.plate:
             if self._facts is None:
                 self._facts = self.family.facts(self.prior, M, l.n)
+                if self.informing:
+                    self._facts = self.family.inform(self._facts, self._loglik)
             return self._facts if j is None else tuple(f[:, j:j + 1] for f in self._facts)
+        facts = self._family_facts(x, j)
+        if self.informing:
+            facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
+        return facts
+
+    def _loglik(self, cand, x=None, j=None):
+        """The log density (M, m) of the observations this site informs from, at
+        candidate values cand (M, m, de) of its instances -- all of them, or element j
+        of a family produced in order (given the elements of x before it)."""
+        l, M, rt = self.info, self.state.M, self.runtime
+        if j is not None:
+            arr = x.reshape(M, l.n, l.de).clone().to(cand.dtype)
+            arr[:, j] = cand[:, 0]
+        else:
+            arr = cand
+        stored = Stored(arr.reshape((M,) + l.inst_shape + l.elem_shape))
+        total = 0.0
+        for name in self.informing:
+            s = rt.checked.vars[name].stmts[0]
+            fixed = None if j is None else {0: j}
+            lp = rt.stmt_log_prob(s, self.state.observations[name], {l.name: stored}, fixed)
+            total = total + lp.reshape(M, -1).sum(-1, keepdim=True) if l.n == 1 or \
+                j is not None else total + lp.reshape(M, cand.shape[1])
+        return total
+
+    def _family_facts(self, x, j):
+        l, M = self.info, self.state.M
         width, base = (l.n, 0) if j is None else (1, j)
         out = [f.clone() for f in self.family.facts(None, M, width, base)]
         for a, b, d, active in self.prior.pieces_at(x.reshape((M,) + tuple(self.event_shape)), j):
@@ -86,16 +122,18 @@ class SiteProposal(pdist.TorchDistribution):
         return tuple(out)
 
     # ------------------------------------------------------------ the proposal
-    def _inputs(self, j0, m, prev=None):
-        """Per-instance inputs of instances j0 .. j0 + m - 1: (M, m, width)."""
-        M, n = self.state.M, self.info.n
-        parts = [t[:, j0:j0 + m] for t in (self.ctx, self.align) if t is not None]
-        parts.append(positions(j0, m, n, M))
-        if not self.info.plate:
-            parts += [prev, first_flags(j0, m, M)]
-            if self.smooth is not None:
-                parts.append(self.smooth[:, j0:j0 + m])
-        return torch.cat(parts, -1)
+    def _const(self):
+        """The per-instance inputs known before the site is drawn: (M, n, width)."""
+        if self._const_inputs is None:
+            M, n = self.state.M, self.info.n
+            parts = [t for t in (self.ctx, self.align) if t is not None]
+            parts.append(positions(0, n, n, M))
+            if not self.info.plate:
+                parts.append(first_flags(0, n, M))
+                if self.smooth is not None:
+                    parts.append(self.smooth)
+            self._const_inputs = torch.cat(parts, -1)
+        return self._const_inputs
 
     def adapter_context(self, j0, m, prev=None):
         """What a refinement's adapter is linear in, for instances j0 .. j0 + m - 1:
@@ -105,14 +143,16 @@ class SiteProposal(pdist.TorchDistribution):
             parts.append(prev)
         return torch.cat(parts, -1) if parts else None
 
-    def _proposal(self, facts, j0, m, prev=None):
-        hid = self.net.encoders[self.info.name](self.h, self._inputs(j0, m, prev))
-        if self.state.skip is not None:
-            hid = hid + self.net.skip_rows(self.state.skip, m)
+    def _proposal(self, facts, j0, m, prev=None, prepared=None):
+        encoder = self.net.encoders[self.info.name]
+        if prepared is not None:          # one element of a family drawn in order
+            hid = encoder.step(prepared, j0, prev, self.state.skip)
+        else:
+            hid = encoder(self.h, self._const()[:, j0:j0 + m], prev, self.state.skip)
         adapt = self.net.adapter(self.info.name, j0, m, self.state.M,
                                  self.adapter_context(j0, m, prev))
         return self.family(hid, tuple(f.reshape((-1,) + tuple(f.shape[2:])) for f in facts),
-                           adapt)
+                           adapt, self.net.defensive)
 
     def _features(self, x, j0):
         """Standardised features, bounded (an absurd draw must not blow up the network)."""
@@ -131,8 +171,9 @@ class SiteProposal(pdist.TorchDistribution):
             return self._proposal(self.facts(), 0, l.n).sample().reshape(M, l.n, l.de)
         buf = torch.zeros(M, l.n, l.de)
         prev = torch.zeros(M, 1, self.family.feat_dim)
+        prepared = self.net.encoders[l.name].prepare(self.h, self._const())
         for j in range(l.n):
-            q = self._proposal(self.facts(buf, j), j, 1, prev)
+            q = self._proposal(self.facts(buf, j), j, 1, prev, prepared)
             buf[:, j] = q.sample().reshape(M, l.de)
             prev = self._features(buf[:, j:j + 1], j)
         return buf

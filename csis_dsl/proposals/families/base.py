@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...catalogue.distributions import DISTRIBUTIONS
 from ...frontend.checked import Var
@@ -60,6 +61,12 @@ class ProposalFamily(nn.Module):
         """x: (M, m, de) values of instances j0.. -> (M, m, feat_dim), standardised."""
         raise NotImplementedError
 
+    def inform(self, facts, loglik):
+        """The facts moved by the observations that depend on this site: ``loglik(x)``
+        gives, for candidate values x (M, m, de), the log density of those observations
+        (M, m). Default: unchanged."""
+        return facts
+
     def adapter_shapes(self, context: int = 0) -> dict:
         """Per-instance parameters a refinement adds (name -> shape of one instance),
         each zero at the start: adapting the proposal to one set of observations.
@@ -73,15 +80,53 @@ class ProposalFamily(nn.Module):
         zero where an instance is absent), ctx (K, n, p) their context features,
         present (K, n) where the instances exist (None: everywhere)."""
 
-    def forward(self, h: torch.Tensor, facts, adapt=None) -> "Proposal":
+    def forward(self, h: torch.Tensor, facts, adapt=None, defensive: float = 0.0) -> "Proposal":
         """h: (rows, hidden); facts flattened to rows; ``adapt`` the refinement's
-        per-instance parameters for these rows, or None -> the proposal over (rows, de)."""
+        per-instance parameters for these rows, or None -> the proposal over (rows, de).
+        ``defensive`` > 0 mixes in a broad component at that weight (the proposal
+        widened, or the prior), so that the importance weights stay bounded."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ shared helpers
     def stats(self, name: str, M: int, width: int, j0: int):
         s = getattr(self, name)[j0:j0 + width]
         return s.unsqueeze(0).expand((M,) + tuple(s.shape))
+
+
+class Rows:
+    """Hidden vectors of M traces x m instances, kept factored -- a part shared by the
+    instances of a trace, (M, H), plus per-instance terms x @ W^T -- so that a head reads
+    them without the (M * m, H) tensor ever being built (a plate of 1000 instances then
+    costs little more than its inputs)."""
+
+    def __init__(self, shared, terms, m: int):
+        self.shared, self.terms, self.m = shared, terms, m
+
+    @property
+    def shape(self):
+        return (self.shared.shape[0] * self.m, self.shared.shape[1])
+
+    def dense(self) -> torch.Tensor:
+        out = self.shared.unsqueeze(1)
+        for x, W in self.terms:
+            out = out + F.linear(x, W)
+        return out.expand(self.shared.shape[0], self.m, -1).reshape(self.shape)
+
+
+def _log1m(p: float) -> float:
+    """log(1 - p), -inf at p = 1 (a defensive mixture made of its broad part alone)."""
+    return -math.inf if p >= 1.0 else math.log1p(-p)
+
+
+def linear(layer: nn.Linear, h) -> torch.Tensor:
+    """layer(h) for a hidden tensor (rows, H) or factored :class:`Rows`."""
+    if not isinstance(h, Rows):
+        return layer(h)
+    y = F.linear(h.shared, layer.weight, layer.bias).unsqueeze(1)
+    for x, W in h.terms:
+        y = y + F.linear(x, layer.weight @ W)
+    M = h.shared.shape[0]
+    return y.expand(M, h.m, -1).reshape(M * h.m, -1)
 
 
 class Proposal:

@@ -7,6 +7,8 @@ except for MultivariateNormal priors, whose components get a full covariance (a
 learned Cholesky factor), so correlated posteriors are proposed jointly."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,10 +17,11 @@ from torch.distributions import (Categorical, Independent, MixtureSameFamily,
                                  biject_to, constraints)
 from torch.distributions.transforms import IndependentTransform
 
-from .base import Proposal, ProposalFamily, affine_match, moments
+from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
 
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
+WIDEN = 2.0     # the defensive component's scale, relative to the proposal's
 
 
 class MixtureHead(nn.Module):
@@ -41,18 +44,35 @@ class MixtureHead(nn.Module):
             self.register_buffer("tril_idx", torch.tril_indices(unconstrained_dim,
                                                                 unconstrained_dim, -1))
 
-    def forward(self, h, loc_u, scale_u, adapt=None):
+    def forward(self, h, loc_u, scale_u, adapt=None, defensive=0.0, pooled=None):
         """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim).
 
         ``adapt`` (a refinement's per-instance parameters, rows first): an affine map
         u -> u exp(log_factor) + shift of the whole mixture in unconstrained space, and
-        offsets of the component logits."""
+        offsets of the component logits. ``defensive`` > 0: the mixture becomes
+        (1 - defensive) q + defensive q_wide, q_wide its components WIDEN times wider.
+
+        ``pooled`` (the statistics of prior simulations, mean and sd): each component is
+        the prior (loc_u, scale_u) times a Gaussian pseudo-observation the network
+        gives in those units -- precision-weighted. In a family produced in order the
+        prior's location is the previous element's, and the smoothing posterior is
+        exactly such a product: how much of the previous element to keep is then a
+        ratio of precisions, not something the network must compute."""
         u = self.udim
-        raw = self.out(h).view(h.shape[0], self.k, self.per)
+        raw = linear(self.out, h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
-        loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
-        diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5
-        scale = scale_u.unsqueeze(1) * diag                            # (rows, K, udim)
+        if pooled is None:
+            loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
+            diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5
+            scale = scale_u.unsqueeze(1) * diag                        # (rows, K, udim)
+        else:
+            mean, sd = (t.unsqueeze(1) for t in pooled)
+            m = mean + sd * raw[..., 1:1 + u]
+            tau = F.softplus(raw[..., 1 + u:1 + 2 * u] - 4.0) / sd ** 2
+            prec = 1 / scale_u.unsqueeze(1) ** 2 + tau
+            loc = (loc_u.unsqueeze(1) / scale_u.unsqueeze(1) ** 2 + tau * m) / prec
+            diag = torch.ones_like(prec)
+            scale = prec.rsqrt()
         if adapt is not None:
             shift, log_factor, dlogits, coupled = adapt
             factor = torch.exp(log_factor).unsqueeze(1)
@@ -62,10 +82,18 @@ class MixtureHead(nn.Module):
         # finite whatever the prior of this trace (an absurd earlier draw can make it so)
         loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
         scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
+        tril = None
         if self.full:
             # L = diag(scale) @ (I + strictly lower part), the scale as above
             tril = torch.diag_embed(torch.ones_like(diag))
             tril[..., self.tril_idx[0], self.tril_idx[1]] = raw[..., 1 + 2 * u:]
+        if defensive:
+            logits = torch.cat([torch.log_softmax(logits, -1) + _log1m(defensive),
+                                torch.log_softmax(logits, -1) + math.log(defensive)], -1)
+            loc = torch.cat([loc, loc], 1)
+            scale = torch.cat([scale, scale * WIDEN], 1)
+            tril = None if tril is None else torch.cat([tril, tril], 1)
+        if self.full:
             comp = MultivariateNormal(loc, scale_tril=scale.unsqueeze(-1) * tril,
                                       validate_args=False)
         else:
@@ -144,16 +172,42 @@ class ContinuousProposal(ProposalFamily):
         self.std.copy_(torch.where(ok, s, torch.ones_like(s)))
 
     def facts(self, d, M, width, j0=0):
+        """(location, scale) of the prior in unconstrained space, and the statistics of
+        prior simulations (mean, sd) of the same elements."""
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
         mom = moments(d, M, width, self.info.de) if self.moments_usable else None
         if mom is None:
-            return mean.detach(), std.detach()
+            return mean.detach(), std.detach(), mean.detach(), std.detach()
         m, s = mom
         if self.log_moments:
             v = torch.log1p((s / m) ** 2)
             m, s = torch.log(m) - 0.5 * v, v.sqrt()
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
-        return torch.where(ok, m, mean).detach(), torch.where(ok, s, std).detach()
+        return (torch.where(ok, m, mean).detach(), torch.where(ok, s, std).detach(),
+                mean.detach(), std.detach())
+
+    def inform(self, facts, loglik):
+        """One Newton step from the prior location in unconstrained space, on the
+        log-likelihood of the observations that depend on the site: the Gaussian
+        (Laplace) approximation of prior x local likelihood. Where the likelihood is not
+        log-concave there, only the location moves, at most 5 prior scales."""
+        if not self.moments_usable or self.info.de != 1:
+            return facts
+        loc, scale = facts[:2]
+        with torch.enable_grad():
+            u = loc.detach().clone().requires_grad_(True)
+            ll = loglik(self.transform(u))
+            if not ll.requires_grad:
+                return facts
+            g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
+            hess, = torch.autograd.grad(g.sum(), u, allow_unused=True)
+        g = g.detach()
+        hess = torch.zeros_like(g) if hess is None else hess.detach()
+        prec = 1 / scale ** 2 - hess.clamp(max=0.0)
+        step = (g / prec).clamp(-5 * scale, 5 * scale)
+        ok = torch.isfinite(step) & torch.isfinite(prec) & (prec > 0)
+        return (torch.where(ok, loc + step, loc).detach(),
+                torch.where(ok, prec.rsqrt(), scale).detach()) + tuple(facts[2:])
 
     def features(self, x, j0=0):
         u = torch.nan_to_num(self.unconstrained(x), 0.0, 10.0, -10.0)
@@ -174,14 +228,16 @@ class ContinuousProposal(ProposalFamily):
         affine_match(u, w, params["shift"], params["log_factor"], rate, ctx,
                      params["coupling"] if params["coupling"].shape[-1] else None, present)
 
-    def forward(self, h, facts, adapt=None):
-        loc, scale = facts
+    def forward(self, h, facts, adapt=None, defensive=0.0):
+        loc, scale, mean, std = facts
         if adapt is not None:
             ctx = adapt.get("context")
             coupled = torch.zeros_like(adapt["shift"]) if ctx is None else \
                 torch.einsum("rdp,rp->rd", adapt["coupling"], ctx)
             adapt = (adapt["shift"], adapt["log_factor"], adapt["logits"], coupled)
-        return PushedMixture(self.head(h, loc, scale, adapt), self.transform, self.info.support)
+        pooled = None if self.info.plate else (mean, std)
+        return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
+                             self.transform, self.info.support)
 
 
 FAMILY = ContinuousProposal

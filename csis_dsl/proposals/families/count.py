@@ -4,11 +4,13 @@ given to 0. An exact discrete distribution with unbounded support (no relaxation
 located at the prior's mean and scaled by its standard deviation."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Proposal, ProposalFamily, affine_match, moments
+from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
 
 
 class DiscretizedLogisticMixture(Proposal):
@@ -82,16 +84,21 @@ class CountProposal(ProposalFamily):
         affine_match(x.to(w.dtype), w, params["shift"], params["log_factor"], rate,
                      present=present)
 
-    def forward(self, h, facts, adapt=None):
+    def forward(self, h, facts, adapt=None, defensive=0.0):
         mean, std = facts
-        raw = self.out(h).view(h.shape[0], self.info.de, self.k, 3)
+        raw = linear(self.out, h).view(h.shape[0], self.info.de, self.k, 3)
         loc = mean.unsqueeze(-1) + std.unsqueeze(-1) * raw[..., 1]
         scale = (std.unsqueeze(-1) * 0.6) * (F.softplus(raw[..., 2]) + 1e-2)
         if adapt is not None:       # a refinement's affine map of the counts' scale
             factor = torch.exp(adapt["log_factor"]).unsqueeze(-1)
             loc = loc * factor + adapt["shift"].unsqueeze(-1)
             scale = scale * factor
-        return DiscretizedLogisticMixture(raw[..., 0], loc, scale)
+        logits = raw[..., 0]
+        if defensive:       # (1 - defensive) q + defensive q with twice the scales
+            logits = torch.cat([torch.log_softmax(logits, -1) + _log1m(defensive),
+                                torch.log_softmax(logits, -1) + math.log(defensive)], -1)
+            loc, scale = torch.cat([loc, loc], -1), torch.cat([scale, 2 * scale], -1)
+        return DiscretizedLogisticMixture(logits, loc, scale)
 
 
 FAMILY = CountProposal

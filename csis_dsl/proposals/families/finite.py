@@ -3,12 +3,14 @@ prior's support, its logits the prior's log-probabilities in this trace (in a fa
 produced in order, given the elements before) plus a learned correction."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, constraints
 
-from .base import Proposal, ProposalFamily
+from .base import _log1m, linear, Proposal, ProposalFamily
 
 
 class CategoricalProposal(Proposal):
@@ -58,6 +60,19 @@ class FiniteProposal(ProposalFamily):
             lp = torch.zeros(M, width, de, k)
         return (lp.detach(),)
 
+    def inform(self, facts, loglik):
+        """Add each value's log-likelihood to its prior log-probability: the proposal
+        starts at the exact local posterior of the site given what was drawn before."""
+        lp = facts[0]                                             # (M, m, de, k)
+        if self.info.de != 1:
+            return facts
+        M, m = lp.shape[:2]
+        with torch.no_grad():
+            ll = torch.stack([loglik(torch.full((M, m, 1), float(v))) for v in range(self.k)], -1)
+        ll = torch.nan_to_num(ll, nan=-math.inf, posinf=0.0).unsqueeze(2)
+        ok = torch.isfinite(ll).any(-1, keepdim=True)             # some value explains it
+        return (torch.where(ok, lp + ll, lp).detach(),)
+
     def features(self, x, j0=0):
         oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k)
         return oh.reshape(x.shape[:-1] + (self.info.de * self.k,)).to(torch.get_default_dtype())
@@ -79,13 +94,16 @@ class FiniteProposal(ProposalFamily):
         ok = torch.isfinite(delta) & (present.sum(0) > 1)
         params["logits"].add_(torch.where(ok, rate * delta, torch.zeros_like(delta)))
 
-    def forward(self, h, facts, adapt=None):
+    def forward(self, h, facts, adapt=None, defensive=0.0):
         prior_logp = facts[0]
-        logits = prior_logp + self.out(h).view(h.shape[0], self.info.de, self.k)
+        logits = prior_logp + linear(self.out, h).view(h.shape[0], self.info.de, self.k)
         if adapt is not None:
             logits = logits + adapt["logits"]
         logits = torch.where(torch.isfinite(prior_logp), logits,
                              torch.full_like(logits, -float("inf")))
+        if defensive:       # (1 - defensive) q + defensive prior
+            logits = torch.logaddexp(torch.log_softmax(logits, -1) + _log1m(defensive),
+                                     torch.log_softmax(prior_logp, -1) + math.log(defensive))
         return CategoricalProposal(logits)
 
 
