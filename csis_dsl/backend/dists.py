@@ -89,9 +89,12 @@ class Truncated(pdist.TorchDistribution):
 
     @property
     def mean(self):  # used only to locate proposals; a rough value suffices
-        return self.base.mean.clamp(
-            min=self.low if self.low is not None else -float("inf"),
-            max=self.high if self.high is not None else float("inf"))
+        m = self.base.mean
+        if self.low is not None:
+            m = torch.maximum(m, torch.as_tensor(self.low, dtype=m.dtype))
+        if self.high is not None:
+            m = torch.minimum(m, torch.as_tensor(self.high, dtype=m.dtype))
+        return m
 
 
 class Switch(pdist.TorchDistribution):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.distributions import constraints
 
-from ..catalogue.supports import describe
+from ..catalogue.supports import describe, is_dependent
 from ..errors import ObservationError
 from ..frontend.checked import Checked
 
@@ -119,7 +119,8 @@ def _one(v, k, value, batch) -> torch.Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ObservationError(f"observation '{k}' contains NaN or infinity")
     sup = v.support
-    if sup is not None and sup is not constraints.real and sup is not constraints.real_vector:
+    if sup is not None and sup is not constraints.real and sup is not constraints.real_vector \
+            and not is_dependent(sup):
         ok = sup.check(t)
         if not bool(ok.all()):
             bad = t[~ok.expand(t.shape)] if ok.shape == t.shape else t.reshape(-1)

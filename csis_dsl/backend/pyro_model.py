@@ -64,6 +64,9 @@ class PyroModel:
         prior where not given), observed variables from ``observations``. Returns
         (log p of the latents (B,), log p of the observations (B,), the :class:`Env`);
         given latents that make a parameter illegal have log p = -inf."""
+        if observations is not None:
+            observations = Observations.of(self.checked, observations, batch=num_traces,
+                                           require_all=False)
         scorer = Scorer(num_traces, observations, values)
         rt = Runtime(self.checked, self.plan, num_traces, scorer, self.args(args),
                      strict=values is None)

@@ -106,7 +106,7 @@ def _uniform_support(args):
     lo, hi = args.const(0), args.const(1)
     if lo is not None and hi is not None:
         return constraints.interval(lo, hi)
-    return constraints.real
+    return constraints.dependent      # bounds that are other variables: per trace
 
 
 def _categorical_support(args):

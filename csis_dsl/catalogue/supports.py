@@ -10,9 +10,14 @@ from torch.distributions import constraints
 INF = math.inf
 
 
+def is_dependent(sup) -> bool:
+    """A support that depends on other variables (each trace has its own)."""
+    return isinstance(sup, type(constraints.dependent))
+
+
 def value_range(sup) -> Tuple[float, float]:
     """The closed hull [lo, hi] of a univariate support (infinite where unbounded)."""
-    if sup is None:
+    if sup is None or is_dependent(sup):
         return (-INF, INF)
     if sup in (constraints.nonnegative_integer, constraints.nonnegative):
         return (0.0, INF)
@@ -40,6 +45,8 @@ def int_range(sup):
 
 def describe(sup) -> str:
     """A support in a modeller's words."""
+    if is_dependent(sup):
+        return "bounds that depend on other variables"
     if sup is constraints.positive:
         return "positive reals"
     if sup is constraints.nonnegative_integer:

@@ -154,8 +154,10 @@ class Checker:
             v.bounds = supports.int_range(support)
             if s.type is not None:
                 self.check_declared_bounds(v, s.type, spec)
-        elif v.dist != spec.name and (v.discrete != spec.discrete or
-                                       str(v.support) != str(support)):
+        elif supports.is_dependent(support) and not v.discrete:
+            v.support = support      # pieces whose bounds depend on other variables
+        elif v.dist != spec.name and (v.discrete != spec.discrete or (
+                str(v.support) != str(support) and not supports.is_dependent(v.support))):
             self.error(call.func_span, f"'{v.name}' has a different support here "
                        f"({spec.name}) than where it is first defined ({v.dist}); every "
                        "definition of a variable must have the same support",
@@ -220,8 +222,13 @@ class Checker:
             self.error(a.span, f"the {p.name} of {spec.name} must be in [0, 1], got {c}")
 
     def static_support(self, spec: DistSpec, call: A.Call, trunc):
+        """The support as known when compiling; ``constraints.dependent`` where it
+        depends on other variables (a truncation or Uniform bound that is one), in which
+        case every trace has its own (the proposal reads it from the prior there)."""
         if trunc is not None:
             lo, hi = (self.k.try_const(b) for b in trunc)
+            if (trunc[0] is not None and lo is None) or (trunc[1] is not None and hi is None):
+                return constraints.dependent
             if lo is not None and hi is not None:
                 return constraints.interval(lo, hi)
             if lo is not None:

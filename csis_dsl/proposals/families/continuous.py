@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch.distributions import (Categorical, Independent, MixtureSameFamily,
                                  MultivariateNormal, Normal, TransformedDistribution,
                                  biject_to, constraints)
+from torch.distributions.transforms import Transform
 from torch.distributions.transforms import IndependentTransform
 
+from ...catalogue.supports import is_dependent
 from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
 
 
@@ -124,13 +126,20 @@ def clamp_to_support(x, dom):
     x = x.clamp(-BIG, BIG)
     tiny = 1e-6
     if hasattr(dom, "lower_bound") and hasattr(dom, "upper_bound"):
-        lo, hi = dom.lower_bound, dom.upper_bound
-        span = (torch.as_tensor(hi) - torch.as_tensor(lo)) * tiny
-        return torch.minimum(torch.maximum(x, lo + span), hi - span)
+        lo, hi = torch.as_tensor(dom.lower_bound), torch.as_tensor(dom.upper_bound)
+        both = torch.isfinite(lo) & torch.isfinite(hi)
+        span = torch.where(both, (hi - lo) * tiny, torch.zeros_like(hi - lo))
+        lo_in = torch.where(both, lo + span, torch.where(
+            torch.isfinite(lo), lo + (lo.abs() + 1e-24) * tiny, lo))
+        hi_in = torch.where(both, hi - span, torch.where(
+            torch.isfinite(hi), hi - (hi.abs() + 1e-24) * tiny, hi))
+        return torch.minimum(torch.maximum(x, lo_in), hi_in)
     if hasattr(dom, "lower_bound"):
-        return torch.maximum(x, torch.as_tensor(dom.lower_bound) + 1e-30)
+        lo = torch.as_tensor(dom.lower_bound)
+        return torch.maximum(x, lo + (lo.abs() + 1e-24) * tiny)
     if hasattr(dom, "upper_bound"):
-        return torch.minimum(x, torch.as_tensor(dom.upper_bound) - 1e-30)
+        hi = torch.as_tensor(dom.upper_bound)
+        return torch.minimum(x, hi - (hi.abs() + 1e-24) * tiny)
     if isinstance(dom, type(constraints.simplex)):
         x = x.clamp(min=1e-30)
         return x / x.sum(-1, keepdim=True)
@@ -142,7 +151,11 @@ class ContinuousProposal(ProposalFamily):
 
     def __init__(self, info, config):
         super().__init__(info, config)
-        self.transform = biject_to(info.support)
+        # a support that depends on other variables: each trace's comes with the prior
+        # (facts), and the proposal is mapped onto it per trace; statistics and
+        # features are then of the raw values
+        self.dependent = is_dependent(info.support)
+        self.transform = biject_to(constraints.real if self.dependent else info.support)
         self.udim = info.de - 1 if info.support is constraints.simplex else info.de
         self.head = MixtureHead(config.hidden, info.de, self.udim, config.mixture_components,
                                 full_covariance=info.dist_name == "MultivariateNormal")
@@ -173,8 +186,11 @@ class ContinuousProposal(ProposalFamily):
 
     def facts(self, d, M, width, j0=0):
         """(location, scale) of the prior in unconstrained space, and the statistics of
-        prior simulations (mean, sd) of the same elements."""
+        prior simulations (mean, sd) of the same elements; for a support that depends on
+        other variables, also its bounds in this trace (lower, upper)."""
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
+        if self.dependent:
+            return dependent_facts(d, M, width, self.info.de, mean, std)
         mom = moments(d, M, width, self.info.de) if self.moments_usable else None
         if mom is None:
             return mean.detach(), std.detach(), mean.detach(), std.detach()
@@ -191,7 +207,7 @@ class ContinuousProposal(ProposalFamily):
         log-likelihood of the observations that depend on the site: the Gaussian
         (Laplace) approximation of prior x local likelihood. Where the likelihood is not
         log-concave there, only the location moves, at most 5 prior scales."""
-        if not self.moments_usable or self.info.de != 1:
+        if not self.moments_usable or self.info.de != 1 or self.dependent:
             return facts
         loc, scale = facts[:2]
         with torch.enable_grad():
@@ -220,6 +236,8 @@ class ContinuousProposal(ProposalFamily):
 
     @torch.no_grad()
     def adapt_step(self, x, w, params, rate, ctx=None, present=None):
+        if self.dependent:          # its unconstrained space differs from trace to trace
+            return
         """Moment matching: move the affine adapter so that the proposal's mean (linear
         in the site's context: the values drawn before it) and sd of every unconstrained
         element become the weighted ones. x: (K, n, de) draws of the current proposal,
@@ -229,15 +247,108 @@ class ContinuousProposal(ProposalFamily):
                      params["coupling"] if params["coupling"].shape[-1] else None, present)
 
     def forward(self, h, facts, adapt=None, defensive=0.0):
-        loc, scale, mean, std = facts
+        loc, scale, mean, std = facts[:4]
         if adapt is not None:
             ctx = adapt.get("context")
             coupled = torch.zeros_like(adapt["shift"]) if ctx is None else \
                 torch.einsum("rdp,rp->rd", adapt["coupling"], ctx)
             adapt = (adapt["shift"], adapt["log_factor"], adapt["logits"], coupled)
+        if self.dependent:
+            transform, support = bounded_transform(*facts[4:])
+            return PushedMixture(self.head(h, loc, scale, adapt, defensive), transform, support)
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
                              self.transform, self.info.support)
+
+
+def dependent_facts(d, M, width, de, mean, std):
+    """Facts for a support that depends on other variables: its bounds in this trace
+    (from the prior ``d``), and the prior located in the unconstrained coordinates of
+    those bounds -- log(x - lower), log(upper - x) or logit of the relative position --
+    by moment matching where the prior's moments exist (a uniform interval otherwise)."""
+    inf = torch.full((M, width, de), math.inf)
+    lo, hi, m, s = -inf, inf, None, None
+    if d is not None:
+        sup = d.support
+        shape = tuple(d.batch_shape) + tuple(d.event_shape)
+
+        def bound(name, default):
+            b = getattr(sup, name, None)
+            if b is None:
+                return default
+            return torch.as_tensor(b, dtype=default.dtype).expand(shape).reshape(M, width, de)
+        lo, hi = bound("lower_bound", -inf), bound("upper_bound", inf)
+        mom = moments(d, M, width, de)
+        if mom is not None:
+            m, s = mom
+    lo_f, hi_f = torch.isfinite(lo), torch.isfinite(hi)
+    if m is None:
+        m, s = torch.where(lo_f & hi_f, (lo + hi) / 2, mean), torch.where(lo_f & hi_f, (hi - lo) / 4, std)
+    both = lo_f & hi_f
+    p = ((m - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
+    loc_i, scale_i = torch.logit(p), (s / (hi - lo)) / (p * (1 - p))
+    gap = torch.where(lo_f, m - lo, hi - m).clamp(min=1e-30)
+    v = torch.log1p((s / gap) ** 2)
+    loc_h, scale_h = torch.log(gap) - 0.5 * v, v.sqrt()
+    loc = torch.where(both, loc_i, torch.where(lo_f | hi_f, loc_h, m))
+    scale = torch.where(both, scale_i, torch.where(lo_f | hi_f, scale_h, s))
+    ok = torch.isfinite(loc) & torch.isfinite(scale) & (scale > 0)
+    loc = torch.where(ok, loc, torch.zeros_like(loc))
+    scale = torch.where(ok, scale.clamp(max=10.0), torch.full_like(scale, 1.5))
+    return (loc.detach(), scale.detach(), mean.detach(), std.detach(), lo.detach(), hi.detach())
+
+
+class BoundedTransform(Transform):
+    """The real line onto (lo, hi), elementwise, for bounds that differ from row to row
+    and may be infinite on either side: lo + (hi - lo) sigmoid(u), lo + exp(u),
+    hi - exp(u) or u."""
+    domain = constraints.real
+    codomain = constraints.real
+    bijective = True
+    sign = +1
+
+    def __init__(self, lo, hi):
+        super().__init__(cache_size=0)
+        self.lo, self.hi = lo, hi
+        self.lo_f, self.hi_f = torch.isfinite(lo), torch.isfinite(hi)
+        self.both = self.lo_f & self.hi_f
+        self._lo = torch.where(self.lo_f, lo, torch.zeros_like(lo))
+        self._hi = torch.where(self.hi_f, hi, torch.zeros_like(hi))
+
+    def _call(self, u):
+        width = torch.where(self.both, self._hi - self._lo, torch.ones_like(self._lo))
+        inner = self._lo + width * torch.sigmoid(u)
+        e = torch.exp(u)
+        return torch.where(self.both, inner, torch.where(
+            self.lo_f, self._lo + e, torch.where(self.hi_f, self._hi - e, u)))
+
+    def _inverse(self, x):
+        width = torch.where(self.both, self._hi - self._lo, torch.ones_like(self._lo))
+        inner = torch.logit(((x - self._lo) / width).clamp(1e-7, 1 - 1e-7))
+        return torch.where(self.both, inner, torch.where(
+            self.lo_f, torch.log((x - self._lo).clamp(min=1e-30)),
+            torch.where(self.hi_f, torch.log((self._hi - x).clamp(min=1e-30)), x)))
+
+    def log_abs_det_jacobian(self, u, x):
+        width = torch.where(self.both, self._hi - self._lo, torch.ones_like(self._lo))
+        inner = torch.log(width) + F.logsigmoid(u) + F.logsigmoid(-u)
+        return torch.where(self.both, inner, torch.where(self.lo_f | self.hi_f, u,
+                                                         torch.zeros_like(u)))
+
+
+def bounded_transform(lo, hi):
+    """The bijection from the real line onto (lo, hi) per row (either may be infinite),
+    and that support as a constraint (for keeping draws inside it)."""
+    return BoundedTransform(lo, hi), _Between(lo, hi)
+
+
+class _Between(constraints.Constraint):
+    def __init__(self, lo, hi):
+        self.lower_bound, self.upper_bound = lo, hi
+        super().__init__()
+
+    def check(self, x):
+        return (x > self.lower_bound) & (x < self.upper_bound)
 
 
 FAMILY = ContinuousProposal
