@@ -2,9 +2,9 @@
 generated proposal network trained by inference compilation (CSIS)."""
 from .compiler import CompiledModel, compile, compile_string, load
 from .errors import (CheckpointError, CompileError, CsisDslError, Diagnostic,
-                     ModelRuntimeError, ObservationError)
+                     ModelRuntimeError, ObservationError, OptionError, TrainingError)
 
 __all__ = ["compile", "compile_string", "load", "CompiledModel", "CompileError",
-           "ObservationError", "ModelRuntimeError", "CheckpointError", "CsisDslError",
+           "ObservationError", "ModelRuntimeError", "CheckpointError", "OptionError", "TrainingError", "CsisDslError",
            "Diagnostic"]
 __version__ = "0.1.0"

@@ -88,6 +88,8 @@ def _parser():
     c.add_argument("file", help="a .ppl spec")
     c.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
+    c.add_argument("--data", metavar="FILE", default=None,
+                   help="arg values from a JSON or CSV file (--arg overrides)")
     c.add_argument("--dump", choices=["ast", "checked", "graph", "dot", "pyro"],
                    help="print one compiler phase")
     g = sub.add_parser("graph", help="draw the dependency graph",
@@ -98,6 +100,8 @@ def _parser():
     g.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
     g.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
+    g.add_argument("--data", metavar="FILE", default=None,
+                   help="arg values from a JSON or CSV file (--arg overrides)")
     t = sub.add_parser("train", help="train the proposal network and save a checkpoint",
                        epilog=_EXAMPLES["train"], formatter_class=_FMT,
                        description="Train FILE's proposal network on fresh simulations of "
@@ -128,6 +132,8 @@ def _train_args(t):
     t.add_argument("file", help="a .ppl spec")
     t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
+    t.add_argument("--data", metavar="FILE", default=None,
+                   help="arg values from a JSON or CSV file (--arg overrides)")
     t.add_argument("--steps", type=POSITIVE_INT, default=1500,
                    help="training steps (default 1500)")
     t.add_argument("--batch-size", type=POSITIVE_INT, default=512,
@@ -150,7 +156,7 @@ def _train_args(t):
 def _infer_args(i):
     i.add_argument("--obs", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="an observation (repeatable); VALUE is a number or JSON list")
-    i.add_argument("--obs-file", help="a JSON file of observations")
+    i.add_argument("--obs-file", help="a JSON or CSV file of observations")
     i.add_argument("--samples", type=POSITIVE_INT, default=1000,
                    help="importance samples (default 1000)")
     i.add_argument("--refine-steps", type=COUNT, default=None, metavar="N",
@@ -164,13 +170,10 @@ def _infer_args(i):
 
 
 def _observations(a):
+    from .data import read_data
     obs = {}
     if a.obs_file:
-        try:
-            with open(a.obs_file) as f:
-                obs.update(json.load(f))
-        except (OSError, json.JSONDecodeError) as err:
-            raise _InputError(f"cannot read observations from {a.obs_file}: {err}")
+        obs.update(read_data(a.obs_file, "observations file", part="observations"))
     obs.update(dict(a.obs))
     if not obs:
         raise _InputError("no observations: give --obs NAME=VALUE or --obs-file FILE")
@@ -197,7 +200,7 @@ def _summary(m):
 
 def _train(a, m=None):
     import csis_dsl
-    m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None)
+    m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
     m.configure(architecture=a.arch)
     m.train(num_steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
             lr_decay=a.lr_decay, lr_tau=a.lr_tau or None, progress=not a.no_progress)
@@ -244,14 +247,16 @@ def main(argv=None):
     try:
         import csis_dsl
         if a.cmd == "check":
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
             print(m.dump(a.dump) if a.dump else _summary(m))
         elif a.cmd == "graph":
             from .render import render_graph
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
             render_graph(m, a.output)
             print(f"wrote {a.output}")
         elif a.cmd == "train":
+            from .files import check_writable
+            check_writable(a.output, "the checkpoint")      # before, not after, training
             m = _train(a)
             m.save(a.output)
             print(f"saved {a.output} ({m.history.traces} traces)")
@@ -260,7 +265,10 @@ def main(argv=None):
             _infer(m, a)
         elif a.cmd == "run":
             obs = _observations(a)
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None)
+            if a.plot:
+                from .files import check_writable
+                check_writable(a.plot, "the figure")
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
             m.check_observations(obs)       # fail before training, not after
             m = _train(a, m)
             a.obs, a.obs_file = list(obs.items()), None

@@ -14,8 +14,9 @@ from typing import Dict, Optional
 
 import torch
 
+from . import options as opt
 from .backend.pyro_model import PyroModel
-from .errors import CheckpointError, CompileError, Diagnostic
+from .errors import CheckpointError, CompileError, Diagnostic, OptionError
 from .frontend import parser
 from .frontend.statements import check
 from .middle.graph import build_graph, summary, to_dot
@@ -48,11 +49,31 @@ class CompiledModel:
         maps an observed variable to your own ``nn.Module`` embedding it."""
         from .proposals.guide import Guide
         from .proposals.network import NetworkConfig
-        cfg = config or NetworkConfig(**sizes)
+        self._needs_a_proposal()
+        try:
+            cfg = config or NetworkConfig(**sizes)
+        except TypeError as err:
+            raise OptionError(f"configure: {err}; the settings are "
+                              f"{', '.join(NetworkConfig.__dataclass_fields__)}") from None
+        except ValueError as err:
+            raise OptionError(f"configure: {err}") from None
         self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings)
         self._trainer = None
         self.history = None
         return self
+
+    def _needs_a_proposal(self):
+        """A proposal needs something to propose and something to condition on."""
+        what = None
+        if not self.latents:
+            what = (f"model '{self.name}' has no latent variable, so there is nothing to "
+                    "infer (every '~' without 'observe' is a latent); its simulate() and "
+                    "log_joint() still work")
+        elif not self.observed:
+            what = (f"model '{self.name}' observes nothing, so there is no posterior to "
+                    "learn (mark the data with 'observe'); simulate() still works")
+        if what:
+            raise CompileError([Diagnostic(self.ast.span, what)], self.source)
 
     @property
     def guide(self):
@@ -63,14 +84,28 @@ class CompiledModel:
 
     def train(self, num_steps=1000, batch_size=512, lr=1e-2, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None,
-              lr_tau=50):
+              lr_tau=50, keep_best=False):
         """Train the proposal network online on fresh simulations; calling again
         continues where it stopped. Returns the TrainingHistory.
+
+        Every ``validate_every`` steps (default: 20 times a call) it records the loss on
+        held-out simulated traces and the ESS/N of importance sampling on held-out
+        simulated observation sets (``history.val_ess``); ``keep_best=True`` ends with
+        the network state of the best such ESS/N over the whole training.
 
         Adam's rate at step t of the whole training is ``lr / sqrt(1 + t / lr_tau)``
         (``lr_tau=None``: constant), times a decay within this call from 1 to
         ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``."""
         from .engine.train import Trainer
+        num_steps = opt.integer("num_steps", num_steps, 0)
+        batch_size = opt.integer("batch_size", batch_size, 1)
+        lr = opt.number("lr", lr)
+        seed = opt.optional_integer("seed", seed)
+        validation_size = opt.integer("validation_size", validation_size, 0)
+        lr_decay = opt.optional_number("lr_decay", lr_decay, high=1.0)
+        clip = opt.number("clip", clip)
+        validate_every = opt.optional_integer("validate_every", validate_every, 1)
+        lr_tau = opt.optional_number("lr_tau", lr_tau)
         if seed is not None:   # torch, random and numpy
             import pyro
             pyro.set_rng_seed(seed)
@@ -79,8 +114,8 @@ class CompiledModel:
             self._trainer = Trainer(self, lr, validation_size, seed)
         self._trainer.lr = lr
         self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay, clip=clip,
-                                         lr_tau=lr_tau,
-                                         progress=progress, validate_every=validate_every)
+                                         lr_tau=lr_tau, progress=progress,
+                                         validate_every=validate_every, keep_best=keep_best)
         return self.history
 
     def infer(self, observations, num_samples=1000, proposal="guide", seed=None,
@@ -93,6 +128,12 @@ class CompiledModel:
         or the prior of a discrete site), which keeps the weights bounded where q is
         too narrow. The weights stay exact either way."""
         from .engine.posterior import importance
+        num_samples = opt.integer("num_samples", num_samples, 1)
+        seed = opt.optional_integer("seed", seed)
+        refine_steps = opt.integer("refine_steps", refine_steps, 0)
+        defensive = opt.number("defensive", defensive, low_open=False, high=1.0, high_open=True)
+        if proposal not in ("guide", "prior"):
+            raise OptionError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
         if proposal == "guide":
             self.guide.fit_statistics()
         if refine_steps and proposal == "guide":
@@ -109,6 +150,11 @@ class CompiledModel:
         refined network, ``.ess`` the ESS of each step. The amortised network is
         unchanged."""
         from .engine.refine import refine
+        steps = opt.integer("steps", steps, 0)
+        draws = opt.integer("draws", draws, 2)
+        lr = opt.number("lr", lr)
+        seed = opt.optional_integer("seed", seed)
+        max_seconds = opt.optional_number("max_seconds", max_seconds)
         self.guide.fit_statistics()
         return refine(self, observations, steps=steps, draws=draws, lr=lr, seed=seed,
                       progress=progress, max_seconds=max_seconds)
@@ -120,6 +166,7 @@ class CompiledModel:
         return dict(Observations.of(self.checked, observations, require_all=True))
 
     def save(self, path):
+        """Write a checkpoint (atomically: the old file survives any failure)."""
         from .engine import checkpoint
         checkpoint.write(path, checkpoint.Checkpoint(
             name=self.name, file=self.file, source=self.source,
@@ -150,6 +197,8 @@ class CompiledModel:
         """Draw ``num_traces`` joint samples in one vectorised call: a dict from every
         variable name to a tensor of shape (num_traces, *shape)."""
         from .engine.seeding import seeded
+        num_traces = opt.integer("num_traces", num_traces, 1)
+        seed = opt.optional_integer("seed", seed)
         with seeded(seed):
             return self.pyro_model.simulate(num_traces, **args)
 
@@ -201,17 +250,43 @@ def _checked_line(v) -> str:
             + (f", controlled by {sorted(v.control)}" if v.control else ""))
 
 
-def compile_string(text: str, name: Optional[str] = None, args: Optional[dict] = None):
-    return CompiledModel(text, name or "<string>", args)
+def _args_with_data(args, data):
+    """Arg values from a data file (JSON or CSV, or a dict), then ``args`` over them."""
+    if data is None:
+        return args
+    from .data import read_data
+    merged = read_data(data)
+    merged.update(args or {})
+    return _FromData(merged, set(merged) - set(args or {}))
 
 
-def compile(path, args: Optional[dict] = None) -> CompiledModel:  # noqa: A001
-    p = Path(path)
+class _FromData(dict):
+    """Arg values, knowing which came from a data file: a data file may also hold the
+    observations (as Stan's do); the checker skips those names instead of refusing them."""
+
+    def __init__(self, values, from_data):
+        super().__init__(values)
+        self.from_data = from_data
+
+
+def compile_string(text: str, name: Optional[str] = None, args: Optional[dict] = None,
+                   data=None):
+    return CompiledModel(text, name or "<string>", _args_with_data(args, data))
+
+
+def compile(path, args: Optional[dict] = None, data=None) -> CompiledModel:  # noqa: A001
+    """Compile the spec at ``path``. ``args``: arg values (numbers, lists, numpy arrays,
+    tensors); ``data``: a JSON or CSV file (or a dict) of arg values, which ``args``
+    overrides. Int sizes left out (``arg int N;``) are read off the arrays they size."""
+    from .files import read_text
+    args = _args_with_data(args, data)
+
+    class _Unreadable(Exception):
+        pass
     try:
-        text = p.read_text()
-    except OSError as err:
-        raise CompileError([Diagnostic(None, f"cannot read spec '{path}': "
-                                       f"{err.strerror or err}")]) from None
+        text = read_text(path, "spec", _Unreadable)
+    except _Unreadable as err:
+        raise CompileError([Diagnostic(None, str(err))]) from None
     return CompiledModel(text, str(path), args)
 
 
@@ -229,14 +304,22 @@ def load(path, obs_embeddings=None) -> CompiledModel:
                               f"compiles:\n{err}") from None
     try:
         config = NetworkConfig(**ckpt.config)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the network configuration in the checkpoint is not "
                               f"one this csis_dsl knows ({err})") from None
-    model.configure(config, obs_embeddings=obs_embeddings)
+    try:
+        model.configure(config, obs_embeddings=obs_embeddings)
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: the network configuration in the checkpoint "
+                              f"cannot be built ({err})") from None
     try:
         model.guide.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: the weights do not match the network of its spec "
                               f"({str(err).splitlines()[0]})") from None
-    model.history = TrainingHistory.from_dict(ckpt.history)
+    try:
+        model.history = TrainingHistory.from_dict(ckpt.history)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: the training history in the checkpoint is not "
+                              f"readable ({err})") from None
     return model

@@ -63,10 +63,13 @@ def _format_one(span: Optional[Span], severity: str, message: str,
     lines = source.splitlines()
     if not 1 <= span.line <= len(lines):
         return head
-    text = lines[span.line - 1].expandtabs(4)
-    end = span.end_col if span.end_line == span.line else len(text) + 1
-    width = max(1, end - span.col)
-    return f"{head}\n    {text}\n    {' ' * (span.col - 1)}{'^' * width}"
+    raw = lines[span.line - 1]
+    text = raw.expandtabs(4)
+    end = span.end_col if span.end_line == span.line else len(raw) + 1
+    # columns count characters, a tab as one: place the caret where the eye sees them
+    start = len(raw[:span.col - 1].expandtabs(4))
+    width = max(1, len(raw[:end - 1].expandtabs(4)) - start)
+    return f"{head}\n    {text}\n    {' ' * start}{'^' * width}"
 
 
 class CsisDslError(Exception):
@@ -121,3 +124,13 @@ class ModelRuntimeError(CsisDslError, RuntimeError):
 
 class CheckpointError(CsisDslError):
     """A checkpoint that cannot be read or does not match its spec."""
+
+
+class TrainingError(CsisDslError, RuntimeError):
+    """Training that cannot go on (the loss became NaN or infinite: a learning rate too
+    high, a model whose densities overflow); the network is put back to a good state."""
+
+
+class OptionError(CsisDslError, ValueError):
+    """A numeric or path option out of range (a negative number of steps, a learning
+    rate that is not a positive number, an output path that cannot be written)."""

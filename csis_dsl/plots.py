@@ -8,12 +8,21 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .errors import OptionError  # noqa: E402
+
 
 def _finish(fig, path):
     fig.tight_layout()
     if path is not None:
-        fig.savefig(str(path), dpi=110)
-        plt.close(fig)
+        from .files import atomic_write
+        suffix = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
+        try:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=suffix),
+                         "the figure")
+        except ValueError as err:      # a format matplotlib does not write
+            raise OptionError(f"cannot write the figure to '{path}': {err}") from None
+        finally:
+            plt.close(fig)
     return fig
 
 
@@ -49,16 +58,24 @@ def plot_posterior(post, path=None, names=None, prior_samples=2000, max_elements
 
 
 def plot_history(h, path=None):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     axes[0].plot(h.steps, h.loss, alpha=0.5, label="training loss")
     if h.val_steps:
         axes[0].plot(h.val_steps, h.val_loss, "o-", label="validation loss")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("-log q(latents | observations)")
     axes[0].legend()
-    axes[1].plot(h.steps, h.traces_per_s)
+    if h.val_ess:
+        axes[1].plot(h.val_steps, h.val_ess, "o-", color="C2", label="validation ESS/N")
+        if h.best_step is not None:
+            axes[1].axvline(h.best_step, color="grey", ls=":", label="kept (best)")
+        axes[1].legend()
     axes[1].set_xlabel("step")
-    axes[1].set_ylabel("traces / s")
+    axes[1].set_ylabel("ESS / N, held-out observation sets")
+    axes[1].set_ylim(0, 1.05)
+    axes[2].plot(h.steps, h.traces_per_s)
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("traces / s")
     return _finish(fig, path)
 
 

@@ -10,14 +10,16 @@ from .middle.graph import to_dot
 
 
 def render_graph(model, path):
+    from .files import atomic_write, check_writable
     path = Path(path)
     dot = to_dot(model.graph)
     fmt = path.suffix.lstrip(".").lower()
     if fmt == "dot" or fmt == "gv":
-        path.write_text(dot)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(dot), "the graph")
         return path
     if fmt not in ("svg", "png", "pdf"):
         raise CsisDslError(f"error: cannot draw to '{path}': use a .svg, .png, .pdf or .dot file")
+    check_writable(path, "the graph")
     exe = shutil.which("dot")
     if exe is None:
         raise CsisDslError("error: drawing svg/png needs the graphviz 'dot' program, which is "

@@ -13,3 +13,10 @@ SPECS = ROOT / "specs"
 def _quiet():
     warnings.simplefilter("ignore", RuntimeWarning)
     yield
+
+
+def compile_spec(stem, **kw):
+    """A shipped spec, with its data file (specs/<stem>.json) where it has one."""
+    import csis_dsl
+    data = SPECS / f"{stem}.json"
+    return csis_dsl.compile(SPECS / f"{stem}.ppl", data=data if data.exists() else None, **kw)

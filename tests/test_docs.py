@@ -77,10 +77,13 @@ def test_quick_start_is_what_ci_runs():
 
 
 def test_reference_lists_every_distribution_and_function():
-    from csis_dsl.catalogue.distributions import DISTRIBUTIONS
+    from csis_dsl.catalogue.distributions import DISTRIBUTIONS, NAMES
     from csis_dsl.catalogue.functions import FUNCTIONS
     ref = (ROOT / "docs" / "LANGUAGE_REFERENCE.md").read_text()
-    for name in DISTRIBUTIONS:
+    for name in NAMES:
         assert f"`{name}(" in ref, name
+    for d in DISTRIBUTIONS.values():           # other parameterisations, by keyword
+        if d.variant and d.name != "Mixture":
+            assert f"{d.name}(" in ref and f"{d.variant}=" in ref, d.key
     for name in FUNCTIONS:
         assert re.search(rf"\b{name}\(", ref), name

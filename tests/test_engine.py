@@ -320,7 +320,8 @@ def test_every_spec_trains_and_infers(name):
     """Every shipped spec runs the whole pipeline: traced batched and unbatched, trained,
     and inferred for observations simulated from its own prior predictive."""
     import pyro.poutine as poutine
-    m = csis_dsl.compile(SPECS / f"{name}.ppl")
+    from conftest import compile_spec
+    m = compile_spec(name)
     for kw in ({}, {"num_traces": 4}):
         tr = poutine.trace(m.pyro_model).get_trace(**kw)
         assert math.isfinite(float(tr.log_prob_sum()))

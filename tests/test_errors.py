@@ -103,9 +103,12 @@ def test_observation_outside_support():
 
 
 def test_bad_arg_overrides():
-    with pytest.raises(csis_dsl.ObservationError, match="arg 'N'"):
+    # a bad arg value is a located diagnostic, and nothing else is reported after it
+    with pytest.raises(csis_dsl.CompileError) as e:
         csis_dsl.compile(SPECS / "linear_regression.ppl", args={"N": 2.5})
-    with pytest.raises(csis_dsl.ObservationError, match="shape"):
+    assert len(e.value.diagnostics) == 1 and "arg 'N': expected int" in str(e.value)
+    assert "linear_regression.ppl:3:" in str(e.value)
+    with pytest.raises(csis_dsl.CompileError, match="shape"):
         csis_dsl.compile(SPECS / "linear_regression.ppl", args={"x": [1.0, 2.0]})
     with pytest.raises(csis_dsl.CompileError, match="no arg 'M'"):
         csis_dsl.compile(SPECS / "linear_regression.ppl", args={"M": 3})

@@ -38,9 +38,12 @@ def test_history_plot(trained, tmp_path):
     m, _ = trained
     fig = m.history.plot(tmp_path / "hist.png")
     _png(tmp_path / "hist.png")
-    loss_ax, tps_ax = fig.axes
+    loss_ax, ess_ax, tps_ax = fig.axes[:3]
     lines = loss_ax.get_lines()
     assert len(lines[0].get_xdata()) == 40 and len(lines[1].get_xdata()) == 4
+    ess = ess_ax.get_lines()[0].get_ydata()
+    assert len(ess) == 4 and all(0 <= e <= 1 for e in ess)
+    assert list(ess) == m.history.val_ess
     assert tps_ax.get_ylabel() == "traces / s"
 
 

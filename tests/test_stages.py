@@ -78,7 +78,7 @@ def test_plan_places_statements_and_families():
     assert pieces[1].elements == (1, 4) and pieces[0].covers(0) and not pieces[0].covers(1)
     y_stmt = checked.vars["y"].stmts[0]
     assert [l.var for l in plan.loops_of(y_stmt)] == ["t"]
-    assert sorted(plan.plate_names.values()) == ["t_5", "t_6"]
+    assert sorted(plan.plate_names.values()) == ["_t_5", "_t_6"]
 
 
 def test_plan_hoists_a_variable_defined_in_both_branches():

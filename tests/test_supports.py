@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import csis_dsl
-from conftest import SPECS
+from conftest import SPECS, compile_spec
 
 RANDOM_BOUNDS = {
     "interval": "a ~ Beta(1.0, 2.0); b ~ Uniform(0.0, 1.0 - a); observe y ~ Normal(a + b, 0.1);",
@@ -31,7 +31,7 @@ MODELS = [(f"spec:{p.stem}", None) for p in sorted(SPECS.glob("*.ppl"))] + \
 
 def compiled(name, body):
     if body is None:
-        return csis_dsl.compile(SPECS / f"{name.split(':')[1]}.ppl")
+        return compile_spec(name.split(":")[1])
     return csis_dsl.compile_string(f"model m {{ {body} }}", name=f"{name}.ppl")
 
 

@@ -15,6 +15,47 @@ from .values import Val, align, combine, float_of
 _ARITH = {
     "+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div, "^": torch.pow,
 }
+def _wholes_last(v: Val, indices) -> Val:
+    """Move the dims indexed by ``:`` behind the indexed ones (in their order), so that
+    indexing one dim at a time leaves exactly them."""
+    P, n = v.prefix, len(indices)
+    ev = v.t.dim() - P
+    if ev < n:
+        v = v.with_event_ndim(n)
+        ev = n
+    picked = [k for k, i in enumerate(indices) if not isinstance(i, A.Whole)]
+    whole = [k for k, i in enumerate(indices) if isinstance(i, A.Whole)]
+    perm = list(range(P)) + [P + k for k in picked + whole] + list(range(P + n, P + ev))
+    m = v.m
+    if m is not None:
+        m = m.reshape(m.shape + (1,) * (v.t.dim() - m.dim())).expand(
+            m.shape[:P] + v.t.shape[P:]).permute(perm)
+    return Val(v.t.permute(perm), m, P)
+
+
+def _matmul(a: Val, b: Val) -> Val:
+    """``a @ b`` on the event dims (matrix-matrix, matrix-vector, vector-matrix, vector-
+    vector), broadcast over the prefix (traces and loops)."""
+    P = a.prefix
+    x, y = float_of(a.t), float_of(b.t)
+    na, nb = a.event_ndim, b.event_ndim
+    if na == 2 and nb == 2:
+        t = x @ y
+    elif na == 2 and nb == 1:
+        t = (x @ y.unsqueeze(-1)).squeeze(-1)
+    elif na == 1 and nb == 2:
+        t = (x.unsqueeze(-2) @ y).squeeze(-2)
+    else:
+        t = (x * y).sum(-1)
+    m = None
+    for v in (a, b):
+        if v.m is not None:
+            mm = v.m.reshape(v.m.shape[:P] + (-1,)).all(-1) if v.m.dim() > P else v.m
+            mm = mm.reshape(mm.shape + (1,) * (t.dim() - mm.dim()))
+            m = mm if m is None else m & mm
+    return Val(t, m, P)
+
+
 _COMPARE = {
     "==": torch.eq, "!=": torch.ne, "<": torch.lt, "<=": torch.le, ">": torch.gt,
     ">=": torch.ge,
@@ -67,6 +108,8 @@ class Evaluator:
 
     def _Binary(self, e: A.Binary):
         a, b = self(e.left), self(e.right)
+        if e.op == "@":
+            return _matmul(a, b)
         if e.op in ("and", "or"):
             f = torch.logical_and if e.op == "and" else torch.logical_or
             return combine([a, b], lambda x, y: f(x != 0, y != 0), float_args=False)
@@ -106,8 +149,11 @@ class Evaluator:
 
     def _Index(self, e: A.Index):
         base = self(e.base)
+        if any(isinstance(i, A.Whole) for i in e.indices):
+            base = _wholes_last(base, e.indices)
         for k, idx_e in enumerate(e.indices):
-            base = self.index_one(base, self(idx_e), e, k)
+            if not isinstance(idx_e, A.Whole):
+                base = self.index_one(base, self(idx_e), e, k)
         if base.m is not None and self.active is not None:
             missing = ~base.m.expand(base.t.shape[:self.prefix] + base.m.shape[self.prefix:]) \
                 if base.event_ndim == 0 else None

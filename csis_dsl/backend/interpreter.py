@@ -22,16 +22,17 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..catalogue.distributions import DISTRIBUTIONS, PARAM_KINDS, check_values, normalise
+from ..catalogue.distributions import (DISTRIBUTIONS, PARAM_KINDS, check_values, normalise,
+                                      problems)
 from ..errors import ModelRuntimeError
 from ..frontend import ast as A
 from ..frontend.checked import Checked, Loop, Var
 from ..middle.plan import Plan
 from .dists import Switch, Truncated
 from .evaluate import Evaluator
-from .family import FamilyDist
+from .family import FamilyDist, InOrder
 from .handlers import Site, SiteHandler
-from .values import Stored, Val, float_of
+from .values import Deferred, Stored, Val, float_of
 
 
 def extend(t: torch.Tensor, P: int) -> torch.Tensor:
@@ -176,6 +177,14 @@ class Runtime:
             core = tuple(t.shape[P:t.dim() - nvec])
             core = (1,) * (len(elem_batch) - len(core)) + core
             out.append(t.reshape(t.shape[:P] + core + tail).expand(batch + elem_batch + tail))
+        for bad, msg in problems(spec, out, sums=False):   # relations between parameters
+            self.invalid_params(bad.reshape(bad.shape[:1] + (-1,)).any(-1), active, msg, s)
+            if spec.name == "MultivariateNormal":          # keep it constructible
+                cov = out[1]
+                eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+                out[1] = torch.where(bad.reshape(bad.shape + (1, 1)), eye, cov)
+            elif spec.name == "Uniform":
+                out[1] = torch.where(bad, out[0] + 1.0, out[1])
         d = spec.build(out)
         if s.dist.trunc is not None:
             lo, hi = [None if b is None else self._bound(ev(b).t, P, len(elem_batch))
@@ -207,6 +216,19 @@ class Runtime:
     def _bound(t, P, n_elem):
         t = float_of(extend(t, P))
         return t.reshape(t.shape + (1,) * n_elem)
+
+    def invalid_params(self, bad_traces, active, msg, s):
+        """Traces (B,) whose parameters break a relation (low < high, a positive
+        definite covariance), where the statement runs: the model's fault (strict), or
+        traces of zero density."""
+        if active is not None:
+            bad_traces = bad_traces & active.reshape(active.shape[0], -1).any(-1).expand_as(bad_traces)
+        if not bool(bad_traces.any()):
+            return
+        if self.strict:
+            raise ModelRuntimeError(f"{msg}, which fails in {int(bad_traces.sum())} "
+                                    "trace(s)", s.span)
+        self.invalid = self.invalid | bad_traces.expand(self.B)
 
     def check_param(self, p, param, dname, active, P, s):
         """Parameters out of range where the statement runs are a ModelRuntimeError
@@ -287,14 +309,25 @@ class Runtime:
         value = self.emit(Site(v, v.stmts[0], d, None, [], family=True))
         self.env[v.name] = Stored(value, d.exists(value))
         self.done.add(v.name)
+        for name in self.plan.group_of.get(v.name, [v.name])[1:]:
+            self.env[name] = Deferred(lambda name=name: d.companions(value)[name])
+            self.done.add(name)
 
     def assign(self, s: A.Assign):
         name = A.target_name(s.target)
         v: Var = self.checked.vars[name]
-        loops = self.plan.loops_of(s)
-        if v.recursive:
-            self.assign_sequential(s, v, loops)
+        if name in self.done:
             return
+        group = self.plan.group_of.get(name)
+        if group is not None:           # produced in order, alone or with its group
+            leader = self.checked.vars[group[0]]
+            if leader.kind != "deterministic":
+                self.emit_family(leader)
+                return
+            self.env.update(InOrder(self, group).run())
+            self.done.update(group)
+            return
+        loops = self.plan.loops_of(s)
         active = self.active_mask(s, loops)
         t = self.evaluator(loops, active, where=self.where(s, name))(s.value).t
         if v.type.base == "real":
@@ -303,28 +336,3 @@ class Runtime:
         t = t.expand(torch.broadcast_shapes(t.shape, (1,) * (1 + len(loops)) + tuple(v.elem_shape)))
         t = t.expand((self.B,) + t.shape[1:]) if t.shape[0] == 1 else t
         self.store(v, t.expand(shape), active, merge=len(v.stmts) > 1)
-
-    def assign_sequential(self, s, v, loops):
-        """A deterministic family that reads its own earlier elements, in order."""
-        k, loop = len(loops) - 1, loops[-1]
-        shape = (self.B,) + tuple(v.family_dims) + tuple(v.elem_shape)
-        st = self.env.get(v.name)
-        buf = torch.zeros(shape) if st is None else st.t.clone().to(torch.get_default_dtype())
-        ex = torch.zeros(shape[:1 + len(v.family_dims)], dtype=torch.bool) \
-            if st is None or st.exists is None else st.exists.clone()
-        for i in range(loop.lo, loop.lo + loop.size):
-            fixed = {k: i}
-            overlay = {v.name: Stored(buf, ex)}
-            active = self.active_mask(s, loops, fixed, overlay)
-            ev = self.evaluator(loops, active, fixed, self.where(s, v.name), overlay)
-            val = float_of(ev(s.value).t)
-            val = val.expand(torch.broadcast_shapes(val.shape, (self.B,) + (1,) * len(loops)
-                                                    + tuple(v.elem_shape)))
-            sel = val.reshape((self.B,) + tuple(val.shape[1:len(loops)])
-                              + tuple(val.shape[len(loops) + 1:]))
-            a = torch.ones(self.B, dtype=torch.bool) if active is None \
-                else active.reshape(self.B, -1)[:, 0]
-            buf, ex = buf.clone(), ex.clone()
-            buf[:, i] = sel
-            ex[:, i] = a
-        self.env[v.name] = Stored(buf, ex)

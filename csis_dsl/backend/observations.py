@@ -35,6 +35,11 @@ class Observations(Mapping):
     def __repr__(self):
         return f"Observations({', '.join(self._values)})"
 
+    def take(self, index: torch.Tensor) -> "Observations":
+        """The observation sets of the given traces (sets shared by every trace stay)."""
+        return Observations({n: t if t.shape[0] == 1 else t[index]
+                             for n, t in self._values.items()})
+
     @property
     def batch(self) -> int:
         """How many observation sets these are (1: one set shared by every trace)."""
@@ -57,9 +62,22 @@ def to_tensor(value, what: str) -> torch.Tensor:
         arr = np.asarray(value)
     except Exception:
         raise ObservationError(f"{what}: cannot read {value!r} as a number or array") from None
+    if arr.dtype == object and _has_big_int(value):
+        raise ObservationError(f"{what}: an integer beyond the int64 range [-2^63, 2^63 - 1]")
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise ObservationError(f"{what}: expected numbers, got {value!r}")
     return torch.as_tensor(arr)
+
+
+def _has_big_int(value) -> bool:
+    stack = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, int) and not isinstance(x, bool) and not -2 ** 63 <= x < 2 ** 63:
+            return True
+        if isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return False
 
 
 def validate(checked: Checked, observations, batch: Optional[int] = None,
@@ -115,10 +133,20 @@ def _one(v, k, value, batch) -> torch.Tensor:
                                    f"({v.dist}), got {t.reshape(-1)[0].item():g}")
     elif t.dtype == torch.bool:
         raise ObservationError(f"observation '{k}' must be real-valued, got a bool")
-    t = t.to(torch.get_default_dtype())
     if not bool(torch.isfinite(t).all()):
         raise ObservationError(f"observation '{k}' contains NaN or infinity")
+    big = torch.finfo(torch.get_default_dtype()).max
+    if t.is_floating_point() and bool((t.double().abs() > big).any()):
+        raise ObservationError(f"observation '{k}' has a value beyond the "
+                               f"{torch.get_default_dtype()} range (±{big:.3g})")
+    t = t.to(torch.get_default_dtype())
     sup = v.support
+    if isinstance(sup, type(constraints.simplex)):
+        total = t.sum(-1)
+        if bool(((total - 1).abs() > 1e-5).any()) or bool((t < 0).any()):
+            raise ObservationError(f"observation '{k}' must be on the simplex (non-negative, "
+                                   f"summing to 1); it sums to {float(total.reshape(-1)[0]):g}")
+        return t
     if sup is not None and sup is not constraints.real and sup is not constraints.real_vector \
             and not is_dependent(sup):
         ok = sup.check(t)

@@ -17,6 +17,27 @@ class Stored:
     exists: Optional[torch.Tensor] = None  # (B or 1, *family_dims) bool; None = all
 
 
+class Deferred:
+    """A stored variable computed only when first read (a deterministic family produced
+    with a random one: many runs -- the guide's, say -- never read it)."""
+
+    def __init__(self, compute):
+        self._compute, self._done = compute, None
+
+    def _get(self) -> Stored:
+        if self._done is None:
+            self._done = self._compute()
+        return self._done
+
+    @property
+    def t(self):
+        return self._get().t
+
+    @property
+    def exists(self):
+        return self._get().exists
+
+
 @dataclass
 class Val:
     t: torch.Tensor

@@ -28,11 +28,19 @@ class ParamKind:
     vector_dims: int = 0
 
 
+class _Integer(constraints.Constraint):
+    is_discrete = True
+
+    def check(self, value):
+        return torch.isfinite(value) & (value == torch.round(value))
+
+
 PARAM_KINDS = {
     "real": ParamKind(constraints.real, 0.0, "a finite number"),
     "positive": ParamKind(constraints.positive, 1.0, "positive"),
     "probability": ParamKind(constraints.unit_interval, 0.5, "in [0, 1]"),
     "count": ParamKind(constraints.nonnegative_integer, 1.0, "a non-negative integer"),
+    "integer": ParamKind(_Integer(), 0.0, "an integer"),
     "probs": ParamKind(constraints.simplex, None, "non-negative weights", 1),
     "concentration": ParamKind(constraints.positive, 1.0, "positive", 1),
     "vector": ParamKind(constraints.real_vector, 0.0, "finite", 1),
@@ -72,6 +80,13 @@ class DistSpec:
     support: Callable = _real               # StaticArgs -> constraint
     event_param: Optional[int] = None       # the parameter whose last dim is the event
     truncatable: bool = False
+    variant: str = ""                       # another parameterisation: "logits"
+
+    @property
+    def key(self) -> str:
+        """Its key in DISTRIBUTIONS: the name, or ``Name(variant)``, which no spec can
+        spell (the checker rewrites ``Bernoulli(logits=x)`` to it)."""
+        return f"{self.name}({self.variant})" if self.variant else self.name
 
     @property
     def discrete(self) -> bool:
@@ -118,15 +133,62 @@ def _binomial_support(args):
     return constraints.integer_interval(0, int(r[1])) if r else constraints.nonnegative_integer
 
 
+def _discrete_uniform_support(args):
+    lo, hi = args.int_range(0), args.int_range(1)
+    if lo is not None and hi is not None:
+        return constraints.integer_interval(int(lo[0]), int(hi[1]))
+    return constraints.integer_interval(-2 ** 62, 2 ** 62)
+
+
+def _discrete_uniform(lo, hi):
+    """Every integer in [low, high] equally likely: a Categorical over high - low + 1
+    values, shifted. Its number of values must be known when compiling."""
+    return _Shifted(lo, hi)
+
+
+class _Shifted(pdist.TorchDistribution):
+    arg_constraints = {}
+    has_enumerate_support = True
+
+    def __init__(self, lo, hi, validate_args=False):
+        self.lo, self.hi = torch.broadcast_tensors(lo, hi)
+        super().__init__(self.lo.shape, torch.Size(), validate_args=False)
+
+    @constraints.dependent_property
+    def support(self):
+        return constraints.integer_interval(self.lo, self.hi)
+
+    def sample(self, sample_shape=torch.Size()):
+        u = torch.rand(torch.Size(sample_shape) + self.lo.shape)
+        return (self.lo + torch.floor(u * (self.hi - self.lo + 1))).clamp(max=self.hi)
+
+    def log_prob(self, value):
+        n = self.hi - self.lo + 1
+        ok = (value >= self.lo) & (value <= self.hi) & (value == torch.round(value))
+        return torch.where(ok, -torch.log(n.to(torch.get_default_dtype())),
+                           torch.full_like(n, -float("inf"), dtype=torch.get_default_dtype()))
+
+    @property
+    def mean(self):
+        return (self.lo + self.hi) / 2.0
+
+    @property
+    def variance(self):
+        n = (self.hi - self.lo + 1).to(torch.get_default_dtype())
+        return (n * n - 1) / 12.0
+
+
 def _spec(name, params, make=None, **kw):
     return DistSpec(name, tuple(Param(n, k) for n, k in params), make or _torch(name), **kw)
 
 
 _POSITIVE = _const_support(constraints.positive)
-_COUNT = dict(value_type="int", proposal="count",
-              support=_const_support(constraints.nonnegative_integer))
+_UNIT = _const_support(constraints.unit_interval)
+_NONNEG_INT = _const_support(constraints.nonnegative_integer)
+MIXABLE_SUPPORTS = (_real, _POSITIVE, _UNIT, _NONNEG_INT)
+_COUNT = dict(value_type="int", proposal="count", support=_NONNEG_INT)
 
-DISTRIBUTIONS = {d.name: d for d in [
+DISTRIBUTIONS = {d.key: d for d in [
     _spec("Normal", [("loc", "real"), ("scale", "positive")], truncatable=True),
     _spec("HalfNormal", [("scale", "positive")], truncatable=True, support=_POSITIVE),
     _spec("LogNormal", [("loc", "real"), ("scale", "positive")], truncatable=True,
@@ -142,7 +204,7 @@ DISTRIBUTIONS = {d.name: d for d in [
           truncatable=True, support=_POSITIVE),
     _spec("Exponential", [("rate", "positive")], truncatable=True, support=_POSITIVE),
     _spec("Beta", [("concentration1", "positive"), ("concentration0", "positive")],
-          support=_const_support(constraints.unit_interval)),
+          support=_UNIT),
     _spec("Uniform", [("low", "real"), ("high", "real")], truncatable=True,
           support=_uniform_support),
     _spec("Chi2", [("df", "positive")], truncatable=True, support=_POSITIVE),
@@ -169,7 +231,76 @@ DISTRIBUTIONS = {d.name: d for d in [
           event_param=0, support=_const_support(constraints.real_vector),
           make=lambda m, c: pdist.MultivariateNormal(m, covariance_matrix=c,
                                                      validate_args=False)),
+    _spec("DiscreteUniform", [("low", "integer"), ("high", "integer")], value_type="int",
+          proposal="finite", support=_discrete_uniform_support, make=_discrete_uniform),
+    # other parameterisations (keyword arguments pick them: Bernoulli(logits=x))
+    _spec("Bernoulli", [("logits", "real")], value_type="bool", proposal="finite",
+          make=lambda l: pdist.Bernoulli(logits=l, validate_args=False),
+          support=_const_support(constraints.boolean), variant="logits"),
+    _spec("Binomial", [("total_count", "count"), ("logits", "real")],
+          value_type="int", proposal="finite", support=_binomial_support, variant="logits",
+          make=lambda n, l: pdist.Binomial(total_count=n, logits=l, validate_args=False)),
+    _spec("Categorical", [("logits", "vector")], value_type="int", proposal="finite",
+          support=_categorical_support, variant="logits",
+          make=lambda l: pdist.Categorical(logits=l, validate_args=False)),
 ]}
+NAMES = sorted({d.name for d in DISTRIBUTIONS.values()} | {"Mixture"})   # what a spec writes
+
+# a mixture's component parameters carry one more (last) dim: one value per component
+for _k, _pk in list(PARAM_KINDS.items()):
+    if _pk.vector_dims == 0:
+        PARAM_KINDS[_k + "[]"] = ParamKind(_pk.constraint, _pk.safe, _pk.words, 1)
+
+
+def mixture_of(component: str) -> Optional["DistSpec"]:
+    """``Mixture(weights, Component(params...))`` (Pyro's MixtureSameFamily): the
+    catalogue entry ``Mixture(Component)``, made on first use; None for a component that
+    cannot be mixed (a multivariate one, or one whose support depends on its
+    parameters)."""
+    key = f"Mixture({component})"
+    if key in DISTRIBUTIONS:
+        return DISTRIBUTIONS[key]
+    comp = DISTRIBUTIONS.get(component)
+    if comp is None or comp.event_param is not None or comp.variant or \
+            comp.support not in MIXABLE_SUPPORTS:
+        return None
+
+    def make(w, *ps):
+        return pdist.MixtureSameFamily(pdist.Categorical(probs=w, validate_args=False),
+                                       comp.make(*ps), validate_args=False)
+    spec = DistSpec("Mixture", (Param("weights", "probs"),) + tuple(
+        Param(p.name, p.kind + "[]") for p in comp.params), make, value_type=comp.value_type,
+        proposal=comp.proposal, support=comp.support, variant=component)
+    DISTRIBUTIONS[key] = spec
+    return spec
+
+
+def variants(name: str):
+    """Every parameterisation of the distribution ``name``."""
+    return [d for d in DISTRIBUTIONS.values() if d.name == name]
+
+
+def problems(spec: "DistSpec", params, sums: bool = True) -> list:
+    """What is wrong with a distribution's parameter values, beyond each one's kind: a
+    list of (mask of bad batch elements, message). Probabilities that do not sum to one
+    (more than rounding), a covariance that is not positive definite, a Uniform whose
+    low is not below its high."""
+    out = []
+    for p, t in zip(spec.params, params):
+        if p.kind == "probs" and sums:
+            total = t.sum(-1)
+            bad = (total - 1).abs() > 1e-5 * total.abs().clamp(min=1)
+            out.append((bad, f"the {p.name} of {spec.name} must sum to 1, "
+                             f"they sum to {float(total[bad].reshape(-1)[0]) if bool(bad.any()) else 1:g}"))
+        elif p.kind == "covariance":
+            sym = (t - t.transpose(-1, -2)).abs().amax((-1, -2)) <= 1e-6 * t.abs().amax((-1, -2)).clamp(min=1)
+            bad = ~sym | (torch.linalg.cholesky_ex(t.double())[1] != 0)
+            out.append((bad, f"the {p.name} of {spec.name} must be symmetric positive definite"))
+    if spec.name == "Uniform":
+        lo, hi = params
+        bad = ~(lo < hi)
+        out.append((bad, "Uniform needs low < high"))
+    return [(b, m) for b, m in out if bool(b.any())]
 
 
 def check_values(kind: str, p: torch.Tensor) -> torch.Tensor:

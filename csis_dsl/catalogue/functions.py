@@ -179,6 +179,51 @@ def _amax(t, m):
     return torch.where(m, t, torch.full_like(t, -float("inf"))).amax(-1)
 
 
+def _vector_fn(name, fn, scalar=False):
+    """A function of one vector along its last dim (log_sum_exp, softmax, cumsum)."""
+    def typing(ts, consts):
+        t = ts[0]
+        if len(t.shape) != 1 or t.base == "bool":
+            raise FunctionTypeError(f"{name} needs a vector of numbers, got {t}")
+        return Type("real", () if scalar else t.shape)
+
+    def impl(vs):
+        v = vs[0]
+        t = v.t.to(torch.get_default_dtype()) if not v.t.is_floating_point() else v.t
+        if v.m is not None and scalar:
+            m = v.m.expand(t.shape)
+            t = torch.where(m, t, torch.full_like(t, -float("inf")))
+            return Val(fn(t), None, v.prefix)
+        return Val(fn(t), None if scalar else v.m, v.prefix)
+    return FuncSpec(name, 1, 1, typing, impl)
+
+
+def _transpose_typing(ts, consts):
+    t = ts[0]
+    if len(t.shape) != 2:
+        raise FunctionTypeError(f"transpose needs a matrix, got {t}")
+    return Type(t.base, t.shape[::-1])
+
+
+def _transpose_impl(vs):
+    v = vs[0]
+    m = v.m.transpose(-1, -2) if v.m is not None and v.m.dim() >= v.prefix + 2 else v.m
+    return Val(v.t.transpose(-1, -2), m, v.prefix)
+
+
+def _diag_typing(ts, consts):
+    t = ts[0]
+    if len(t.shape) != 1:
+        raise FunctionTypeError(f"diag makes a diagonal matrix from a vector, got {t}")
+    return Type("real", t.shape * 2)
+
+
+def _diag_impl(vs):
+    v = vs[0]
+    t = v.t.to(torch.get_default_dtype()) if not v.t.is_floating_point() else v.t
+    return Val(torch.diag_embed(t), None, v.prefix)
+
+
 _ot, _oi = _ones_like(1.0)
 _zt, _zi = _ones_like(0.0)
 
@@ -211,4 +256,9 @@ FUNCTIONS = {f.name: f for f in [
     FuncSpec("linspace", 3, 3, _linspace_typing, _linspace_impl, needs_const=(2,)),
     FuncSpec("eye", 1, 1, _eye_typing, _eye_impl, needs_const=(0,)),
     FuncSpec("clamp", 3, 3, _clamp_typing, _clamp_impl),
+    _vector_fn("log_sum_exp", lambda t: torch.logsumexp(t, -1), scalar=True),
+    _vector_fn("softmax", lambda t: torch.softmax(t, -1)),
+    _vector_fn("cumsum", lambda t: torch.cumsum(t, -1)),
+    FuncSpec("transpose", 1, 1, _transpose_typing, _transpose_impl),
+    FuncSpec("diag", 1, 1, _diag_typing, _diag_impl),
 ]}

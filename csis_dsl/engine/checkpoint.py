@@ -15,7 +15,7 @@ import torch
 from ..errors import CheckpointError
 
 FORMAT = "csis_dsl-checkpoint"
-VERSION = 3   # 3: one module per proposal family; statistics fitted flag in the weights
+VERSION = 4   # 4: stable distribution ids; 3: one module per proposal family
 
 
 @dataclass
@@ -30,8 +30,10 @@ class Checkpoint:
 
 
 def write(path, ckpt: Checkpoint):
+    """Atomically: a temporary file in the same folder, renamed into place."""
+    from ..files import atomic_write
     payload = {"format": FORMAT, "version": VERSION, **ckpt.__dict__}
-    torch.save(payload, str(path))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), "the checkpoint")
 
 
 def read(path) -> Checkpoint:
@@ -49,6 +51,16 @@ def read(path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint version {raw.get('version')} is not "
                               f"supported (this csis_dsl reads version {VERSION})")
     try:
-        return Checkpoint(**{k: raw[k] for k in Checkpoint.__dataclass_fields__})
+        ckpt = Checkpoint(**{k: raw[k] for k in Checkpoint.__dataclass_fields__})
     except KeyError as err:
         raise CheckpointError(f"{path}: checkpoint is missing {err}") from None
+    expected = {"name": str, "file": str, "source": str, "args": dict, "config": dict,
+                "state_dict": dict, "history": dict}
+    for field, kind in expected.items():
+        if not isinstance(getattr(ckpt, field), kind):
+            raise CheckpointError(f"{path}: checkpoint field '{field}' should be a "
+                                  f"{kind.__name__}, it is a {type(getattr(ckpt, field)).__name__}")
+    for name, v in list(ckpt.args.items()) + list(ckpt.state_dict.items()):
+        if not isinstance(name, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: checkpoint entry {name!r} is not a named tensor")
+    return ckpt

@@ -28,12 +28,15 @@ def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
             return guide.propose(obs, B)
     if mixing != "trace":
         raise ValueError(f"mixing must be 'trace' or 'site', got {mixing!r}")
-    n_broad = int(torch.distributions.Binomial(B, torch.tensor(float(weight))).sample())
-    parts = [guide.propose(obs, B - n_broad)[0]] if B - n_broad else []
-    if n_broad:
-        with net.defensive_mixing(1.0):
-            parts.append(guide.propose(obs, n_broad)[0])
-    values = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+    broad = torch.rand(B) < weight
+    order = torch.cat([torch.nonzero(~broad).reshape(-1), torch.nonzero(broad).reshape(-1)])
+    parts = []
+    for idx, w in ((order[:int((~broad).sum())], 0.0), (order[int((~broad).sum()):], 1.0)):
+        if len(idx):
+            with net.defensive_mixing(w):
+                parts.append(guide.propose(obs.take(idx), len(idx))[0])
+    drawn = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
+    values = {k: torch.empty_like(v).index_copy_(0, order, v) for k, v in drawn.items()}
     log_q = guide.log_q(obs, values, B)
     with net.defensive_mixing(1.0):
         log_broad = guide.log_q(obs, values, B)

@@ -23,25 +23,33 @@ class TrainingHistory:
     loss: List[float] = field(default_factory=list)
     val_steps: List[int] = field(default_factory=list)
     val_loss: List[float] = field(default_factory=list)
+    val_ess: List[float] = field(default_factory=list)   # mean ESS/N, held-out sets
     traces_per_s: List[float] = field(default_factory=list)
     wall_time: List[float] = field(default_factory=list)
     traces: int = 0
+    best_step: Optional[int] = None      # the state kept by keep_best
     interrupted: bool = False
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("steps", "loss", "val_steps", "val_loss",
-                                              "traces_per_s", "wall_time", "traces")}
+                                              "val_ess", "traces_per_s", "wall_time",
+                                              "traces", "best_step")}
 
     @classmethod
     def from_dict(cls, d):
         h = cls()
         for k, v in (d or {}).items():
+            if k not in cls.__dataclass_fields__:
+                continue
+            if isinstance(getattr(h, k), list) and not (
+                    isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)):
+                raise ValueError(f"'{k}' should be a list of numbers")
             setattr(h, k, v)
         return h
 
     def plot(self, path=None):
-        """Training and validation loss, and traces/s, per step (a matplotlib Figure;
-        saved as an image when ``path`` is given)."""
+        """Training and validation loss, the validation ESS/N, and traces/s, per step (a
+        matplotlib Figure; saved as an image when ``path`` is given)."""
         from ..plots import plot_history
         return plot_history(self, path=path)
 
@@ -60,7 +68,14 @@ def guide_loss(model, latents, obs, B: int) -> torch.Tensor:
 
 
 class Trainer:
-    """Holds the optimiser and validation batch so that training can continue."""
+    """Holds the optimiser and the validation data so that training can continue.
+
+    Validation measures two things on data held out from training: the loss on
+    ``validation_size`` simulated traces, and the quality that matters, the ESS/N of
+    importance sampling with the current proposal for ``quality_sets`` simulated
+    observation sets (``quality_samples`` draws each, all in one batched call)."""
+
+    quality_sets, quality_samples = 8, 128
 
     def __init__(self, model, lr: float, validation_size: int, seed: Optional[int]):
         self.model = model
@@ -76,6 +91,13 @@ class Trainer:
             pyro.set_rng_seed(seed)
         self.validation = joint_batch(model, validation_size) if validation_size else None
         self.validation_size = validation_size
+        self.held_out = None
+        if validation_size:
+            sims = model.pyro_model.simulate(self.quality_sets)
+            S = self.quality_samples
+            self.held_out = Observations({n: sims[n].repeat_interleave(S, 0)
+                                          for n in model.observed})
+        self.best = None               # (mean validation ESS/N, step, state)
 
     def validation_loss(self) -> float:
         if self.validation is None:
@@ -83,8 +105,55 @@ class Trainer:
         with torch.no_grad():
             return float(guide_loss(self.model, *self.validation, self.validation_size))
 
+    @torch.no_grad()
+    def validation_ess(self) -> float:
+        """The mean ESS/N of importance sampling (with the defensive mixture inference
+        uses) on the held-out observation sets."""
+        if self.held_out is None:
+            return float("nan")
+        from .posterior import defensive_draws
+        from .seeding import seeded
+        Q, S = self.quality_sets, self.quality_samples
+        with seeded(1234):      # the same draws' randomness at every validation
+            values, log_q = defensive_draws(self.model.guide, self.held_out, Q * S, 0.1,
+                                            "trace")
+            log_latent, log_obs, _ = self.model.pyro_model.score(Q * S, self.held_out, values)
+        log_w = (log_latent + log_obs - log_q).double().reshape(Q, S)
+        log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
+        w = torch.softmax(log_w, -1)
+        ess = 1.0 / (w ** 2).sum(-1)
+        ess = torch.where(torch.isfinite(log_w).any(-1), ess, torch.zeros_like(ess))
+        return float((ess / S).mean())
+
+    def validate(self, step):
+        h = self.history
+        h.val_steps.append(step)
+        h.val_loss.append(self.validation_loss())
+        h.val_ess.append(self.validation_ess())
+        if h.val_ess[-1] == h.val_ess[-1] and (self.best is None or h.val_ess[-1] > self.best[0]):
+            state = {k: v.detach().clone() for k, v in self.model.guide.state_dict().items()}
+            self.best = (h.val_ess[-1], step, state)
+
+    def diverged(self, step, loss, good):
+        """The loss or its gradient is not finite: put back the last good state (and a
+        fresh optimiser) and say what to change."""
+        from ..errors import TrainingError
+        self.model.guide.load_state_dict(good[1])
+        self.opt = torch.optim.Adam(self.model.guide.parameters(), lr=self.lr)
+        raise TrainingError(
+            f"training diverged at step {step}: the loss is {loss} (or its gradient is not "
+            f"finite); the network is back at its state of step {good[0]}. Lower the "
+            f"learning rate (lr={self.lr:g} now) or check that the model's densities stay "
+            "finite")
+
+    def restore_best(self):
+        """Put back the network state with the best validation ESS/N."""
+        if self.best is not None:
+            self.model.guide.load_state_dict(self.best[2])
+            self.history.best_step = self.best[1]
+
     def run(self, num_steps, batch_size, lr_decay=None, clip=10.0, progress=True,
-            validate_every=None, lr_tau=None):
+            validate_every=None, lr_tau=None, keep_best=False):
         h = self.history
         validate_every = validate_every or max(1, num_steps // 20)
         start_step = h.steps[-1] if h.steps else 0
@@ -94,6 +163,8 @@ class Trainer:
         bar = tqdm(range(num_steps), disable=not progress, desc="training", unit="step",
                    dynamic_ncols=True)
         ema = None
+        params = list(self.model.guide.parameters())
+        good = (start_step, {k: v.detach().clone() for k, v in self.model.guide.state_dict().items()})
         try:
             for i in bar:
                 # the rate: lr / sqrt(1 + steps so far / lr_tau) over the whole training
@@ -110,7 +181,9 @@ class Trainer:
                 loss = guide_loss(self.model, latents, obs, batch_size)
                 self.opt.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.guide.parameters(), clip, foreach=True)
+                norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    self.diverged(start_step + i + 1, float(loss.detach()), good)
                 self.opt.step()
                 now = time.perf_counter()
                 step = start_step + i + 1
@@ -123,12 +196,18 @@ class Trainer:
                 h.traces += batch_size
                 h.wall_time.append(base_time + now - t0)
                 if (i + 1) % validate_every == 0 or i + 1 == num_steps:
-                    h.val_steps.append(step)
-                    h.val_loss.append(self.validation_loss())
+                    self.validate(step)
+                    if h.val_loss[-1] == h.val_loss[-1]:     # finite: a good state
+                        good = (step, {k: v.detach().clone()
+                                       for k, v in self.model.guide.state_dict().items()})
                     bar.set_postfix(loss=f"{h.loss[-1]:.3f}", val=f"{h.val_loss[-1]:.3f}",
+                                    ess=f"{h.val_ess[-1]:.2f}",
+                                    best=f"{self.best[0]:.2f}" if self.best else "-",
                                     traces_s=f"{ema:.0f}")
         except KeyboardInterrupt:
             h.interrupted = True
         finally:
             bar.close()
+        if keep_best:
+            self.restore_best()
         return h

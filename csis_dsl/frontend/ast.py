@@ -62,6 +62,20 @@ class Call(Expr):
 
 
 @dataclass(eq=False)
+class Whole(Expr):
+    """``:`` as an index (``X[i, :]``): the whole dimension."""
+
+
+@dataclass(eq=False)
+class Keyword(Expr):
+    """``name=value`` among a call's arguments; the checker resolves every one to its
+    parameter's position (:mod:`.calls`) before anything else reads the call."""
+    name: str
+    name_span: Span
+    value: Expr
+
+
+@dataclass(eq=False)
 class Index(Expr):
     base: Expr
     indices: List[Expr]
@@ -172,6 +186,8 @@ def walk_expr(e):
     elif isinstance(e, Call):
         for a in e.args:
             yield from walk_expr(a)
+    elif isinstance(e, Keyword):
+        yield from walk_expr(e.value)
     elif isinstance(e, Index):
         yield from walk_expr(e.base)
         for i in e.indices:
@@ -186,4 +202,54 @@ def target_name(target: Expr) -> Optional[str]:
         return target.id
     if isinstance(target, Index) and isinstance(target.base, Name):
         return target.base.id
+    return None
+
+
+MAX_DEPTH = 200     # levels of nesting a spec may have (expressions and blocks)
+
+
+def children(node):
+    """The AST nodes directly under ``node`` (expressions, statements, types)."""
+    if isinstance(node, Unary):
+        return [node.operand]
+    if isinstance(node, Binary):
+        return [node.left, node.right]
+    if isinstance(node, Cond):
+        return [node.test, node.then, node.orelse]
+    if isinstance(node, Call):
+        return list(node.args)
+    if isinstance(node, Index):
+        return [node.base] + list(node.indices)
+    if isinstance(node, Vector):
+        return list(node.items)
+    if isinstance(node, TypeSpec):
+        return [b for b in (node.lower, node.upper) if b is not None] + list(node.dims)
+    if isinstance(node, ArgDecl):
+        return [node.type] + ([node.default] if node.default is not None else [])
+    if isinstance(node, Sample):
+        out = ([node.type] if node.type else []) + [node.target, node.dist.call]
+        return out + [b for b in node.dist.trunc or () if b is not None]
+    if isinstance(node, Assign):
+        return ([node.type] if node.type else []) + [node.target, node.value]
+    if isinstance(node, For):
+        return [e for e in (node.start, node.stop) if e is not None] + list(node.body)
+    if isinstance(node, If):
+        out = []
+        for cond, body in node.branches:
+            out += [cond] + list(body)
+        return out + list(node.orelse or [])
+    if isinstance(node, Program):
+        return list(node.body)
+    return []
+
+
+def too_deep(program: "Program", limit: int = MAX_DEPTH):
+    """The first node nested more than ``limit`` levels deep, or None -- found without
+    recursion, so that every later (recursive) walk of the tree is safe."""
+    stack = [(program, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return node
+        stack.extend((c, depth + 1) for c in children(node))
     return None

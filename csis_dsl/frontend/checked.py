@@ -36,6 +36,7 @@ class Var:
     loops: List[Loop] = field(default_factory=list)
     family_dims: Tuple[int, ...] = ()
     dist: Optional[str] = None
+    dist_key: Optional[str] = None   # its catalogue entry (Mixture(Normal), Bernoulli(logits))
     support: object = None
     discrete: bool = False
     conditional: bool = False

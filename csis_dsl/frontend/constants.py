@@ -12,15 +12,29 @@ class NotConst(Exception):
     """The expression is not known when compiling."""
 
 
+INT64 = (-2 ** 63, 2 ** 63 - 1)
+
+
 class Constants:
     def __init__(self, scope: Scope):
         self.scope = scope
+        self._overflowed = set()
+
+    def _int(self, v, e):
+        """An integer known when compiling, inside int64 (the reported error once)."""
+        if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+            if e not in self._overflowed:
+                self._overflowed.add(e)
+                self.scope.error(e.span, f"integer overflow: {v} is outside the int64 range "
+                                 "[-2^63, 2^63 - 1]")
+            raise NotConst
+        return v
 
     def const(self, e: A.Expr):
         """The value of ``e`` when compiling (literals, scalar args, arithmetic);
         raises NotConst otherwise."""
         if isinstance(e, A.Num):
-            return int(e.value) if e.is_int else e.value
+            return self._int(int(e.value), e) if e.is_int else e.value
         if isinstance(e, A.Bool):
             return e.value
         if isinstance(e, A.Name):
@@ -35,7 +49,7 @@ class Constants:
             a, b = self.const(e.left), self.const(e.right)
             if e.op == "/":
                 return a / b if b != 0 else float("nan")
-            return {"+": a + b, "-": a - b, "*": a * b}[e.op]
+            return self._int({"+": a + b, "-": a - b, "*": a * b}[e.op], e)
         raise NotConst
 
     def try_const(self, e):

@@ -4,13 +4,14 @@ pieces (``h[0] ~ ...; for t in range(1, T) { h[t] ~ ... }``), the same variable 
 exclusive branches of an ``if``, and recursion (``h[t]`` reading ``h[t - 1]``)."""
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Set, Tuple
 
 from ..catalogue.distributions import DistSpec
 from . import ast as A
 from .checked import Var
 from .constants import Constants
-from .expressions import ExprTyper
+from .expressions import MAX_ELEMENTS, ExprTyper
 from .scopes import Scope
 from .types import Type, broadcast
 
@@ -26,6 +27,11 @@ class Definitions:
         if isinstance(target, A.Name):
             return target.id, []
         if isinstance(target, A.Index) and isinstance(target.base, A.Name):
+            whole = next((i for i in target.indices if isinstance(i, A.Whole)), None)
+            if whole is not None:
+                self.error(whole.span, "':' cannot be on the left of a definition; define "
+                           "the elements in a loop (for i in range(N) { x[i] ~ ... })")
+                return None, []
             return target.base.id, target.indices
         op = "~" if isinstance(s, A.Sample) else "="
         self.error(target.span, f"'{op}' needs a variable on its left (a name or an "
@@ -76,7 +82,10 @@ class Definitions:
         """Register what statement ``s`` defines; returns its Var (new or extended)."""
         scope = self.scope
         name, indices = self.target(s, target)
-        if name is None or not scope.check_name(name, target.span):
+        if name is None:
+            return None
+        if not scope.check_name(name, target.span):
+            self.poison(name, kind, target.span)
             return None
         for i in indices:
             self.typer.expr(i)
@@ -90,6 +99,11 @@ class Definitions:
             self.poison(name, kind, target.span)
             return None
         full = Type(elem.base, dims + elem.shape)
+        if math.prod(full.shape) > MAX_ELEMENTS:
+            self.error(target.span, f"'{name}' would have {math.prod(full.shape)} elements; "
+                       f"a variable may have at most {MAX_ELEMENTS:,}")
+            self.poison(name, kind, target.span)
+            return None
         path = tuple(scope.branch_path)
         control = scope.control_reads()
         existing = scope.vars.get(name)
@@ -97,7 +111,8 @@ class Definitions:
             return self.extend(existing, s, kind, indices, dims, elem, full, path, control,
                                reads, target)
         v = Var(name, kind, full, target.span, [s], list(scope.loop_stack), dims,
-                dist=dist.name if dist else None, reads=reads - {name}, control=control,
+                dist=dist.name if dist else None, dist_key=dist.key if dist else None,
+                reads=reads - {name}, control=control,
                 pieces=1)
         v.conditional = bool(scope.cond_stack) or any(not l.static for l in scope.loop_stack)
         scope.def_branch[name] = [(path, s)]

@@ -3,14 +3,18 @@ broadcasting, indexing and the function catalogue's typing rules. Every expressi
 type is recorded in ``scope.types`` for the later stages."""
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
-from ..catalogue.distributions import DISTRIBUTIONS
+from ..catalogue.distributions import NAMES as DISTRIBUTIONS
 from ..catalogue.functions import FUNCTIONS, FunctionTypeError
 from . import ast as A
 from .constants import Constants
 from .scopes import Scope, close_match
 from .types import BOOL, INT, REAL, Type, broadcast, join_base
+
+
+MAX_ELEMENTS = 10_000_000     # the most elements one variable may have
 
 
 class CallArgs:
@@ -75,12 +79,18 @@ class ExprTyper:
             return self.index(e)
         if isinstance(e, A.Call):
             return self.call(e)
+        if isinstance(e, A.Whole):
+            self.error(e.span, "':' is allowed only as an index that reads a whole "
+                       "dimension, as in X[i, :]")
+            return None
         return None  # pragma: no cover
 
     def binary(self, e: A.Binary) -> Optional[Type]:
         a, b = self.expr(e.left), self.expr(e.right)
         if a is None or b is None:
             return None
+        if e.op == "@":
+            return self.matmul(e, a, b)
         shape = broadcast(a.shape, b.shape)
         if shape is None:
             self.error(e.span, f"shape mismatch: '{e.op}' between {a} and {b}")
@@ -90,6 +100,25 @@ class ExprTyper:
         if e.op in ("/", "^"):
             return REAL.with_shape(shape)
         return Type(join_base(a.base, b.base), shape)
+
+    def matmul(self, e: A.Binary, a: Type, b: Type) -> Optional[Type]:
+        """``@``: (n, k) @ (k, m), (n, k) @ (k,), (k,) @ (k, m), (k,) @ (k,)."""
+        if a.base == "bool" or b.base == "bool":
+            self.error(e.span, f"'@' needs numbers, got {a} and {b}")
+            return None
+        if not (1 <= len(a.shape) <= 2 and 1 <= len(b.shape) <= 2):
+            self.error(e.span, f"'@' multiplies vectors and matrices, got {a} and {b}; "
+                       "for a scalar factor use '*'")
+            return None
+        inner_a, inner_b = a.shape[-1], b.shape[0]
+        if inner_a != inner_b:
+            left = "columns" if len(a.shape) == 2 else "elements"
+            right = "rows" if len(b.shape) == 2 else "elements"
+            self.error(e.span, f"shape mismatch: '@' between {a} and {b}: the left has "
+                       f"{inner_a} {left}, the right {inner_b} {right}")
+            return None
+        shape = a.shape[:-1] + b.shape[1:]
+        return Type("real", shape)
 
     def vector(self, e: A.Vector) -> Optional[Type]:
         ts = [self.expr(i) for i in e.items]
@@ -107,7 +136,7 @@ class ExprTyper:
 
     def index(self, e: A.Index) -> Optional[Type]:
         base = self.expr(e.base)
-        idx = [self.expr(i) for i in e.indices]
+        idx = [INT if isinstance(i, A.Whole) else self.expr(i) for i in e.indices]
         if base is None or None in idx:
             return None
         for i, t in zip(e.indices, idx):
@@ -124,11 +153,14 @@ class ExprTyper:
                        f"ind{'ices' if len(idx) > 1 else 'ex'}")
             return None
         for k, i in enumerate(e.indices):
+            if isinstance(i, A.Whole):
+                continue
             r = self.k.interval(i)
             if r is not None and r[0] == r[1] and (r[0] >= base.shape[k] or r[1] < 0):
                 self.error(i.span, f"index {int(r[0])} is out of range for a dimension "
                            f"of size {base.shape[k]}")
-        return Type(base.base, base.shape[len(idx):])
+        kept = tuple(n for i, n in zip(e.indices, base.shape) if isinstance(i, A.Whole))
+        return Type(base.base, kept + base.shape[len(idx):])
 
     def call(self, e: A.Call) -> Optional[Type]:
         if e.func in DISTRIBUTIONS:
@@ -166,13 +198,21 @@ class ExprTyper:
         """A declared type with its sizes evaluated (they must be constants)."""
         dims = []
         for d in t.dims:
+            if any(isinstance(n, A.Name) and n.id in self.scope.vars
+                   and self.scope.vars[n.id].broken for n in A.walk_expr(d)):
+                return None             # its arg failed, and said so
             self.expr(d)
             c = self.k.try_const(d)
-            if c is None or float(c) != int(c) or int(c) < 0:
-                self.error(d.span, "a size must be a non-negative integer known when "
-                           "compiling (a literal or an arg)")
+            if c is None or float(c) != int(c) or int(c) < 1:
+                got = "" if c is None else f", got {c}"
+                self.error(d.span, "a size must be a positive integer known when "
+                           f"compiling (a literal or an arg){got}")
                 return None
             dims.append(int(c))
+        if math.prod(dims) > MAX_ELEMENTS:
+            self.error(t.span, f"{math.prod(dims)} elements is too many: a variable may have "
+                       f"at most {MAX_ELEMENTS:,}")
+            return None
         for b in (t.lower, t.upper):
             if b is not None:
                 self.expr(b)

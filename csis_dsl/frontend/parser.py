@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import threading
 from importlib import resources
+import re
 from pathlib import Path
 
 import lark
@@ -178,8 +179,14 @@ class _ToAst(Transformer):
     def name(self, ch):
         return A.Name(self._span(ch), str(ch[0]))
 
-    def call(self, ch):             # NAME "(" [expr ("," expr)*] ")"
+    def call(self, ch):             # NAME "(" [call_arg ("," call_arg)*] ")"
         return A.Call(self._span(ch), str(ch[0]), self._tspan(ch[0]), _exprs(ch[1:]))
+
+    def whole(self, ch):            # ":" as an index
+        return A.Whole(self._span(ch))
+
+    def keyword(self, ch):          # NAME "=" expr, among a call's arguments
+        return A.Keyword(self._span(ch), str(ch[0]), self._tspan(ch[0]), ch[-1])
 
     def vector(self, ch):           # "[" [expr ("," expr)*] "]"
         return A.Vector(self._span(ch), _exprs(ch))
@@ -237,6 +244,63 @@ def _expected_words(expected) -> str:
     return ", ".join(words)
 
 
+TYPES = ("real", "int", "bool", "simplex")
+_NOT_YET = {
+    "ordered": "sort iid draws yourself: a ~ Normal(...); b ~ Normal(...); "
+               "mu = [min(a, b), max(a, b)]",
+    "positive_ordered": "sort iid positive draws yourself with min and max",
+    "cholesky_factor_corr": "build the correlation matrix from latents you declare",
+    "cholesky_factor_cov": "use a MultivariateNormal with a covariance matrix you build",
+    "corr_matrix": "build the correlation matrix from latents you declare",
+    "cov_matrix": "build the covariance matrix from latents you declare",
+    "unit_vector": "normalise a real[K] vector yourself",
+}
+_SHAPED = {"vector": "real[K]", "row_vector": "real[K]", "matrix": "real[N, K]",
+           "array": "real[N]", "float": "real", "double": "real", "integer": "int",
+           "boolean": "bool"}
+_STMT_HEAD = re.compile(r"(?:^|[;{}])\s*(?:observe\s+|arg\s+)?([A-Za-z_]\w*)\s*"
+                        r"(?:<[^<>;{}]*>)?\s*(?:\[[^\[\];{}]*\])?\s*$")
+
+
+_BARE_DECL = re.compile(r"(?:^|[;{}])\s*(?:real|int|bool|simplex)\s*(?:<[^<>;{}]*>)?\s*"
+                        r"(?:\[[^\[\];{}]*\])?\s*([A-Za-z_]\w*)\s*$")
+
+
+def _declaration_only(err, tok):
+    """``real mu;``: a Stan-style declaration with nothing to define it."""
+    text = getattr(err, "_text", None)
+    if text is None or tok.start_pos is None:
+        return None
+    m = _BARE_DECL.search(text[:tok.start_pos])
+    return m.group(1) if m else None
+
+
+def _unknown_type(err, tok):
+    """A statement that begins ``word[...] name`` or ``word name``: ``word`` stands where
+    a type would, so it is an unknown type, not a missing ';'. (word, its column)."""
+    text = getattr(err, "_text", None)
+    if text is None or tok.start_pos is None:
+        return None
+    m = _STMT_HEAD.search(text[:tok.start_pos])
+    if m is None or m.group(1) in TYPES or m.group(1) in ("model", "observe", "arg"):
+        return None
+    line_start = text.rfind("\n", 0, m.start(1)) + 1
+    return m.group(1), m.start(1) - line_start + 1
+
+
+def _type_message(word: str) -> str:
+    from .scopes import close_match
+    if word in _NOT_YET:
+        return (f"the type '{word}' is not supported yet (the types are real, int, bool "
+                f"and simplex[K], with bounds and sizes); for now, {_NOT_YET[word]}")
+    if word in _SHAPED:
+        return (f"'{word}' is not a type of this language; write {_SHAPED[word]} "
+                "(sizes after the type: real[K] is a vector, real[N, K] a matrix)")
+    hint = close_match(word, list(TYPES) + list(_NOT_YET))
+    return (f"unknown type '{word}'{hint or ''}{'' if hint else ';'} the types are real, "
+            "int, bool and simplex[K], with optional bounds and sizes (real<lower=0>[K])")
+
+
 def _syntax_diagnostic(err: lark.exceptions.LarkError, file: str) -> Diagnostic:
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         span = Span(file, err.line, err.column, err.line, err.column + 1)
@@ -258,6 +322,19 @@ def _syntax_diagnostic(err: lark.exceptions.LarkError, file: str) -> Diagnostic:
             span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
                         tok.end_column or tok.column + len(str(tok)))
             what = repr(str(tok))
+        bare = _declaration_only(err, tok) if tok.type == "SEMICOLON" else None
+        if bare is not None:
+            return Diagnostic(span, f"'{bare}' is declared without a distribution or a "
+                              f"value; every variable needs one: a latent needs a proper "
+                              f"prior ({bare} ~ Normal(0.0, 10.0), say), because an "
+                              "improper (flat) prior cannot be simulated and inference "
+                              "compilation trains on simulations; data is an arg "
+                              f"(arg real {bare};) or observed (observe {bare} ~ ...)")
+        typo = _unknown_type(err, tok) if tok.type == "NAME" else None
+        if typo is not None:
+            word, col = typo
+            return Diagnostic(Span(file, tok.line, col, tok.line, col + len(word)),
+                              _type_message(word))
         exp = _expected_words(err.expected)
         msg = f"unexpected {what}" + (f"; expected {exp}" if exp else "")
         if "SEMICOLON" in err.expected and tok.type != "SEMICOLON":
@@ -276,10 +353,21 @@ def parse(text: str, file: str = "<string>") -> A.Program:
             parser.options.transformer.file = file
             name, name_span, body = parser.parse(text)
     except lark.exceptions.UnexpectedInput as err:
+        err._text = text
         if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END":
             lines = text.rstrip().splitlines() or [""]
             err.token.line, err.token.column = len(lines), len(lines[-1]) + 1
         raise CompileError([_syntax_diagnostic(err, file)], text) from None
     except lark.exceptions.LarkError as err:  # pragma: no cover - defensive
         raise CompileError([Diagnostic(None, f"syntax error: {err}")], text) from None
-    return A.Program(name_span, name, body, text, file)
+    except RecursionError:  # pragma: no cover - the LALR parser itself is iterative
+        raise CompileError([Diagnostic(None, "the spec is nested too deeply to parse")],
+                           text) from None
+    program = A.Program(name_span, name, body, text, file)
+    deep = A.too_deep(program)
+    if deep is not None:
+        raise CompileError([Diagnostic(deep.span, f"nested too deeply: more than "
+                                       f"{A.MAX_DEPTH} levels of expressions or blocks; "
+                                       "split it into named parts (a = ...; b = a + ...)")],
+                           text)
+    return program

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Dict, List, Optional, Set, Tuple
 
-from ..catalogue.distributions import DISTRIBUTIONS
+from ..catalogue.distributions import NAMES as DISTRIBUTIONS
 from ..catalogue.functions import FUNCTIONS
 from ..errors import Diagnostic, Span
 from . import ast as A
@@ -58,8 +58,14 @@ class Scope:
         if v is not None:
             return None if v.broken else v
         if name == self.current_target:
+            hint = ""
+            if self.loop_stack:
+                l = self.loop_stack[-1]
+                hint = (f"; for a recursion, define its first element before the loop "
+                        f"({name}[{l.lo}] = ... or ~ ...) and run the loop from "
+                        f"{l.lo + 1}, reading {name}[{l.var} - 1]")
             self.error(span, f"'{name}' depends on itself (a cycle): a variable cannot be "
-                       "read in its own definition")
+                       f"read in its own definition{hint}")
             return None
         later = self.defined_later().get(name)
         if later is not None:
@@ -84,8 +90,9 @@ class Scope:
         return self._defined_later
 
     def check_name(self, name: str, span: Span) -> bool:
-        if name.startswith("__"):
-            self.error(span, f"names may not begin with '__' ('{name}')")
+        if name.startswith("_"):
+            self.error(span, f"names may not begin with '_' ('{name}'): those are "
+                       "csis_dsl's own (its trace plate is '_traces'); choose another name")
             return False
         if name in FUNCTIONS or name in DISTRIBUTIONS:
             what = "function" if name in FUNCTIONS else "distribution"

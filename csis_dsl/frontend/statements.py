@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import torch
 from torch.distributions import constraints
 
 from ..catalogue import supports
-from ..catalogue.distributions import DISTRIBUTIONS, DistSpec
+from ..catalogue.distributions import DISTRIBUTIONS, NAMES, DistSpec, problems
 from ..catalogue.functions import FUNCTIONS
-from ..errors import CompileError
+from ..errors import CompileError, ObservationError
 from . import ast as A
 from .args import convert_arg
+from .calls import resolve_calls
 from .checked import Checked, Loop, Var
 from .constants import Constants
 from .definitions import Definitions
@@ -26,10 +28,17 @@ from .scopes import Scope, close_match
 from .types import Type, broadcast
 
 
+IMPROPER = {"flat", "improper", "improperuniform", "improper_uniform", "uniformimproper"}
+MAX_FINITE = 100_000      # values of a latent with a finite support (a Categorical proposal)
+
+
 class Checker:
     def __init__(self, program: A.Program, overrides: Optional[dict]):
         self.p = program
+        self.given = overrides
         self.overrides = dict(overrides or {})
+        self.inferred = _infer_sizes(program, self.overrides)
+        self.overrides.update(self.inferred)
         self.scope = Scope(program)
         self.k = Constants(self.scope)
         self.typer = ExprTyper(self.scope, self.k)
@@ -40,8 +49,17 @@ class Checker:
         self.scope.error(span, msg, notes)
 
     def run(self) -> Checked:
+        resolve_calls(self.p, self.error)
         self.block(self.p.body)
+        from_data = getattr(self.given, "from_data", set())
         for name in self.overrides:
+            v = self.scope.vars.get(name)
+            if v is not None and v.kind != "arg":
+                if name in from_data:            # observations in the data file
+                    continue
+                self.error(None, f"'{name}' is {v.kind}, not an arg; give its value to "
+                           "infer() (or --obs / --obs-file)")
+                continue
             args = [n for n, v in self.scope.vars.items() if v.kind == "arg"]
             self.error(None, f"there is no arg '{name}' to override{close_match(name, args)}")
         if self.scope.diags:
@@ -77,14 +95,22 @@ class Checker:
         if t is None:
             return
         if s.name in self.overrides:
-            value = convert_arg(s.name, t, self.overrides.pop(s.name))
+            try:
+                value = convert_arg(s.name, t, self.overrides.pop(s.name))
+            except ObservationError as err:
+                self.error(s.name_span, str(err) + self._sizes_note(s))
+                self.defs.poison(s.name, "arg", s.name_span)
+                return
         elif s.default is None:
             self.error(s.name_span, f"arg '{s.name}' has no default; give one with "
-                       f"'= value' or pass args={{'{s.name}': ...}} when compiling")
+                       f"'= value', pass args={{'{s.name}': ...}} or a data file "
+                       f"(data=... / --data FILE) when compiling")
+            self.defs.poison(s.name, "arg", s.name_span)
             return
         else:
             value = self.arg_default(s, t)
             if value is None:
+                self.defs.poison(s.name, "arg", s.name_span)
                 return
         v = Var(s.name, "arg", t, s.name_span, [s], value=value,
                 reads=scope.reads(*([s.default] if s.default is not None else []), *s.type.dims))
@@ -97,6 +123,16 @@ class Checker:
             self.error(s.name_span, f"arg '{s.name}' = {shown} is outside its declared bounds")
         scope.define(v)
 
+    def _sizes_note(self, s: A.ArgDecl) -> str:
+        """Where the declared sizes came from, to name both sides of a mismatch."""
+        parts = []
+        for d in s.type.dims:
+            if isinstance(d, A.Name) and d.id in self.scope.arg_values():
+                n = self.scope.arg_values()[d.id]
+                src = "inferred from the data" if d.id in self.inferred else "given"
+                parts.append(f"{d.id} = {n.item() if n.dim() == 0 else n.tolist()} ({src})")
+        return f"; its sizes are {', '.join(parts)}" if parts else ""
+
     def arg_default(self, s: A.ArgDecl, t: Type):
         from ..backend.evaluate import eval_static
         et = self.expr(s.default)
@@ -108,6 +144,11 @@ class Checker:
         if et.shape != t.shape or (t.base in ("int", "bool") and et.base != t.base):
             self.error(s.default.span, f"arg '{s.name}' is declared {t} but its default "
                        f"is {et}")
+            return None
+        before = len(self.scope.diags)
+        for sub in A.walk_expr(s.default):     # integers known when compiling: in int64
+            self.k.try_const(sub)
+        if len(self.scope.diags) > before:
             return None
         try:
             return eval_static(s.default, self.scope.arg_values(), t)
@@ -124,10 +165,18 @@ class Checker:
             self.expr(a)
         self.scope.current_target = None
         kind = "observed" if s.observed else "latent"
+        if getattr(call, "unresolved", False):      # reported by resolve_calls
+            self.defs.define(s, kind, None, s.target, None, None, set())
+            return
         if spec is None:
-            hint = close_match(call.func, DISTRIBUTIONS)
+            hint = close_match(call.func, NAMES)
             if call.func in FUNCTIONS:
                 hint = f"; '{call.func}' is a function: use '=' for a deterministic value"
+            elif call.func.lower() in IMPROPER:
+                hint = ("; an improper (flat) prior cannot be simulated, and inference "
+                        "compilation trains on simulations of the model: give "
+                        f"'{A.target_name(s.target)}' a proper prior on the scale you "
+                        "expect, e.g. Normal(0.0, 10.0), or Uniform(low, high)")
             self.error(call.func_span, f"unknown distribution '{call.func}'{hint}")
             self.defs.define(s, kind, None, s.target, None, None, set())
             return
@@ -139,6 +188,8 @@ class Checker:
             return
         ts = self.typer.types_of(call.args)
         value_type = None if None in ts else self.dist_value_type(spec, call, ts)
+        if value_type is not None:
+            self.check_constant_dist(spec, call, s.dist.trunc)
         if value_type is not None and s.dist.trunc is not None \
                 and not self.truncation_ok(spec, s.dist):
             value_type = None
@@ -148,6 +199,14 @@ class Checker:
             return
         self.defs.check_recursion(v, s)
         support = self.static_support(spec, call, s.dist.trunc)
+        if kind == "latent" and spec.proposal == "finite" and \
+                support is not constraints.boolean:
+            r = supports.int_range(support)
+            if r is None or r[1] - r[0] + 1 > MAX_FINITE:
+                self.error(call.span, f"a latent {spec.name} needs a number of values known "
+                           f"when compiling (at most {MAX_FINITE:,}): its bounds must be "
+                           "literals, args or bounded integers, not unbounded values")
+                return
         if v.stmts[0] is s:
             v.discrete = spec.discrete
             v.support = support
@@ -165,7 +224,7 @@ class Checker:
 
     def truncation_ok(self, spec: DistSpec, dist: A.Dist) -> bool:
         if not spec.truncatable:
-            ok = [n for n, d in DISTRIBUTIONS.items() if d.truncatable]
+            ok = [n for n in NAMES if n in DISTRIBUTIONS and DISTRIBUTIONS[n].truncatable]
             self.error(dist.span, f"{spec.name} cannot be truncated; truncation "
                        f"works for {', '.join(ok)}")
             return False
@@ -185,8 +244,18 @@ class Checker:
                 self.error(a.span, f"the {p.name} of {spec.name} must be a number, got {t}")
                 return None
             if len(t.shape) < nvec:
+                if p.kind.endswith("[]"):
+                    k = ts[0].shape[-1] if ts[0].shape else "K"
+                    self.error(a.span, f"the {p.name} of a Mixture's component must be a "
+                               f"vector with one value per component ({k}), got {t}; "
+                               f"for a shared value write ones({k}) * value")
+                    return None
                 self.error(a.span, f"the {p.name} of {spec.name} must be a "
                            f"{'vector' if nvec == 1 else 'matrix'}, got {t}")
+                return None
+            if p.kind.endswith("[]") and ts[0].shape and t.shape[-1] != ts[0].shape[-1]:
+                self.error(a.span, f"size mismatch in Mixture: {ts[0].shape[-1]} weights "
+                           f"but the {p.name} has {t.shape[-1]} values")
                 return None
             pshape = t.shape[:len(t.shape) - nvec]
             if nvec == 1:
@@ -220,6 +289,36 @@ class Checker:
             self.error(a.span, f"the {p.name} of {spec.name} must be positive, got {c}")
         elif p.kind == "probability" and not 0 <= c <= 1:
             self.error(a.span, f"the {p.name} of {spec.name} must be in [0, 1], got {c}")
+
+    def static_value(self, e: A.Expr):
+        """The value of an expression that reads only literals and args (no loop
+        variable, no random variable), evaluated when compiling; else None."""
+        names = [x.id for x in A.walk_expr(e) if isinstance(x, A.Name)]
+        if any(n not in self.scope.vars or self.scope.vars[n].kind != "arg"
+               or self.scope.loop_var(n) is not None for n in names):
+            return None
+        t = self.scope.types.get(e)
+        if t is None:
+            return None
+        from ..backend.evaluate import eval_static
+        try:
+            v = eval_static(e, self.scope.arg_values(), t)
+        except Exception:      # an error that the run will report with its trace count
+            return None
+        return v.to(torch.get_default_dtype())
+
+    def check_constant_dist(self, spec: DistSpec, call: A.Call, trunc):
+        """What is constant in a distribution is checked when compiling: parameter
+        sums and relations (catalogue ``problems``) and an empty truncation."""
+        values = [self.static_value(a) for a in call.args]
+        if all(v is not None for v in values):
+            for _, msg in problems(spec, values):
+                self.error(call.span, msg)
+        if trunc is not None and all(b is not None for b in trunc):
+            lo, hi = (self.k.try_const(b) for b in trunc)
+            if lo is not None and hi is not None and not lo < hi:
+                self.error(call.span, f"the truncation interval [{lo}, {hi}] is empty; "
+                           "the lower bound must be below the upper")
 
     def static_support(self, spec: DistSpec, call: A.Call, trunc):
         """The support as known when compiling; ``constraints.dependent`` where it
@@ -294,8 +393,15 @@ class Checker:
             return
         a, b = self.k.try_const(start), self.k.try_const(s.stop)
         if a is not None and b is not None:
-            loop = Loop(s.var, s.var_span, start, s.stop, max(0, int(b) - int(a)), True,
-                        int(a), s)
+            if int(b) <= int(a):
+                self.error(s.stop.span, f"this loop never runs: range({int(a)}, {int(b)}) has "
+                           "no iterations (a loop must run at least once; remove it, or "
+                           "check the args that set its bounds)")
+                return
+            if int(a) < 0:
+                self.error(start.span, f"a loop may not start below 0, got {int(a)}")
+                return
+            loop = Loop(s.var, s.var_span, start, s.stop, int(b) - int(a), True, int(a), s)
         else:
             ra, rb = self.k.interval(start), self.k.interval(s.stop)
             if ra is None or rb is None:
@@ -337,3 +443,27 @@ class Checker:
 
 def check(program: A.Program, overrides: Optional[dict] = None) -> Checked:
     return Checker(program, overrides).run()
+
+
+def _infer_sizes(program: A.Program, given: dict) -> dict:
+    """Int size args that are not given and have no default (``arg int N;``), read off
+    the shape of an array arg that is given (``arg real[N] x;``): the first array
+    that sets each one wins, and any other that disagrees is then reported against it."""
+    import numpy as np
+    decls = {s.name: s for s in program.body if isinstance(s, A.ArgDecl)}
+    out = {}
+    for s in decls.values():
+        if s.name not in given:
+            continue
+        try:
+            shape = tuple(given[s.name].shape) if hasattr(given[s.name], "shape") \
+                else np.shape(given[s.name])
+        except Exception:   # ragged: convert_arg reports it
+            continue
+        for k, d in enumerate(s.type.dims):
+            if isinstance(d, A.Name) and d.id in decls and d.id not in given \
+                    and d.id not in out and decls[d.id].default is None \
+                    and decls[d.id].type.base == "int" and not decls[d.id].type.dims \
+                    and k < len(shape):
+                out[d.id] = int(shape[k])
+    return out

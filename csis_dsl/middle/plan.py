@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import networkx as nx
+
 from ..errors import CompileError, Diagnostic
 from ..frontend import ast as A
 from ..frontend.checked import Checked, Loop
@@ -61,6 +63,13 @@ class Plan:
     observed: List[str]
     deterministic: List[str]
     pieces: Dict[str, List[Piece]] = field(default_factory=dict)   # families
+    # families produced element by element together: each random family in order with
+    # the deterministic families it forms a recursion with (``sigma[t]`` reads
+    # ``y[t - 1]``, ``y[t]`` reads ``sigma[t]``), and groups of deterministic families
+    # alone; ``group_of`` maps every member to its group (random family first)
+    groups: List[List[str]] = field(default_factory=list)
+    group_of: Dict[str, List[str]] = field(default_factory=dict)
+    position: Dict[A.Stmt, int] = field(default_factory=dict)   # in program order
     switches: Dict[A.If, Dict[str, List[Tuple[int, A.Sample]]]] = field(default_factory=dict)
 
     def loops_of(self, s: A.Stmt) -> List[Loop]:
@@ -75,11 +84,16 @@ def make_plan(checked: Checked) -> Plan:
                 checked.names("latent"), checked.names("observed"),
                 checked.names("deterministic"))
     diags = _unsupported(checked, plan)
+    groups, group_diags = _groups(checked)
+    diags += group_diags
     if diags:
         raise CompileError(diags, checked.source)
     for name, v in checked.vars.items():
         if v.kind != "arg" and v.is_family:
             plan.pieces[name] = [_piece(checked, plan, s) for s in v.stmts]
+    plan.groups = groups
+    plan.group_of = {n: g for g in groups for n in g}
+    plan.position = {s: i for i, s in enumerate(placement)}
     for s in placement:
         if isinstance(s, A.If):
             hoisted = _switch_sites(checked, s)
@@ -105,7 +119,9 @@ def _plate_names(checked) -> Dict[Loop, str]:
     counts: Dict[str, int] = {}
     for l in loops:
         counts[l.var] = counts.get(l.var, 0) + 1
-    return {l: (l.var if counts[l.var] == 1 else f"{l.var}_{l.span.line}") for l in loops}
+    # a leading '_' keeps them apart from every variable (whose names may not have one)
+    return {l: (f"_{l.var}" if counts[l.var] == 1 else f"_{l.var}_{l.span.line}")
+            for l in loops}
 
 
 def _piece(checked, plan, s) -> Piece:
@@ -116,6 +132,43 @@ def _piece(checked, plan, s) -> Piece:
     if loops and isinstance(idx, A.Name) and idx.id == loops[-1].var:
         return Piece(s, loops, None)
     return Piece(s, loops, int(eval_static(idx, checked.args, INT)))
+
+
+def _groups(checked: Checked):
+    """Families produced in order together: the strongly connected parts of the read
+    graph among families (a recursion through several families), and every
+    deterministic family defined in pieces or recursively. A group holds at most one
+    random family, which leads it."""
+    fams = [n for n in checked.order
+            if checked.vars[n].kind != "arg" and checked.vars[n].is_family]
+    g = nx.DiGraph()
+    g.add_nodes_from(fams)
+    g.add_edges_from((r, n) for n in fams for r in checked.vars[n].reads if r in g)
+    groups, diags = [], []
+    for comp in nx.strongly_connected_components(g):
+        members = sorted(comp, key=checked.order.index)
+        random = [n for n in members if checked.vars[n].kind != "deterministic"]
+        if len(random) > 1:
+            diags.append(Diagnostic(checked.vars[random[1]].span, "not supported yet: "
+                                    f"random families {', '.join(repr(r) for r in random)} "
+                                    "read each other's elements (a recursion through "
+                                    "several random families); write it with one random "
+                                    "family, the others deterministic"))
+            continue
+        if len(members) > 1:
+            first = min(checked.order.index(n) for n in members)
+            for n in members:
+                for r in sorted(checked.vars[n].reads - comp):
+                    if r in checked.order and checked.order.index(r) > first:
+                        diags.append(Diagnostic(
+                            checked.vars[n].stmts[-1].span, f"'{n}' is produced in order "
+                            f"together with {', '.join(repr(m) for m in members if m != n)}"
+                            f", and reads '{r}', which is defined after the first of them;"
+                            f" define '{r}' before '{members[0]}'"))
+        if random or len(members) > 1 or any(checked.vars[n].kind == "deterministic"
+                                             for n in members):
+            groups.append(random + [n for n in members if n not in random])
+    return groups, diags
 
 
 def _switch_sites(checked, s: A.If):
@@ -132,6 +185,16 @@ def _switch_sites(checked, s: A.If):
     return {n: d for n, d in out.items() if len(d) > 1}
 
 
+def _same_recursion(checked: Checked, a: str, b: str) -> bool:
+    """``a`` and ``b`` are families that read each other (produced in order together)."""
+    va, vb = checked.vars[a], checked.vars[b]
+    if not (va.is_family and vb.is_family):
+        return False
+    g = nx.DiGraph((r, n) for n, v in checked.vars.items() if v.is_family
+                   for r in v.reads if r in checked.vars and checked.vars[r].is_family)
+    return g.has_node(a) and g.has_node(b) and nx.has_path(g, a, b) and nx.has_path(g, b, a)
+
+
 def _unsupported(checked: Checked, plan: Plan) -> List[Diagnostic]:
     diags = []
     for name, v in checked.vars.items():
@@ -140,12 +203,10 @@ def _unsupported(checked: Checked, plan: Plan) -> List[Diagnostic]:
         if len(v.family_dims) != 1:
             diags.append(Diagnostic(v.span, f"not supported yet: '{name}' is defined in "
                                     "pieces or recursively but is not a 1-D family"))
-        if v.kind == "deterministic" and v.pieces > 1:
-            diags.append(Diagnostic(v.span, f"not supported yet: deterministic '{name}' "
-                                    "defined in several pieces"))
         first = checked.order.index(name)
         for r in sorted(v.reads):
-            if r in checked.order and checked.order.index(r) > first:
+            if r in checked.order and checked.order.index(r) > first \
+                    and not _same_recursion(checked, name, r):
                 diags.append(Diagnostic(v.stmts[-1].span,
                                         f"'{name}' is defined in pieces, and a later piece "
                                         f"reads '{r}', which is defined after the first "

@@ -35,6 +35,32 @@ def mlp(n_in, width):
     return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
 
 
+class ByName(nn.ModuleDict):
+    """A ModuleDict keyed by the names of a spec's variables, whatever they are: the
+    keys are stored with a prefix, so that a variable named ``training`` or
+    ``parameters`` cannot collide with an attribute of ``nn.Module``."""
+
+    PREFIX = "v_"
+
+    def __getitem__(self, name):
+        return super().__getitem__(self.PREFIX + name)
+
+    def __setitem__(self, name, module):
+        super().__setitem__(self.PREFIX + name, module)
+
+    def __contains__(self, name):
+        return super().__contains__(self.PREFIX + name)
+
+    def keys(self):
+        return [k[len(self.PREFIX):] for k in super().keys()]
+
+    def items(self):
+        return [(k[len(self.PREFIX):], v) for k, v in super().items()]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+
 def to_batch(x, M):
     """(1, ...) -> (M, ...) by broadcasting; (M, ...) as it is."""
     return x.expand((M,) + tuple(x.shape[1:])) if x.shape[0] == 1 else x
@@ -62,13 +88,13 @@ class ObservationEmbedding(nn.Module):
         self.observed = list(plan.observed)
         self.shape = {n: tuple(checked.vars[n].type.shape) for n in self.observed}
         self.size = {n: int(math.prod(self.shape[n])) for n in self.observed}
-        self.flat = nn.ModuleDict()
+        self.flat = ByName()
         for n in self.observed:
             self.flat[n] = user[n] if n in user else mlp(self.size[n], E)
             self.register_buffer(f"mean_{n}", torch.zeros(self.size[n]))
             self.register_buffer(f"std_{n}", torch.ones(self.size[n]))
         # set embeddings of observations in plates, with their covariates
-        self.sets = nn.ModuleDict()
+        self.sets = ByName()
         self.instances: Dict[str, int] = {}
         S = config.set_embedding
         for n in self.observed if S else []:

@@ -33,8 +33,9 @@ from ..catalogue.distributions import DISTRIBUTIONS
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
 from .context import SiteInputs
-from .embedding import ObservationEmbedding, zero_linear
+from .embedding import ByName, ObservationEmbedding, zero_linear
 from .families import LatentInfo, make_family
+from .families.base import DIST_IDS
 from .families.base import Rows
 
 
@@ -56,6 +57,21 @@ class NetworkConfig:
     smoothing: int = 8             # features of the bidirectional encoding of aligned series
     instance_hidden: int = 32      # the inner width of the per-instance encoder
     informed: bool = True          # locate proposals by how candidates explain the data
+    tails: str = "normal"          # continuous components: "normal" or "student"
+
+    def __post_init__(self):
+        for k, f in self.__dataclass_fields__.items():
+            v = getattr(self, k)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                    or (v == 0 and k not in ("set_embedding", "smoothing"))):
+                raise ValueError(f"'{k}' must be a positive integer, got {v!r}")
+            if f.type == "bool" and not isinstance(v, bool):
+                raise ValueError(f"'{k}' must be true or false, got {v!r}")
+        if self.architecture not in ("lstm", "feedforward"):
+            raise ValueError(f"architecture must be 'lstm' or 'feedforward', "
+                             f"got {self.architecture!r}")
+        if self.tails not in ("normal", "student"):
+            raise ValueError(f"tails must be 'normal' or 'student', got {self.tails!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -142,28 +158,27 @@ class ProposalNetwork(nn.Module):
                  obs_embeddings: Optional[dict] = None):
         super().__init__()
         self.config = C = config
-        if C.architecture not in ("lstm", "feedforward"):
-            raise ValueError(f"architecture must be 'lstm' or 'feedforward', "
-                             f"got {C.architecture!r}")
         self.latents = [LatentInfo(i + 1, checked.vars[n]) for i, n in enumerate(plan.latents)]
         self.by_name = {l.name: l for l in self.latents}
         self.observed = list(plan.observed)
         self.embedding = ObservationEmbedding(checked, plan, graph, C, obs_embeddings or {})
         self.addr_emb = nn.Embedding(len(self.latents) + 1, C.address_embedding)
-        self.dist_emb = nn.Embedding(len(DISTRIBUTIONS) + 1, C.dist_embedding)
+        self.dist_emb = nn.Embedding(DIST_IDS, C.dist_embedding)
         step_in = C.obs_embedding + 2 * C.address_embedding + 2 * C.dist_embedding
         if C.architecture == "lstm":
             self.core = nn.LSTMCell(step_in + C.value_embedding, C.hidden)
         else:
             self.core = nn.Sequential(nn.Linear(step_in, C.hidden), nn.ReLU(),
                                       nn.Linear(C.hidden, C.hidden), nn.ReLU())
-        self.families = nn.ModuleDict({l.name: make_family(l, C) for l in self.latents})
-        self.value_emb = nn.ModuleDict({l.name: nn.Linear(self.families[l.name].feat_dim,
-                                                          C.value_embedding)
-                                        for l in self.latents})
+        self.families = ByName()
+        self.value_emb = ByName()
+        for l in self.latents:
+            self.families[l.name] = make_family(l, C)
+            self.value_emb[l.name] = nn.Linear(self.families[l.name].feat_dim,
+                                               C.value_embedding)
         self.inputs = SiteInputs(checked, plan, graph, self.latents, self.families, C)
-        self.smoothers = nn.ModuleDict()
-        self.encoders = nn.ModuleDict()
+        self.smoothers = ByName()
+        self.encoders = ByName()
         for l in self.latents:
             const = self.inputs.context_width(l.name) + self.inputs.align_width[l.name] + 1
             var = 0
@@ -203,11 +218,11 @@ class ProposalNetwork(nn.Module):
     def add_adapters(self):
         """Per-instance parameters of every site, zero at the start (see each family's
         ``adapter_shapes``): what a refinement for one set of observations learns."""
-        self.adapters = nn.ModuleDict({
-            l.name: nn.ParameterDict({k: nn.Parameter(torch.zeros((l.n,) + tuple(shape)))
-                                      for k, shape in self.families[l.name].adapter_shapes(
-                                          self.adapter_context_width(l)).items()})
-            for l in self.latents})
+        self.adapters = ByName()
+        for l in self.latents:
+            shapes = self.families[l.name].adapter_shapes(self.adapter_context_width(l))
+            self.adapters[l.name] = nn.ParameterDict(
+                {k: nn.Parameter(torch.zeros((l.n,) + tuple(shape))) for k, shape in shapes.items()})
         return list(self.adapters.parameters())
 
     def adapter_context_width(self, info: LatentInfo) -> int:

@@ -19,6 +19,17 @@ from ...catalogue.distributions import DISTRIBUTIONS
 from ...frontend.checked import Var
 
 
+DIST_IDS = 64    # embedding rows for distribution names, room for the catalogue to grow
+
+
+def dist_id(name: str) -> int:
+    """A stable id in [1, DIST_IDS) for a distribution name: its place in the catalogue,
+    where new distributions are appended, so trained networks keep their meaning."""
+    order = list(dict.fromkeys(d.name for d in DISTRIBUTIONS.values()))
+    assert len(order) < DIST_IDS, "the catalogue outgrew DIST_IDS"
+    return order.index(name) + 1
+
+
 class LatentInfo:
     """Static facts about one latent variable."""
 
@@ -26,8 +37,8 @@ class LatentInfo:
         self.name = v.name
         self.addr = addr
         self.dist_name = v.dist
-        self.dist = sorted(DISTRIBUTIONS).index(v.dist) + 1   # id for an embedding
-        self.family = DISTRIBUTIONS[v.dist].proposal
+        self.dist = dist_id(v.dist)                           # id for an embedding
+        self.family = DISTRIBUTIONS[v.dist_key or v.dist].proposal
         self.plate = not v.is_family   # False: a family whose instances are its elements
         self.inst_shape = tuple(v.family_dims)
         self.elem_shape = tuple(v.elem_shape)

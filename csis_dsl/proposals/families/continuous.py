@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import (Categorical, Independent, MixtureSameFamily,
-                                 MultivariateNormal, Normal, TransformedDistribution,
-                                 biject_to, constraints)
+                                 MultivariateNormal, Normal, StudentT,
+                                 TransformedDistribution, biject_to, constraints)
 from torch.distributions.transforms import Transform
 from torch.distributions.transforms import IndependentTransform
 
@@ -28,10 +28,15 @@ WIDEN = 2.0     # the defensive component's scale, relative to the proposal's
 
 class MixtureHead(nn.Module):
     def __init__(self, hidden: int, dim: int, unconstrained_dim: int, k: int,
-                 full_covariance: bool = False):
+                 full_covariance: bool = False, tails: str = "normal"):
         super().__init__()
         self.dim, self.udim, self.k = dim, unconstrained_dim, k
         self.full = full_covariance and unconstrained_dim > 1
+        # "student": Student-t components (learned degrees of freedom, 2 + softplus),
+        # heavier-tailed than Normals; full-covariance components stay Normal
+        self.student = tails == "student" and not self.full
+        if self.student:
+            self.raw_df = nn.Parameter(torch.full((k,), 2.0))
         self.n_tril = unconstrained_dim * (unconstrained_dim - 1) // 2 if self.full else 0
         self.per = 1 + 2 * unconstrained_dim + self.n_tril
         self.out = nn.Linear(hidden, k * self.per)
@@ -98,9 +103,16 @@ class MixtureHead(nn.Module):
         if self.full:
             comp = MultivariateNormal(loc, scale_tril=scale.unsqueeze(-1) * tril,
                                       validate_args=False)
+        elif self.student:
+            df = 2.0 + F.softplus(self.raw_df)
+            if defensive:
+                df = torch.cat([df, df])
+            comp = Independent(StudentT(df.unsqueeze(-1).expand(loc.shape), loc, scale,
+                                        validate_args=False), 1, validate_args=False)
         else:
-            comp = Independent(Normal(loc, scale), 1)
-        return MixtureSameFamily(Categorical(logits=logits), comp, validate_args=False)
+            comp = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), comp,
+                                 validate_args=False)
 
 
 class PushedMixture(Proposal):
@@ -158,7 +170,8 @@ class ContinuousProposal(ProposalFamily):
         self.transform = biject_to(constraints.real if self.dependent else info.support)
         self.udim = info.de - 1 if info.support is constraints.simplex else info.de
         self.head = MixtureHead(config.hidden, info.de, self.udim, config.mixture_components,
-                                full_covariance=info.dist_name == "MultivariateNormal")
+                                full_covariance=info.dist_name == "MultivariateNormal",
+                                tails=config.tails)
         self.register_buffer("mean", torch.zeros(info.n, self.udim))
         self.register_buffer("std", torch.ones(info.n, self.udim))
         # the prior's moments locate the proposal where they are one number per

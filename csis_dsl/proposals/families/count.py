@@ -19,7 +19,8 @@ class DiscretizedLogisticMixture(Proposal):
 
     def sample(self):
         with torch.no_grad():
-            comp = torch.distributions.Categorical(logits=self.logits).sample()
+            comp = torch.distributions.Categorical(logits=self.logits,
+                                                   validate_args=False).sample()
             loc = self.loc.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
             scale = self.scale.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
             u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)

@@ -1,5 +1,5 @@
-"""Finite supports (Bernoulli, Categorical, Binomial): a Categorical over exactly the
-prior's support, its logits the prior's log-probabilities in this trace (in a family
+"""Finite supports (Bernoulli, Categorical, Binomial, DiscreteUniform): a Categorical
+over exactly the prior's support (the integers lo..hi, as indices 0..hi - lo), its logits the prior's log-probabilities in this trace (in a family
 produced in order, given the elements before) plus a learned correction."""
 from __future__ import annotations
 
@@ -14,15 +14,20 @@ from .base import _log1m, linear, Proposal, ProposalFamily
 
 
 class CategoricalProposal(Proposal):
-    def __init__(self, logits):
+    def __init__(self, logits, lo=0):
         self.d = Independent(Categorical(logits=logits, validate_args=False), 1)
+        self.lo = lo
 
     def sample(self):
         with torch.no_grad():
-            return self.d.sample().to(torch.get_default_dtype())
+            return (self.d.sample() + self.lo).to(torch.get_default_dtype())
 
     def log_prob(self, x):
-        return self.d.log_prob(x.long())
+        i = x.long() - self.lo
+        k = self.d.base_dist.logits.shape[-1]
+        ok = ((i >= 0) & (i < k)).all(-1)
+        lp = self.d.log_prob(i.clamp(0, k - 1))
+        return torch.where(ok, lp, torch.full_like(lp, -float("inf")))
 
 
 class FiniteProposal(ProposalFamily):
@@ -31,7 +36,8 @@ class FiniteProposal(ProposalFamily):
     def __init__(self, info, config):
         super().__init__(info, config)
         sup = info.support
-        self.k = 2 if sup is constraints.boolean else int(sup.upper_bound) + 1
+        self.lo = 0 if sup is constraints.boolean else int(sup.lower_bound)
+        self.k = 2 if sup is constraints.boolean else int(sup.upper_bound) - self.lo + 1
         self.out = nn.Linear(config.hidden, info.de * self.k)
         with torch.no_grad():
             self.out.weight.mul_(0.1)
@@ -49,10 +55,10 @@ class FiniteProposal(ProposalFamily):
             return (torch.zeros(M, width, de, k),)
         as_long = isinstance(d, torch.distributions.Categorical)
         try:
-            lp = torch.stack([d.log_prob(torch.full(d.batch_shape, float(v)).to(
+            lp = torch.stack([d.log_prob(torch.full(d.batch_shape, float(self.lo + v)).to(
                 torch.long if as_long else torch.get_default_dtype())) for v in range(k)], -1)
             lp = lp.reshape(M, width, de, k)
-            if hasattr(d, "total_count"):
+            if hasattr(d, "total_count") and self.lo == 0:
                 n = d.total_count.reshape(M, width, de, 1)
                 lp = torch.where(torch.arange(k) <= n, lp, torch.full_like(lp, -float("inf")))
             lp = torch.nan_to_num(lp, nan=-float("inf"))
@@ -68,13 +74,14 @@ class FiniteProposal(ProposalFamily):
             return facts
         M, m = lp.shape[:2]
         with torch.no_grad():
-            ll = torch.stack([loglik(torch.full((M, m, 1), float(v))) for v in range(self.k)], -1)
+            ll = torch.stack([loglik(torch.full((M, m, 1), float(self.lo + v)))
+                              for v in range(self.k)], -1)
         ll = torch.nan_to_num(ll, nan=-math.inf, posinf=0.0).unsqueeze(2)
         ok = torch.isfinite(ll).any(-1, keepdim=True)             # some value explains it
         return (torch.where(ok, lp + ll, lp).detach(),)
 
     def features(self, x, j0=0):
-        oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k)
+        oh = F.one_hot((x.long() - self.lo).clamp(0, self.k - 1), self.k)
         return oh.reshape(x.shape[:-1] + (self.info.de * self.k,)).to(torch.get_default_dtype())
 
     def adapter_shapes(self, context: int = 0):
@@ -85,7 +92,7 @@ class FiniteProposal(ProposalFamily):
         """Move each instance's logits by rate x (log weighted frequency - log frequency)
         of every value among the draws."""
         K = x.shape[0]
-        oh = F.one_hot(x.long().clamp(0, self.k - 1), self.k).to(w.dtype)   # (K, n, de, k)
+        oh = F.one_hot((x.long() - self.lo).clamp(0, self.k - 1), self.k).to(w.dtype)  # (K,n,de,k)
         present = (torch.ones_like(w) if present is None else present.to(w.dtype))[..., None, None]
         eps = 0.5 / K
         p_q = (present * oh).sum(0) / present.sum(0).clamp(min=1.0)
@@ -104,7 +111,7 @@ class FiniteProposal(ProposalFamily):
         if defensive:       # (1 - defensive) q + defensive prior
             logits = torch.logaddexp(torch.log_softmax(logits, -1) + _log1m(defensive),
                                      torch.log_softmax(prior_logp, -1) + math.log(defensive))
-        return CategoricalProposal(logits)
+        return CategoricalProposal(logits, self.lo)
 
 
 FAMILY = FiniteProposal
