@@ -50,6 +50,19 @@ def test_discrete_uniform_posterior_matches_enumeration():
     assert all(abs(got.get(u, 0.0) - float(w[u + 2])) < 0.02 for u in range(-2, 4))
 
 
+def test_beta_binomial_posterior_matches_enumeration():
+    import pyro.distributions as pdist
+    m = csis_dsl.compile_string("""model bb { k ~ BetaBinomial(2.0, 3.0, 10);
+        observe y ~ Normal(k, 1.0); }""")
+    m.train(num_steps=150, batch_size=256, seed=0, progress=False)
+    post = m.infer({"y": 7.3}, num_samples=4000, seed=0)
+    ks = torch.arange(11.0)
+    w = torch.softmax(pdist.BetaBinomial(2.0, 3.0, total_count=10).log_prob(ks)
+                      + torch.distributions.Normal(ks, 1.0).log_prob(torch.tensor(7.3)), 0)
+    got = post.probabilities("k")
+    assert max(abs(got.get(k, 0.0) - float(w[k])) for k in range(11)) < 0.03
+
+
 def test_matrix_algebra_matches_numpy():
     X = np.random.default_rng(0).normal(size=(6, 3))
     m = csis_dsl.compile_string("""model mm {

@@ -128,8 +128,8 @@ def _categorical_support(args):
     return constraints.integer_interval(0, args.shape(0)[-1] - 1)
 
 
-def _binomial_support(args):
-    r = args.int_range(0)
+def _binomial_support(args, i=0):
+    r = args.int_range(i)
     return constraints.integer_interval(0, int(r[1])) if r else constraints.nonnegative_integer
 
 
@@ -233,6 +233,10 @@ DISTRIBUTIONS = {d.key: d for d in [
                                                      validate_args=False)),
     _spec("DiscreteUniform", [("low", "integer"), ("high", "integer")], value_type="int",
           proposal="finite", support=_discrete_uniform_support, make=_discrete_uniform),
+    _spec("BetaBinomial", [("concentration1", "positive"), ("concentration0", "positive"),
+                           ("total_count", "count")], value_type="int", proposal="finite",
+          support=lambda args: _binomial_support(args, 2),
+          make=lambda a, b, n: pdist.BetaBinomial(a, b, total_count=n, validate_args=False)),
     # other parameterisations (keyword arguments pick them: Bernoulli(logits=x))
     _spec("Bernoulli", [("logits", "real")], value_type="bool", proposal="finite",
           make=lambda l: pdist.Bernoulli(logits=l, validate_args=False),
