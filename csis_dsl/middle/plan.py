@@ -83,9 +83,8 @@ def make_plan(checked: Checked) -> Plan:
     plan = Plan(placement, _plate_names(checked), checked.max_depth,
                 checked.names("latent"), checked.names("observed"),
                 checked.names("deterministic"))
-    diags = _unsupported(checked, plan)
-    groups, group_diags = _groups(checked)
-    diags += group_diags
+    groups, diags, recursion_of = _groups(checked)
+    diags = _unsupported(checked, plan, recursion_of) + diags
     if diags:
         raise CompileError(diags, checked.source)
     for name, v in checked.vars.items():
@@ -138,14 +137,16 @@ def _groups(checked: Checked):
     """Families produced in order together: the strongly connected parts of the read
     graph among families (a recursion through several families), and every
     deterministic family defined in pieces or recursively. A group holds at most one
-    random family, which leads it."""
+    random family, which leads it. Also returns every family's strongly connected part
+    (the families it is in a recursion with)."""
     fams = [n for n in checked.order
             if checked.vars[n].kind != "arg" and checked.vars[n].is_family]
     g = nx.DiGraph()
     g.add_nodes_from(fams)
     g.add_edges_from((r, n) for n in fams for r in checked.vars[n].reads if r in g)
-    groups, diags = [], []
+    groups, diags, recursion_of = [], [], {}
     for comp in nx.strongly_connected_components(g):
+        recursion_of.update((n, comp) for n in comp)
         members = sorted(comp, key=checked.order.index)
         random = [n for n in members if checked.vars[n].kind != "deterministic"]
         if len(random) > 1:
@@ -168,7 +169,7 @@ def _groups(checked: Checked):
         if random or len(members) > 1 or any(checked.vars[n].kind == "deterministic"
                                              for n in members):
             groups.append(random + [n for n in members if n not in random])
-    return groups, diags
+    return groups, diags, recursion_of
 
 
 def _switch_sites(checked, s: A.If):
@@ -185,17 +186,7 @@ def _switch_sites(checked, s: A.If):
     return {n: d for n, d in out.items() if len(d) > 1}
 
 
-def _same_recursion(checked: Checked, a: str, b: str) -> bool:
-    """``a`` and ``b`` are families that read each other (produced in order together)."""
-    va, vb = checked.vars[a], checked.vars[b]
-    if not (va.is_family and vb.is_family):
-        return False
-    g = nx.DiGraph((r, n) for n, v in checked.vars.items() if v.is_family
-                   for r in v.reads if r in checked.vars and checked.vars[r].is_family)
-    return g.has_node(a) and g.has_node(b) and nx.has_path(g, a, b) and nx.has_path(g, b, a)
-
-
-def _unsupported(checked: Checked, plan: Plan) -> List[Diagnostic]:
+def _unsupported(checked: Checked, plan: Plan, recursion_of) -> List[Diagnostic]:
     diags = []
     for name, v in checked.vars.items():
         if v.kind == "arg" or not v.is_family:
@@ -206,7 +197,7 @@ def _unsupported(checked: Checked, plan: Plan) -> List[Diagnostic]:
         first = checked.order.index(name)
         for r in sorted(v.reads):
             if r in checked.order and checked.order.index(r) > first \
-                    and not _same_recursion(checked, name, r):
+                    and r not in recursion_of.get(name, ()):
                 diags.append(Diagnostic(v.stmts[-1].span,
                                         f"'{name}' is defined in pieces, and a later piece "
                                         f"reads '{r}', which is defined after the first "
