@@ -12,7 +12,7 @@ setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,arviz]'
 	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
 	  echo "note: graphviz 'dot' not installed; svg/png graph tests will be skipped"; }

@@ -36,8 +36,16 @@ svg and png need the graphviz 'dot' program (apt-get install graphviz).""",
   csis-dsl infer lr.pt --obs 'y=[0.1, 0.5, 0.9]' --samples 5000 --json
   csis-dsl infer gaussian.pt --obs-file obs.json --plot posterior.png
   csis-dsl infer gaussian.pt --obs x1=30 --obs x2=31 --refine-steps 200
+  csis-dsl infer gaussian.pt --obs x1=8 --obs x2=9 --ppc ppc.png --netcdf post.nc
 
 --obs values are JSON: numbers, true/false, or lists for arrays.""",
+    "calibrate": """examples:
+  csis-dsl calibrate gaussian.pt
+  csis-dsl calibrate lr.pt --datasets 300 --samples 2000 --plot sbc.png --json
+
+Simulates data sets from the model's prior, infers each with the trained proposal and
+ranks the true latents among posterior draws (simulation-based calibration). Exit code
+0 whatever the verdict; read it from the output.""",
     "run": """examples:
   csis-dsl run specs/gaussian.ppl --obs x1=8 --obs x2=9
   csis-dsl run specs/outlier.ppl --obs y=12 --steps 800 --plot outlier.png""",
@@ -119,6 +127,22 @@ def _parser():
     i.add_argument("checkpoint")
     _infer_args(i)
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k = sub.add_parser("calibrate", help="simulation-based calibration of a checkpoint",
+                       epilog=_EXAMPLES["calibrate"], formatter_class=_FMT,
+                       description="Simulation-based calibration (Talts et al. 2018) of the "
+                                   "weighted posterior and of the plain proposal: rank "
+                                   "statistics, a uniformity test per latent element and "
+                                   "the expected coverage.")
+    k.add_argument("checkpoint")
+    k.add_argument("--datasets", type=POSITIVE_INT, default=200,
+                   help="simulated data sets (default 200)")
+    k.add_argument("--samples", type=POSITIVE_INT, default=1000,
+                   help="importance samples per data set (default 1000)")
+    k.add_argument("--ranks", type=POSITIVE_INT, default=100,
+                   help="posterior draws each true value is ranked among (default 100)")
+    k.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
+    k.add_argument("--plot", help="save the rank ECDF plot to this PNG")
+    k.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r = sub.add_parser("run", help="compile, train with defaults, infer, print the summary",
                        epilog=_EXAMPLES["run"], formatter_class=_FMT,
                        description="The whole job: compile FILE, check the observations, "
@@ -165,6 +189,10 @@ def _infer_args(i):
                         "when the amortised ESS is below 10%% of the samples)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.add_argument("--plot", help="save posterior marginals to this PNG")
+    i.add_argument("--ppc", metavar="FILE.png",
+                   help="save a posterior predictive check (observed data over replicates)")
+    i.add_argument("--netcdf", metavar="FILE.nc",
+                   help="write the posterior as an ArviZ DataTree (needs csis_dsl[arviz])")
     i.add_argument("--infer-seed", type=COUNT, default=None,
                    help="random seed for the importance sampler")
 
@@ -234,7 +262,25 @@ def _infer(m, a, auto_refine=False):
         print(post.summary())
     if a.plot:
         post.plot(a.plot)
+    if a.ppc:
+        post.plot_predictive(a.ppc, seed=a.infer_seed)
+    if a.netcdf:
+        from .engine.interop import write_netcdf
+        write_netcdf(post, a.netcdf, seed=a.infer_seed)
     return post
+
+
+def _check_outputs(a):
+    """Fail before the work, not after it, on an output that cannot be written."""
+    from .files import check_writable
+    for what, path in (("the figure", getattr(a, "plot", None)),
+                       ("the predictive check", getattr(a, "ppc", None)),
+                       ("the netCDF file", getattr(a, "netcdf", None))):
+        if path:
+            check_writable(path, what)
+    if getattr(a, "netcdf", None):
+        from .engine.interop import _arviz
+        _arviz()
 
 
 def main(argv=None):
@@ -261,13 +307,20 @@ def main(argv=None):
             m.save(a.output)
             print(f"saved {a.output} ({m.history.traces} traces)")
         elif a.cmd == "infer":
+            _check_outputs(a)
             m = csis_dsl.load(a.checkpoint)
             _infer(m, a)
+        elif a.cmd == "calibrate":
+            _check_outputs(a)
+            m = csis_dsl.load(a.checkpoint)
+            cal = m.calibrate(num_datasets=a.datasets, num_samples=a.samples,
+                              num_ranks=a.ranks, seed=a.seed)
+            print(json.dumps(cal.to_dict(), indent=2) if a.json else cal.summary())
+            if a.plot:
+                cal.plot(a.plot)
         elif a.cmd == "run":
             obs = _observations(a)
-            if a.plot:
-                from .files import check_writable
-                check_writable(a.plot, "the figure")
+            _check_outputs(a)
             m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
             m.check_observations(obs)       # fail before training, not after
             m = _train(a, m)

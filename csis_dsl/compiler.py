@@ -159,6 +159,17 @@ class CompiledModel:
         return refine(self, observations, steps=steps, draws=draws, lr=lr, seed=seed,
                       progress=progress, max_seconds=max_seconds)
 
+    def calibrate(self, num_datasets=200, num_samples=1000, seed=None, num_ranks=100,
+                  defensive=0.1, alpha=0.05):
+        """Simulation-based calibration: simulate ``num_datasets`` data sets from the
+        prior, infer each with ``num_samples`` importance samples (all in one network
+        pass per chunk) and rank each true latent element among ``num_ranks`` draws of
+        the weighted posterior and of the plain proposal. Returns a Calibration with
+        the ranks, a KS uniformity test per element, the expected-coverage curves, a
+        verdict per inference, ``.summary()`` and ``.plot(path)``."""
+        from .engine.calibration import calibrate
+        return calibrate(self, num_datasets, num_samples, seed, num_ranks, defensive, alpha)
+
     def check_observations(self, observations):
         """Raise ObservationError unless ``observations`` fit the model exactly (every
         observed variable, right shape, dtype and support); returns them as tensors."""

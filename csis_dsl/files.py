@@ -44,6 +44,16 @@ def check_writable(path, what: str) -> Path:
     return p
 
 
+def _mode(p: Path) -> int:
+    """The permissions of the file being replaced, or the umask's default for a new one."""
+    try:
+        return p.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path, write: Callable[[str], None], what: str) -> None:
     """``write(tmp_path)`` then rename into ``path``; the old file stays on failure."""
     p = check_writable(path, what)
@@ -54,6 +64,7 @@ def atomic_write(path, write: Callable[[str], None], what: str) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode(p))        # mkstemp makes 0600; keep what open() would give
         os.replace(tmp, p)
     except OSError as err:
         raise OptionError(f"cannot write {what} to '{path}': {err.strerror or err}; "

@@ -311,3 +311,19 @@ def test_the_command_line_never_prints_a_traceback(argv):
         code, err = e.code, ""
     assert code in (0, 1, 2, 130)
     assert "Traceback" not in err
+
+
+def test_written_files_keep_ordinary_permissions(tmp_path):
+    # atomic writes go through a private temporary file; the result must not stay 0600
+    import os
+    from csis_dsl.files import atomic_write
+    umask = os.umask(0)
+    os.umask(umask)
+    new = tmp_path / "new.txt"
+    atomic_write(new, lambda t: open(t, "w").write("x"), "the file")
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask
+    old = tmp_path / "old.txt"
+    old.write_text("y")
+    old.chmod(0o640)
+    atomic_write(old, lambda t: open(t, "w").write("x"), "the file")
+    assert old.stat().st_mode & 0o777 == 0o640 and old.read_text() == "x"

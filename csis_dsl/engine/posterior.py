@@ -43,6 +43,53 @@ def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
     return values, torch.logaddexp(log_q + math.log1p(-weight), log_broad + math.log(weight))
 
 
+def masked(x: torch.Tensor, exists: Optional[torch.Tensor]) -> torch.Tensor:
+    """Draws (B, *shape) as float64 with NaN where ``exists`` (B or 1, *leading shape)
+    says an element does not exist."""
+    x = x.to(torch.float64)
+    if exists is None:
+        return x
+    ex = exists.expand(x.shape[:exists.dim()])
+    return torch.where(ex.reshape(ex.shape + (1,) * (x.dim() - ex.dim())), x,
+                       torch.full_like(x, math.nan))
+
+
+@torch.no_grad()
+def batched_importance(model, guide, sets: Observations, Q: int, S: int,
+                       defensive: float = 0.1, mixing: str = "trace"):
+    """S importance draws for each of Q observation sets in one vectorised pass
+    (``sets`` holds each set repeated S times, batch Q * S; ``guide=None`` proposes
+    from the prior). Returns the model's :class:`Env` of the Q * S traces and the log
+    weights (Q, S), NaN replaced by -inf."""
+    B = Q * S
+    if guide is None:
+        _, log_w, env = model.pyro_model.score(B, sets)
+    else:
+        values, log_q = defensive_draws(guide, sets, B, defensive, mixing)
+        log_latent, log_obs, env = model.pyro_model.score(B, sets, values)
+        log_w = log_latent + log_obs - log_q
+    log_w = log_w.double().reshape(Q, S)
+    return env, torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
+
+
+def ess_of(log_w: torch.Tensor) -> torch.Tensor:
+    """Kish's effective sample size along the last axis (0 where every weight is 0)."""
+    w = torch.softmax(log_w, -1)
+    ess = 1.0 / (w ** 2).sum(-1)
+    return torch.where(torch.isfinite(log_w).any(-1), ess, torch.zeros_like(ess))
+
+
+def systematic(weights: torch.Tensor, n: int, generator=None) -> torch.Tensor:
+    """n indices drawn by systematic resampling (one uniform offset): each index
+    appears floor or ceil of n x its weight times, so resampled averages match the
+    weighted ones far more closely than multinomial resampling."""
+    u = (torch.rand((), generator=generator, dtype=torch.float64)
+         + torch.arange(n, dtype=torch.float64)) / n
+    cdf = torch.cumsum(weights.double(), 0)
+    cdf = cdf / cdf[-1]
+    return torch.searchsorted(cdf, u).clamp(max=weights.shape[0] - 1)
+
+
 def importance(model, observations, num_samples=1000, proposal="guide",
                seed: Optional[int] = None, guide=None, refinement=None,
                defensive: float = 0.0, mixing: str = "trace") -> "Posterior":
@@ -138,14 +185,7 @@ class Posterior:
     def values(self, name) -> torch.Tensor:
         """The raw draws (num_samples, *shape); NaN where an element does not exist."""
         self._check(name)
-        x = self._values[name].to(torch.float64)
-        ex = self._exists.get(name)
-        if ex is not None:
-            ex = ex.expand(x.shape[:ex.dim()]).reshape(ex.shape if ex.shape[0] == x.shape[0]
-                                                       else x.shape[:ex.dim()])
-            x = torch.where(ex.reshape(ex.shape + (1,) * (x.dim() - ex.dim())), x,
-                            torch.full_like(x, math.nan))
-        return x
+        return masked(self._values[name], self._exists.get(name))
 
     def _w(self, x):
         w = self.weights.reshape((-1,) + (1,) * (x.dim() - 1)).expand(x.shape)
@@ -186,6 +226,35 @@ class Posterior:
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         idx = torch.multinomial(self.weights, n, replacement=True, generator=g)
         return self.values(name)[idx]
+
+    def resample(self, n: Optional[int] = None, seed: Optional[int] = None) -> torch.Tensor:
+        """Indices of n draws (default num_samples) resampled by weight,
+        systematically, in random order."""
+        n = self.num_samples if n is None else int(n)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        idx = systematic(self.weights, n, g)
+        return idx[torch.randperm(n, generator=g)]
+
+    def predictive(self, n: int = 1000, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Posterior predictive: n simulated observation sets, each from the model run
+        forward with latents resampled from the weighted posterior. A dict from every
+        observed variable to a tensor (n, *shape)."""
+        from .predictive import predictive
+        return predictive(self, n, seed)
+
+    def plot_predictive(self, path=None, n: int = 1000, seed: Optional[int] = None):
+        """The observed data over n posterior predictive draws: a histogram for a
+        scalar or for counts, a 90% band and median for a series."""
+        from ..plots import plot_predictive
+        return plot_predictive(self, self.predictive(n, seed), path=path)
+
+    def to_arviz(self, num_draws: Optional[int] = None, seed: Optional[int] = None):
+        """An ArviZ DataTree (arviz-base): ``posterior`` holds num_draws (default
+        num_samples) draws resampled by weight, ``observed_data`` the observations,
+        ``importance`` the raw draws with their log weights; the ESS, Pareto k-hat and
+        log evidence are attributes. Needs ``pip install csis_dsl[arviz]``."""
+        from .interop import to_arviz
+        return to_arviz(self, num_draws, seed)
 
     def empirical(self, name):
         import pyro.distributions as dist

@@ -111,18 +111,12 @@ class Trainer:
         uses) on the held-out observation sets."""
         if self.held_out is None:
             return float("nan")
-        from .posterior import defensive_draws
+        from .posterior import batched_importance, ess_of
         from .seeding import seeded
         Q, S = self.quality_sets, self.quality_samples
         with seeded(1234):      # the same draws' randomness at every validation
-            values, log_q = defensive_draws(self.model.guide, self.held_out, Q * S, 0.1,
-                                            "trace")
-            log_latent, log_obs, _ = self.model.pyro_model.score(Q * S, self.held_out, values)
-        log_w = (log_latent + log_obs - log_q).double().reshape(Q, S)
-        log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
-        w = torch.softmax(log_w, -1)
-        ess = 1.0 / (w ** 2).sum(-1)
-        ess = torch.where(torch.isfinite(log_w).any(-1), ess, torch.zeros_like(ess))
+            _, log_w = batched_importance(self.model, self.model.guide, self.held_out, Q, S)
+        ess = ess_of(log_w)
         return float((ess / S).mean())
 
     def validate(self, step):
