@@ -1,11 +1,14 @@
 """Distributions the interpreter builds around the catalogue's: truncation (inverse-CDF
 sampling, renormalised density), one site defined in exclusive branches (``Switch``),
-and a batch reshape for the Pyro layout (``Reshaped``)."""
+a batch reshape for the Pyro layout (``Reshaped``), and sorted iid draws for the
+ordered types (``OrderStatistics``)."""
 from __future__ import annotations
+
+import math
 
 import pyro.distributions as pdist
 import torch
-from torch.distributions import constraints
+from pyro.distributions import TorchDistribution, constraints
 
 
 def _cdf(base, x):
@@ -163,3 +166,28 @@ class Reshaped(pdist.TorchDistribution):
     @property
     def mean(self):
         return self.base.mean.reshape(self.batch_shape + self.event_shape)
+
+
+class OrderStatistics(TorchDistribution):
+    """``ordered[K] x ~ D``: the K iid draws of ``base`` (batch (..., K)), sorted. Its
+    density on increasing vectors is K! prod p(x_k) (zero elsewhere)."""
+    arg_constraints = {}
+
+    def __init__(self, base, positive: bool = False):
+        self.base = base
+        self.k = base.batch_shape[-1]
+        self._support = constraints.positive_ordered_vector if positive \
+            else constraints.ordered_vector
+        super().__init__(base.batch_shape[:-1], torch.Size((self.k,)), validate_args=False)
+
+    @property
+    def support(self):
+        return self._support
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape).sort(-1).values
+
+    def log_prob(self, value):
+        lp = self.base.log_prob(value).sum(-1) + math.lgamma(self.k + 1)
+        ok = (value[..., 1:] > value[..., :-1]).all(-1)
+        return torch.where(ok, lp, torch.full_like(lp, -math.inf))

@@ -22,13 +22,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..catalogue.distributions import (DISTRIBUTIONS, PARAM_KINDS, check_values, normalise,
+from ..catalogue.distributions import (DISTRIBUTIONS, MATRIX_KINDS, PARAM_KINDS, check_values, normalise,
                                       problems)
 from ..errors import ModelRuntimeError
 from ..frontend import ast as A
 from ..frontend.checked import Checked, Loop, Var
 from ..middle.plan import Plan
-from .dists import Switch, Truncated
+from .dists import OrderStatistics, Switch, Truncated
 from .evaluate import Evaluator
 from .family import FamilyDist, InOrder
 from .handlers import Site, SiteHandler
@@ -190,6 +190,9 @@ class Runtime:
             lo, hi = [None if b is None else self._bound(ev(b).t, P, len(elem_batch))
                       for b in s.dist.trunc]
             d = Truncated(d, lo, hi)
+        v = self.checked.vars[name]
+        if v.ordered:               # ordered[K]: the last K of the batch, sorted
+            d = OrderStatistics(d, positive=v.ordered == "positive_ordered")
         return d
 
     def stmt_log_prob(self, s: A.Sample, value: torch.Tensor, overlay: Dict[str, Stored],
@@ -235,7 +238,7 @@ class Runtime:
         naming it; where it does not run they are replaced by a safe value."""
         kind = PARAM_KINDS[param.kind]
         p = normalise(param.kind, p)
-        if param.kind == "covariance":
+        if param.kind in MATRIX_KINDS:     # checked as relations (problems)
             return p
         bad = ~check_values(param.kind, p)
         if not bool(bad.any()):

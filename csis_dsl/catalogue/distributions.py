@@ -45,7 +45,10 @@ PARAM_KINDS = {
     "concentration": ParamKind(constraints.positive, 1.0, "positive", 1),
     "vector": ParamKind(constraints.real_vector, 0.0, "finite", 1),
     "covariance": ParamKind(constraints.positive_definite, None, "positive definite", 2),
+    "cholesky": ParamKind(constraints.lower_cholesky, None,
+                          "lower triangular with a positive diagonal", 2),
 }
+MATRIX_KINDS = ("covariance", "cholesky")     # checked as relations (``problems``)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,30 @@ class StaticArgs(Protocol):
     def int_range(self, i: int): ...           # (lo, hi) of an integer argument, or None
 
 
+class _Tensors:
+    """Parameter tensors seen as StaticArgs (what ``event_of`` reads at run time)."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def const(self, i):
+        return float(self.params[i].reshape(-1)[0])
+
+
+def _square_of(i):
+    """The event (n, n) of a size argument n (argument i)."""
+    def event(args):
+        n = args.const(i)
+        if n is None or isinstance(n, bool) or float(n) != int(n) or int(n) < 1:
+            return None
+        return (int(n), int(n))
+    return event
+
+
+def _lkj_cholesky(dim, concentration):
+    return pdist.LKJCholesky(int(dim.reshape(-1)[0]), concentration, validate_args=False)
+
+
 def _real(args) -> object:
     return constraints.real
 
@@ -81,6 +108,9 @@ class DistSpec:
     event_param: Optional[int] = None       # the parameter whose last dim is the event
     truncatable: bool = False
     variant: str = ""                       # another parameterisation: "logits"
+    # an event shape set by a size argument (LKJCholesky(dim, ...)): StaticArgs ->
+    # the shape, or None where the size is not known when compiling
+    event_of: Optional[Callable] = None
 
     @property
     def key(self) -> str:
@@ -98,6 +128,8 @@ class DistSpec:
 
     def event_shape(self, params) -> Tuple[int, ...]:
         """The event shape of a distribution built from these parameter tensors."""
+        if self.event_of is not None:
+            return self.event_of(_Tensors(params))
         if self.event_param is None:
             return ()
         return tuple(params[self.event_param].shape[-1:])
@@ -178,6 +210,53 @@ class _Shifted(pdist.TorchDistribution):
         return (n * n - 1) / 12.0
 
 
+class _Multinomial(pdist.TorchDistribution):
+    """Multinomial(total_count, probs) with a total count per batch element (torch's
+    takes one number for the whole batch): sampled as a chain of Binomials, each count
+    given those before."""
+    arg_constraints = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, total_count, probs, validate_args=False):
+        probs = probs / probs.sum(-1, keepdim=True)
+        batch = torch.broadcast_shapes(torch.as_tensor(total_count).shape, probs.shape[:-1])
+        self.probs = probs.expand(batch + probs.shape[-1:])
+        self.total_count = torch.as_tensor(total_count, dtype=probs.dtype).expand(batch)
+        super().__init__(batch, probs.shape[-1:], validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        p = self.probs.expand(shape + self.event_shape)
+        left = self.total_count.expand(shape).clone()
+        rest = torch.ones(shape, dtype=p.dtype)
+        out = []
+        with torch.no_grad():
+            for k in range(p.shape[-1] - 1):
+                q = (p[..., k] / rest.clamp(min=1e-30)).clamp(0.0, 1.0)
+                x = torch.distributions.Binomial(left, q, validate_args=False).sample()
+                out.append(x)
+                left = left - x
+                rest = rest - p[..., k]
+            out.append(left)
+        return torch.stack(out, -1)
+
+    def log_prob(self, value):
+        x = value.to(self.probs.dtype)
+        n = x.sum(-1)
+        logp = torch.where(x > 0, x * torch.log(self.probs), torch.zeros_like(x)).sum(-1)
+        lp = torch.lgamma(n + 1) - torch.lgamma(x + 1).sum(-1) + logp
+        ok = (x >= 0).all(-1) & (x == torch.round(x)).all(-1) & (n == self.total_count)
+        return torch.where(ok, lp, torch.full_like(lp, -float("inf")))
+
+    @property
+    def mean(self):
+        return self.total_count.unsqueeze(-1) * self.probs
+
+    @property
+    def variance(self):
+        return self.total_count.unsqueeze(-1) * self.probs * (1 - self.probs)
+
+
 def _spec(name, params, make=None, **kw):
     return DistSpec(name, tuple(Param(n, k) for n, k in params), make or _torch(name), **kw)
 
@@ -237,7 +316,16 @@ DISTRIBUTIONS = {d.key: d for d in [
                            ("total_count", "count")], value_type="int", proposal="finite",
           support=lambda args: _binomial_support(args, 2),
           make=lambda a, b, n: pdist.BetaBinomial(a, b, total_count=n, validate_args=False)),
+    _spec("LKJCholesky", [("dim", "count"), ("concentration", "positive")],
+          support=_const_support(constraints.corr_cholesky), event_of=_square_of(0),
+          make=_lkj_cholesky),
+    _spec("Multinomial", [("total_count", "count"), ("probs", "probs")], value_type="int",
+          proposal="multinomial", event_param=1, support=_NONNEG_INT, make=_Multinomial),
     # other parameterisations (keyword arguments pick them: Bernoulli(logits=x))
+    _spec("MultivariateNormal", [("loc", "vector"), ("scale_tril", "cholesky")],
+          event_param=0, support=_const_support(constraints.real_vector),
+          variant="scale_tril",
+          make=lambda m, L: pdist.MultivariateNormal(m, scale_tril=L, validate_args=False)),
     _spec("Bernoulli", [("logits", "real")], value_type="bool", proposal="finite",
           make=lambda l: pdist.Bernoulli(logits=l, validate_args=False),
           support=_const_support(constraints.boolean), variant="logits"),
@@ -265,7 +353,8 @@ def mixture_of(component: str) -> Optional["DistSpec"]:
     if key in DISTRIBUTIONS:
         return DISTRIBUTIONS[key]
     comp = DISTRIBUTIONS.get(component)
-    if comp is None or comp.event_param is not None or comp.variant or \
+    if comp is None or comp.event_param is not None or comp.event_of is not None or \
+            comp.variant or \
             comp.support not in MIXABLE_SUPPORTS:
         return None
 
@@ -300,6 +389,12 @@ def problems(spec: "DistSpec", params, sums: bool = True) -> list:
             sym = (t - t.transpose(-1, -2)).abs().amax((-1, -2)) <= 1e-6 * t.abs().amax((-1, -2)).clamp(min=1)
             bad = ~sym | (torch.linalg.cholesky_ex(t.double())[1] != 0)
             out.append((bad, f"the {p.name} of {spec.name} must be symmetric positive definite"))
+        elif p.kind == "cholesky":
+            upper = torch.triu(t, diagonal=1).abs().amax((-1, -2)) > 0
+            diag = torch.diagonal(t, dim1=-2, dim2=-1)
+            bad = upper | ~(diag > 0).all(-1) | ~torch.isfinite(t).all(-1).all(-1)
+            out.append((bad, f"the {p.name} of {spec.name} must be lower triangular with a "
+                             "positive diagonal (a Cholesky factor, e.g. diag(tau) @ L)"))
     if spec.name == "Uniform":
         lo, hi = params
         bad = ~(lo < hi)
@@ -312,7 +407,7 @@ def check_values(kind: str, p: torch.Tensor) -> torch.Tensor:
     parameter's shape less its vector dims). Probability vectors are checked after
     normalisation (see ``normalise``)."""
     k = PARAM_KINDS[kind]
-    if kind == "covariance":
+    if kind in MATRIX_KINDS:
         return torch.ones(p.shape[:-2], dtype=torch.bool)
     if kind == "probs":
         return (p >= 0).all(-1)

@@ -36,8 +36,11 @@ def pareto_k(log_weights: torch.Tensor) -> float:
     try:
         with np.errstate(all="ignore"):
             _, k = array_stats.psislw(-lw, r_eff=1.0)   # it takes negated log ratios
-    except ValueError:          # the tail collapsed: a few weights hold all the mass
-        return math.inf
+    except ValueError:
+        top = np.sort(lw)[-tail:]
+        if float(top.max() - top.min()) < 1e-12:   # the largest weights are all equal (a
+            return -math.inf                       # discrete latent): a bounded tail
+        return math.inf         # the tail collapsed: a few weights hold all the mass
     k = float(k)
     return math.inf if math.isnan(k) else k
 

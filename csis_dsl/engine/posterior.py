@@ -282,7 +282,7 @@ class Posterior:
             n = m.numel()
             for j in range(min(n, max_elements)):
                 label = name if n == 1 else f"{name}[{j}]" if m.dim() == 1 else \
-                    f"{name}{list(torch.unravel_index(torch.tensor(j), m.shape))}"
+                    f"{name}[{', '.join(str(int(i)) for i in torch.unravel_index(torch.tensor(j), m.shape))}]"
                 rows.append(f"{label:<16}{m.reshape(-1)[j]:>10.4g}{s.reshape(-1)[j]:>10.4g}"
                             f"{qs[0].reshape(-1)[j]:>10.4g}{qs[1].reshape(-1)[j]:>10.4g}"
                             f"{qs[2].reshape(-1)[j]:>10.4g}")

@@ -47,6 +47,7 @@ class Var:
     recursive: bool = False                            # reads itself at other indices
     pieces: int = 0
     broken: bool = False      # its definition failed to check: later uses stay silent
+    ordered: Optional[str] = None   # "ordered" | "positive_ordered": sorted iid draws
 
     @property
     def elem_shape(self) -> Tuple[int, ...]:

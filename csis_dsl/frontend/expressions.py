@@ -17,6 +17,14 @@ from .types import BOOL, INT, REAL, Type, broadcast, join_base
 MAX_ELEMENTS = 10_000_000     # the most elements one variable may have
 
 
+VECTOR_TYPES = {      # constrained vector types: what their values are
+    "simplex": "non-negative and sum to one",
+    "ordered": "increasing",
+    "positive_ordered": "positive and increasing",
+    "cholesky_factor_corr": "the Cholesky factor of a correlation matrix",
+}
+
+
 class CallArgs:
     """A distribution call's arguments as the catalogue's ``StaticArgs``: constants,
     shapes and integer ranges known when compiling."""
@@ -218,10 +226,16 @@ class ExprTyper:
                 self.expr(b)
                 if self.k.try_const(b) is None:
                     self.error(b.span, "a bound must be a number known when compiling")
-        if t.base == "simplex":
+        if t.base in VECTOR_TYPES:
             if len(dims) != 1:
-                self.error(t.span, "simplex needs one size, as in simplex[K]")
+                self.error(t.span, f"{t.base} needs one size, as in {t.base}[K]")
                 return None
+            if t.base != "simplex" and (t.lower is not None or t.upper is not None):
+                self.error(t.span, f"{t.base}[K] takes no bounds: its values are "
+                           f"{VECTOR_TYPES[t.base]}")
+                return None
+            if t.base == "cholesky_factor_corr":
+                return Type("real", (dims[0], dims[0]))
             return Type("real", tuple(dims))
         return Type(t.base, tuple(dims))
 

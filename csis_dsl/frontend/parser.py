@@ -244,12 +244,11 @@ def _expected_words(expected) -> str:
     return ", ".join(words)
 
 
-TYPES = ("real", "int", "bool", "simplex")
+TYPES = ("real", "int", "bool", "simplex", "ordered", "positive_ordered",
+         "cholesky_factor_corr")
+TYPE_WORDS = ("real, int, bool, simplex[K], ordered[K], positive_ordered[K] and "
+              "cholesky_factor_corr[K]")
 _NOT_YET = {
-    "ordered": "sort iid draws yourself: a ~ Normal(...); b ~ Normal(...); "
-               "mu = [min(a, b), max(a, b)]",
-    "positive_ordered": "sort iid positive draws yourself with min and max",
-    "cholesky_factor_corr": "build the correlation matrix from latents you declare",
     "cholesky_factor_cov": "use a MultivariateNormal with a covariance matrix you build",
     "corr_matrix": "build the correlation matrix from latents you declare",
     "cov_matrix": "build the covariance matrix from latents you declare",
@@ -262,7 +261,8 @@ _STMT_HEAD = re.compile(r"(?:^|[;{}])\s*(?:observe\s+|arg\s+)?([A-Za-z_]\w*)\s*"
                         r"(?:<[^<>;{}]*>)?\s*(?:\[[^\[\];{}]*\])?\s*$")
 
 
-_BARE_DECL = re.compile(r"(?:^|[;{}])\s*(?:real|int|bool|simplex)\s*(?:<[^<>;{}]*>)?\s*"
+_BARE_DECL = re.compile(r"(?:^|[;{}])\s*(?:real|int|bool|simplex|ordered|positive_ordered|"
+                        r"cholesky_factor_corr)\s*(?:<[^<>;{}]*>)?\s*"
                         r"(?:\[[^\[\];{}]*\])?\s*([A-Za-z_]\w*)\s*$")
 
 
@@ -291,14 +291,14 @@ def _unknown_type(err, tok):
 def _type_message(word: str) -> str:
     from .scopes import close_match
     if word in _NOT_YET:
-        return (f"the type '{word}' is not supported yet (the types are real, int, bool "
-                f"and simplex[K], with bounds and sizes); for now, {_NOT_YET[word]}")
+        return (f"the type '{word}' is not supported yet (the types are {TYPE_WORDS}, "
+                f"with bounds and sizes); for now, {_NOT_YET[word]}")
     if word in _SHAPED:
         return (f"'{word}' is not a type of this language; write {_SHAPED[word]} "
                 "(sizes after the type: real[K] is a vector, real[N, K] a matrix)")
     hint = close_match(word, list(TYPES) + list(_NOT_YET))
-    return (f"unknown type '{word}'{hint or ''}{'' if hint else ';'} the types are real, "
-            "int, bool and simplex[K], with optional bounds and sizes (real<lower=0>[K])")
+    return (f"unknown type '{word}'{hint or ''}{'' if hint else ';'} the types are "
+            f"{TYPE_WORDS}, with optional bounds and sizes (real<lower=0>[K])")
 
 
 def _syntax_diagnostic(err: lark.exceptions.LarkError, file: str) -> Diagnostic:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
+from pyro.distributions import constraints as pconstraints
 from torch.distributions import constraints
 
 from ..catalogue import supports
@@ -211,7 +212,9 @@ class Checker:
             v.discrete = spec.discrete
             v.support = support
             v.bounds = supports.int_range(support)
-            if s.type is not None:
+            if s.type is not None and s.type.base in ("ordered", "positive_ordered"):
+                self.check_ordered(v, s, spec, value_type)
+            elif s.type is not None:
                 self.check_declared_bounds(v, s.type, spec)
         elif supports.is_dependent(support) and not v.discrete:
             v.support = support      # pieces whose bounds depend on other variables
@@ -279,6 +282,13 @@ class Checker:
                            f"{spec.name}: {list(batch)} and {list(pshape)}")
                 return None
             batch = nb
+        if spec.event_of is not None:       # an event shape set by a size argument
+            event = spec.event_of(CallArgs(call, self.scope.types, self.k))
+            if event is None:
+                self.error(call.args[0].span, f"the {spec.params[0].name} of {spec.name} "
+                           "must be a positive integer known when compiling (a literal or "
+                           "an arg)")
+                return None
         return Type(spec.value_type, batch + event)
 
     def check_constant_param(self, spec, p, a):
@@ -336,12 +346,44 @@ class Checker:
                 return constraints.less_than(hi)
         return spec.support(CallArgs(call, self.scope.types, self.k))
 
+    def check_ordered(self, v: Var, s: A.Sample, spec: DistSpec, value_type):
+        """``ordered[K] mu ~ D(scalars)``: the K iid draws of D, sorted (their order
+        statistics, density K! prod p(mu_k) on increasing vectors); positive_ordered
+        needs a D with positive values."""
+        t = s.type
+        lo = supports.value_range(v.support)[0] if v.support is not None else None
+        if spec.discrete or spec.event_param is not None or spec.event_of is not None:
+            self.error(s.dist.call.func_span, f"{t.base}[K] sorts K draws of a continuous "
+                       f"scalar distribution; {spec.name} is not one")
+        elif value_type is not None and value_type.shape:
+            self.error(s.dist.call.span, f"{t.base}[K] sorts K independent, identically "
+                       f"distributed draws: the parameters of {spec.name} must be scalars, "
+                       f"got a draw of shape {list(value_type.shape)}")
+        elif s.dist.trunc is not None:
+            self.error(s.dist.span, f"{t.base}[K] cannot be truncated")
+        elif supports.is_dependent(v.support):
+            self.error(s.dist.call.span, f"{t.base}[K] needs a support known when compiling")
+        elif t.base == "positive_ordered" and not (lo is not None and lo >= 0):
+            self.error(s.dist.call.func_span, f"positive_ordered[K] needs a distribution of "
+                       f"positive values (HalfNormal, Gamma, LogNormal, ...); {spec.name} "
+                       f"has support {supports.bracket(v.support)}")
+        elif v.is_family or v.pieces > 1:
+            self.error(t.span, f"{t.base}[K] must be defined in one statement")
+        else:
+            v.ordered = t.base
+            v.support = pconstraints.positive_ordered_vector if t.base == "positive_ordered" \
+                else pconstraints.ordered_vector
+
     def check_declared_bounds(self, v: Var, t: A.TypeSpec, spec: DistSpec):
         lo, hi = self.k.try_const(t.lower), self.k.try_const(t.upper)
         if lo is None and hi is None:
             if t.base == "simplex" and v.support is not constraints.simplex:
                 self.error(t.span, f"'{v.name}' is declared simplex but {spec.name} does "
                            "not give values on the simplex")
+            if t.base == "cholesky_factor_corr" and v.support is not constraints.corr_cholesky:
+                self.error(t.span, f"'{v.name}' is declared cholesky_factor_corr but "
+                           f"{spec.name} does not give Cholesky factors of correlation "
+                           "matrices; use LKJCholesky(K, eta)")
             return
         s_lo, s_hi = supports.value_range(v.support)
         if (lo is not None and s_lo < lo) or (hi is not None and s_hi > hi):

@@ -1,6 +1,7 @@
 """Continuous supports: a mixture of K Normals in unconstrained space, pushed through
 ``biject_to(support)`` so the proposal's support is exactly the prior's (real line,
-(0, inf), [a, b], one-sided truncations, the simplex by stick breaking). Components are
+(0, inf), [a, b], one-sided truncations, the simplex by stick breaking, increasing
+vectors by cumulative exponentials, Cholesky factors of correlation matrices). Components are
 located and scaled relative to the prior's own location and scale (in a family
 produced in order, the prior given the elements before). Components are diagonal,
 except for MultivariateNormal priors, whose components get a full covariance (a
@@ -16,7 +17,8 @@ from torch.distributions import (Categorical, Independent, MixtureSameFamily,
                                  MultivariateNormal, Normal, StudentT,
                                  TransformedDistribution, biject_to, constraints)
 from torch.distributions.transforms import Transform
-from torch.distributions.transforms import IndependentTransform
+from torch.distributions.transforms import (ComposeTransform, IndependentTransform,
+                                            ReshapeTransform)
 
 from ...catalogue.supports import is_dependent
 from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
@@ -121,7 +123,7 @@ class PushedMixture(Proposal):
 
     def __init__(self, base, transform, support):
         self.t, self.support = transform, support
-        t = transform if transform.event_dim else IndependentTransform(transform, 1)
+        t = transform if transform.codomain.event_dim else IndependentTransform(transform, 1)
         self.d = TransformedDistribution(base, [t], validate_args=False)
 
     def sample(self):
@@ -168,7 +170,12 @@ class ContinuousProposal(ProposalFamily):
         # features are then of the raw values
         self.dependent = is_dependent(info.support)
         self.transform = biject_to(constraints.real if self.dependent else info.support)
-        self.udim = info.de - 1 if info.support is constraints.simplex else info.de
+        if len(info.elem_shape) > 1 and self.transform.codomain.event_dim > 1:
+            # a matrix support (corr_cholesky): values stay flat (rows, de)
+            self.transform = ComposeTransform([self.transform, ReshapeTransform(
+                torch.Size(info.elem_shape), torch.Size((info.de,)))])
+        self.udim = info.de if self.transform.codomain.event_dim == 0 else \
+            int(math.prod(self.transform.inverse_shape(torch.Size((info.de,)))))
         self.head = MixtureHead(config.hidden, info.de, self.udim, config.mixture_components,
                                 full_covariance=info.dist_name == "MultivariateNormal",
                                 tails=config.tails)
