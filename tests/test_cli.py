@@ -104,7 +104,10 @@ def test_ctrl_c_stops_training_cleanly_and_saves(tmp_path):
     ck = tmp_path / "int.pt"
     p = subprocess.Popen([sys.executable, "-m", "csis_dsl.cli", "train",
                           str(SPECS / "gaussian.ppl"), "--steps", "1000000", "-o", str(ck)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a test run started in the background of a shell inherits
+                         # SIGINT ignored, and Python then never installs its handler
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     t0 = time.time()
     while "training:" not in seen and time.time() - t0 < 120:   # the progress bar started
