@@ -30,7 +30,18 @@ _EXAMPLES = {
 svg and png need the graphviz 'dot' program (apt-get install graphviz).""",
     "train": """examples:
   csis-dsl train specs/gaussian.ppl -o gaussian.pt
-  csis-dsl train specs/mixture.ppl --steps 3000 --batch-size 128 --arch lstm -o mix.pt""",
+  csis-dsl train specs/mixture.ppl --steps 3000 --batch-size 128 --arch lstm -o mix.pt
+  csis-dsl train specs/gaussian.ppl --nproc 2 -o gaussian.pt       (2 processes, gloo)
+  csis-dsl train specs/gaussian.ppl --device cuda -o gaussian.pt
+  csis-dsl simulate specs/gaussian.ppl -n 1000000 -o sims/
+  csis-dsl train specs/gaussian.ppl --dataset sims/ --epochs 3 -o gaussian.pt
+  torchrun --nnodes 2 --nproc-per-node 4 ... -m csis_dsl.cli train spec.ppl -o m.pt""",
+    "simulate": """examples:
+  csis-dsl simulate specs/gaussian.ppl -n 1000000 -o sims/
+  csis-dsl simulate specs/pima.ppl --data specs/pima.json -n 200000 --shard-size 50000 -o pima-sims/
+
+Writes shards of joint traces (safetensors) and an index; train from them with
+'csis-dsl train SPEC --dataset DIR --epochs E'.""",
     "infer": """examples:
   csis-dsl infer gaussian.pt --obs x1=8 --obs x2=9
   csis-dsl infer lr.pt --obs 'y=[0.1, 0.5, 0.9]' --samples 5000 --json
@@ -117,6 +128,31 @@ def _parser():
                                    "Ctrl-C stops cleanly and still saves what was trained.")
     _train_args(t)
     t.add_argument("-o", "--output", required=True, help="checkpoint path (model.pt)")
+    t.add_argument("--nproc", type=POSITIVE_INT, default=1,
+                   help="train data-parallel in N processes on this machine "
+                        "(torch.distributed; default 1)")
+    t.add_argument("--dataset", metavar="DIR", default=None,
+                   help="train from an offline dataset written by 'csis-dsl simulate' "
+                        "instead of fresh simulations")
+    t.add_argument("--epochs", type=POSITIVE_INT, default=1,
+                   help="passes over --dataset (default 1)")
+    s_ = sub.add_parser("simulate", help="write an offline dataset of joint traces",
+                        epilog=_EXAMPLES["simulate"], formatter_class=_FMT,
+                        description="Simulate joint traces of FILE's model and write them "
+                                    "to DIR as safetensors shards, for training offline.")
+    s_.add_argument("file", help="a .ppl spec")
+    s_.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+                    help="override an arg (repeatable)")
+    s_.add_argument("--data", metavar="FILE", default=None,
+                    help="arg values from a JSON or CSV file (--arg overrides)")
+    s_.add_argument("-n", "--traces", type=POSITIVE_INT, required=True,
+                    help="how many traces")
+    s_.add_argument("--shard-size", type=POSITIVE_INT, default=100_000,
+                    help="traces per shard (default 100000)")
+    s_.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
+    s_.add_argument("-o", "--output", required=True, help="the dataset folder")
+    s_.add_argument("--device", default=None, help="simulate on this device (cpu, cuda)")
+    s_.add_argument("--no-progress", action="store_true", help="no progress bar")
     i = sub.add_parser("infer", help="posterior for observations from a checkpoint",
                        epilog=_EXAMPLES["infer"], formatter_class=_FMT,
                        description="Importance sampling with the proposal network of a "
@@ -127,6 +163,7 @@ def _parser():
     i.add_argument("checkpoint")
     _infer_args(i)
     i.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i.add_argument("--device", default=None, help="run on this device (cpu, cuda, cuda:N)")
     k = sub.add_parser("calibrate", help="simulation-based calibration of a checkpoint",
                        epilog=_EXAMPLES["calibrate"], formatter_class=_FMT,
                        description="Simulation-based calibration (Talts et al. 2018) of the "
@@ -143,6 +180,7 @@ def _parser():
     k.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     k.add_argument("--plot", help="save the rank ECDF plot to this PNG")
     k.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    k.add_argument("--device", default=None, help="run on this device (cpu, cuda, cuda:N)")
     r = sub.add_parser("run", help="compile, train with defaults, infer, print the summary",
                        epilog=_EXAMPLES["run"], formatter_class=_FMT,
                        description="The whole job: compile FILE, check the observations, "
@@ -158,8 +196,8 @@ def _train_args(t):
                    help="override an arg (repeatable)")
     t.add_argument("--data", metavar="FILE", default=None,
                    help="arg values from a JSON or CSV file (--arg overrides)")
-    t.add_argument("--steps", type=POSITIVE_INT, default=1500,
-                   help="training steps (default 1500)")
+    t.add_argument("--steps", type=POSITIVE_INT, default=None,
+                   help="training steps (default 1500; not with --dataset)")
     t.add_argument("--batch-size", type=POSITIVE_INT, default=512,
                    help="traces per step (default 512)")
     t.add_argument("--lr", type=POSITIVE, default=1e-2,
@@ -175,6 +213,8 @@ def _train_args(t):
                         "cheaper feedforward (mean-field) variant")
     t.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--device", default=None,
+                   help="train on this device (cpu, cuda, cuda:N; default cpu)")
 
 
 def _infer_args(i):
@@ -229,9 +269,17 @@ def _summary(m):
 def _train(a, m=None):
     import csis_dsl
     m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+    if a.device:
+        m.to(a.device)
     m.configure(architecture=a.arch)
-    m.train(num_steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-            lr_decay=a.lr_decay, lr_tau=a.lr_tau or None, progress=not a.no_progress)
+    dataset = getattr(a, "dataset", None)
+    if dataset is not None and a.steps is not None:
+        raise _InputError("give --steps (fresh simulations) or --dataset with --epochs, "
+                          "not both")
+    steps = None if dataset is not None else (a.steps or 1500)
+    m.train(num_steps=steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+            lr_decay=a.lr_decay, lr_tau=a.lr_tau or None, progress=not a.no_progress,
+            dataset=dataset, epochs=getattr(a, "epochs", 1))
     if m.history.interrupted:
         print(f"interrupted after {len(m.history.steps)} steps; saving what was trained",
               file=sys.stderr)
@@ -283,6 +331,34 @@ def _check_outputs(a):
         _arviz()
 
 
+def _save(m, a):
+    """Rank 0 (or the only process) writes the checkpoint."""
+    from .engine.distributed import from_environment
+    group = from_environment()
+    if group is None or group.lead:
+        m.save(a.output)
+        print(f"saved {a.output} ({m.history.traces} traces)")
+
+
+def _train_parallel(a, argv):
+    """``--nproc N``: check the spec here (its errors are shown once, before any process
+    starts), then run this same command in N processes of one torch.distributed job."""
+    import csis_dsl
+    from .engine.distributed import spawn
+    m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+    if a.device:
+        m.to(a.device)
+    if a.dataset is not None:
+        from .engine.dataset import Dataset
+        Dataset(a.dataset, m).steps_per_epoch(a.batch_size, a.nproc)
+    spawn(a.nproc, _train_worker, list(argv))
+
+
+def _train_worker(argv):
+    a = _parser().parse_args(argv)
+    _save(_train(a), a)
+
+
 def main(argv=None):
     p = _parser()
     try:
@@ -303,16 +379,25 @@ def main(argv=None):
         elif a.cmd == "train":
             from .files import check_writable
             check_writable(a.output, "the checkpoint")      # before, not after, training
-            m = _train(a)
-            m.save(a.output)
-            print(f"saved {a.output} ({m.history.traces} traces)")
+            if a.nproc > 1:
+                _train_parallel(a, argv if argv is not None else sys.argv[1:])
+            else:
+                m = _train(a)
+                _save(m, a)
+        elif a.cmd == "simulate":
+            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+            if a.device:
+                m.to(a.device)
+            m.simulate_to(a.output, a.traces, shard_size=a.shard_size, seed=a.seed,
+                          progress=not a.no_progress)
+            print(f"wrote {a.traces} traces of model {m.name} to {a.output}")
         elif a.cmd == "infer":
             _check_outputs(a)
-            m = csis_dsl.load(a.checkpoint)
+            m = csis_dsl.load(a.checkpoint, device=a.device)
             _infer(m, a)
         elif a.cmd == "calibrate":
             _check_outputs(a)
-            m = csis_dsl.load(a.checkpoint)
+            m = csis_dsl.load(a.checkpoint, device=a.device)
             cal = m.calibrate(num_datasets=a.datasets, num_samples=a.samples,
                               num_ranks=a.ranks, seed=a.seed)
             print(json.dumps(cal.to_dict(), indent=2) if a.json else cal.summary())

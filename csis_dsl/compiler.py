@@ -9,6 +9,7 @@ a thin facade that owns the user API; ``dump(phase)`` prints each phase's result
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -16,6 +17,7 @@ import torch
 
 from . import options as opt
 from .backend.pyro_model import PyroModel
+from .device import on, resolve
 from .errors import CheckpointError, CompileError, Diagnostic, OptionError
 from .frontend import parser
 from .frontend.statements import check
@@ -23,6 +25,18 @@ from .middle.graph import build_graph, summary, to_dot
 from .middle.plan import make_plan
 
 PHASES = ("ast", "checked", "graph", "dot", "pyro")
+
+
+def _on_device(method):
+    """Run a method of the model on its device (after moving the model to
+    ``device=...`` when the call gives one)."""
+    @functools.wraps(method)
+    def run(self, *a, **kw):
+        if kw.get("device") is not None:
+            self.to(kw["device"])
+        with on(self.device):
+            return method(self, *a, **kw)
+    return run
 
 
 class CompiledModel:
@@ -57,7 +71,7 @@ class CompiledModel:
                               f"{', '.join(NetworkConfig.__dataclass_fields__)}") from None
         except ValueError as err:
             raise OptionError(f"configure: {err}") from None
-        self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings)
+        self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings).to(self.device)
         self._trainer = None
         self.history = None
         return self
@@ -76,28 +90,59 @@ class CompiledModel:
             raise CompileError([Diagnostic(self.ast.span, what)], self.source)
 
     @property
+    def device(self) -> torch.device:
+        """Where the model runs: its network's weights and every tensor it creates."""
+        return self.pyro_model.device
+
+    def to(self, device):
+        """Move the model to ``device`` ("cpu", "cuda", "cuda:1", a torch.device): the
+        network's weights, the optimiser's state and the held-out validation data;
+        from then on everything it runs is made there. Returns the model."""
+        dev = resolve(device)
+        if dev == self.device:
+            return self
+        self.pyro_model.device = dev
+        if self._guide is not None:
+            self._guide.to(dev)
+        if self._trainer is not None:
+            self._trainer.to(dev)
+        return self
+
+    @property
     def guide(self):
         """The generated proposal network (a torch.nn.Module and a Pyro guide)."""
         if self._guide is None:
             self.configure()
         return self._guide
 
-    def train(self, num_steps=1000, batch_size=512, lr=1e-2, seed=None, progress=True,
+    @_on_device
+    def train(self, num_steps=None, batch_size=512, lr=1e-2, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None,
-              lr_tau=50, keep_best=False):
-        """Train the proposal network online on fresh simulations; calling again
-        continues where it stopped. Returns the TrainingHistory.
+              lr_tau=50, keep_best=False, device=None, dataset=None, epochs=1):
+        """Train the proposal network (``num_steps``, default 1000) on fresh
+        simulations, or for ``epochs`` passes over an offline ``dataset`` folder written
+        by ``simulate_to``; calling again continues where it stopped. Returns the
+        TrainingHistory.
 
         Every ``validate_every`` steps (default: 20 times a call) it records the loss on
         held-out simulated traces and the ESS/N of importance sampling on held-out
         simulated observation sets (``history.val_ess``); ``keep_best=True`` ends with
         the network state of the best such ESS/N over the whole training.
+        ``device``: move the model there first (``to``).
 
         Adam's rate at step t of the whole training is ``lr / sqrt(1 + t / lr_tau)``
         (``lr_tau=None``: constant), times a decay within this call from 1 to
-        ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``."""
+        ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``.
+
+        Started by ``torchrun`` (or ``csis-dsl train --nproc N``), it trains data-parallel:
+        each rank its own batches (its own seed stream, its own shards of a dataset),
+        gradients averaged over the ranks; rank 0 validates and shows the progress."""
+        from .engine import distributed
         from .engine.train import Trainer
-        num_steps = opt.integer("num_steps", num_steps, 0)
+        if dataset is not None and num_steps is not None:
+            raise OptionError("give num_steps (online training) or dataset= with epochs= "
+                              "(offline training), not both")
+        num_steps = opt.integer("num_steps", 1000 if num_steps is None else num_steps, 0)
         batch_size = opt.integer("batch_size", batch_size, 1)
         lr = opt.number("lr", lr)
         seed = opt.optional_integer("seed", seed)
@@ -106,27 +151,64 @@ class CompiledModel:
         clip = opt.number("clip", clip)
         validate_every = opt.optional_integer("validate_every", validate_every, 1)
         lr_tau = opt.optional_number("lr_tau", lr_tau)
-        if seed is not None:   # torch, random and numpy
-            import pyro
-            pyro.set_rng_seed(seed)
-        self.guide.fit_statistics()
-        if self._trainer is None:
-            self._trainer = Trainer(self, lr, validation_size, seed)
-        self._trainer.lr = lr
-        self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay, clip=clip,
-                                         lr_tau=lr_tau, progress=progress,
-                                         validate_every=validate_every, keep_best=keep_best)
+        epochs = opt.integer("epochs", epochs, 1)
+        group = distributed.from_environment()
+        if group is not None:
+            self.to(group.device(self.device))
+            distributed.join(group, self.device)
+        with on(self.device):
+            batches = None
+            if dataset is not None:
+                from .engine.dataset import Dataset
+                data = Dataset(dataset, self)
+                rank, world = (group.rank, group.world) if group else (0, 1)
+                num_steps = epochs * data.steps_per_epoch(batch_size, world)
+                gen = None
+                if seed is not None:
+                    gen = torch.Generator().manual_seed(
+                        group.seed(seed) if group else seed)
+                batches = data.batches(batch_size, epochs, rank, world, gen)
+            if seed is not None:   # torch, random and numpy
+                import pyro
+                pyro.set_rng_seed(seed)
+            self.guide.fit_statistics()
+            if self._trainer is None or self._trainer.group != group:
+                self._trainer = Trainer(self, lr, validation_size, seed, group)
+            elif group is not None and seed is not None:
+                import pyro
+                pyro.set_rng_seed(group.seed(seed))
+            self._trainer.lr = lr
+            self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay,
+                                             clip=clip, lr_tau=lr_tau, progress=progress,
+                                             validate_every=validate_every,
+                                             keep_best=keep_best, batches=batches)
         return self.history
 
+    @_on_device
+    def simulate_to(self, folder, num_traces: int, shard_size: int = 100_000,
+                    seed: Optional[int] = None, progress: bool = False):
+        """Write ``num_traces`` joint traces of the model to ``folder`` as an offline
+        dataset (shards of ``shard_size`` traces in the safetensors format, and an
+        index), for ``train(dataset=folder, epochs=...)``. Returns the folder's Path."""
+        from .engine import dataset
+        from .engine.seeding import seeded
+        num_traces = opt.integer("num_traces", num_traces, 1)
+        shard_size = opt.integer("shard_size", shard_size, 1)
+        seed = opt.optional_integer("seed", seed)
+        with seeded(seed):
+            return dataset.write(self, folder, num_traces, shard_size, progress)
+
+    @_on_device
     def infer(self, observations, num_samples=1000, proposal="guide", seed=None,
-              refine_steps=0, progress=False, defensive=0.1):
+              refine_steps=0, progress=False, defensive=0.1, device=None):
         """Importance sampling with the trained guide (or the prior): a Posterior.
 
         ``refine_steps=N`` first adapts a copy of the proposal to these observations
         (``refine``), then draws the samples from it. ``defensive``: every site
         proposes from (1 - defensive) q + defensive q_broad (q with its scales doubled,
         or the prior of a discrete site), which keeps the weights bounded where q is
-        too narrow. The weights stay exact either way."""
+        too narrow. The weights stay exact either way. ``device``: move the model there
+        first (``to``); the Posterior's draws and weights are returned on the CPU."""
         from .engine.posterior import importance
         num_samples = opt.integer("num_samples", num_samples, 1)
         seed = opt.optional_integer("seed", seed)
@@ -143,6 +225,7 @@ class CompiledModel:
         return importance(self, observations, num_samples, proposal, seed,
                           defensive=defensive)
 
+    @_on_device
     def refine(self, observations, steps=200, draws=256, lr=1e-3, seed=None,
                progress=False, max_seconds=None):
         """A copy of the proposal adapted to ``observations`` by importance-weighted
@@ -159,6 +242,7 @@ class CompiledModel:
         return refine(self, observations, steps=steps, draws=draws, lr=lr, seed=seed,
                       progress=progress, max_seconds=max_seconds)
 
+    @_on_device
     def calibrate(self, num_datasets=200, num_samples=1000, seed=None, num_ranks=100,
                   defensive=0.1, alpha=0.05):
         """Simulation-based calibration: simulate ``num_datasets`` data sets from the
@@ -182,7 +266,8 @@ class CompiledModel:
         checkpoint.write(path, checkpoint.Checkpoint(
             name=self.name, file=self.file, source=self.source,
             args={n: v.clone() for n, v in self.checked.args.items()},
-            config=self.guide.config.to_dict(), state_dict=self.guide.state_dict(),
+            config=self.guide.config.to_dict(),
+            state_dict={k: v.cpu() for k, v in self.guide.state_dict().items()},
             history=self.history.to_dict() if self.history is not None else {}))
 
     # ---------------------------------------------------------------- facts
@@ -204,6 +289,7 @@ class CompiledModel:
         return list(self.plan.deterministic)
 
     # ---------------------------------------------------------------- running
+    @_on_device
     def simulate(self, num_traces: int, seed: Optional[int] = None, **args):
         """Draw ``num_traces`` joint samples in one vectorised call: a dict from every
         variable name to a tensor of shape (num_traces, *shape)."""
@@ -213,6 +299,7 @@ class CompiledModel:
         with seeded(seed):
             return self.pyro_model.simulate(num_traces, **args)
 
+    @_on_device
     def log_joint(self, values: Dict[str, object], **args) -> torch.Tensor:
         """log p(values) of one complete assignment (latents and observations)."""
         import pyro.poutine as poutine
@@ -301,9 +388,10 @@ def compile(path, args: Optional[dict] = None, data=None) -> CompiledModel:  # n
     return CompiledModel(text, str(path), args)
 
 
-def load(path, obs_embeddings=None) -> CompiledModel:
+def load(path, obs_embeddings=None, device=None) -> CompiledModel:
     """A model saved with ``CompiledModel.save``: the stages composed again from the
-    stored spec and args, then the stored network and history."""
+    stored spec and args, then the stored network and history, on ``device`` (default
+    the CPU, whatever device it was trained on)."""
     from .engine import checkpoint
     from .engine.train import TrainingHistory
     from .proposals.network import NetworkConfig
@@ -333,4 +421,4 @@ def load(path, obs_embeddings=None) -> CompiledModel:
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the training history in the checkpoint is not "
                               f"readable ({err})") from None
-    return model
+    return model.to(device) if device is not None else model

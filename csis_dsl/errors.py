@@ -134,3 +134,7 @@ class TrainingError(CsisDslError, RuntimeError):
 class OptionError(CsisDslError, ValueError):
     """A numeric or path option out of range (a negative number of steps, a learning
     rate that is not a positive number, an output path that cannot be written)."""
+
+
+class DatasetError(CsisDslError):
+    """An offline dataset that cannot be written or read, or belongs to another model."""

@@ -116,7 +116,8 @@ def validate(checked: Checked, observations, batch: Optional[int] = None,
     if msgs:
         raise ObservationError("; ".join(msgs) if len(msgs) == 1 else
                                "bad observations:\n  - " + "\n  - ".join(msgs))
-    return out
+    from ..device import here
+    return {k: here(t) for k, t in out.items()}
 
 
 def _one(v, k, value, batch) -> torch.Tensor:

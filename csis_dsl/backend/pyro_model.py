@@ -6,6 +6,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..device import CPU, current, here, on
 from ..frontend.args import resolve_runtime_args
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
@@ -37,11 +38,24 @@ class PyroModel:
     def __init__(self, checked: Checked, plan: Plan):
         self.checked, self.plan = checked, plan
         self.__name__ = checked.program.name
+        self.device = CPU           # set by CompiledModel.to
+        self._args_on = None        # (device, the compiled args there)
 
     def args(self, overrides=None) -> Dict[str, torch.Tensor]:
-        return resolve_runtime_args(self.checked, overrides)
+        """The arg values for one run, on the current device (the compiled ones are
+        copied there once, not at every run)."""
+        dev = current()
+        if not overrides:
+            if self._args_on is None or self._args_on[0] != dev:
+                self._args_on = (dev, {n: v.to(dev) for n, v in self.checked.args.items()})
+            return dict(self._args_on[1])
+        return {n: v.to(dev) for n, v in resolve_runtime_args(self.checked, overrides).items()}
 
     def __call__(self, observations=None, num_traces: Optional[int] = None, **args) -> Env:
+        with on(self.device):
+            return self._call(observations, num_traces, **args)
+
+    def _call(self, observations=None, num_traces: Optional[int] = None, **args) -> Env:
         obs = None if observations is None else \
             Observations.of(self.checked, observations, batch=num_traces, require_all=False)
         layout = Layout(self.plan, num_traces or 1, num_traces is not None)
@@ -52,8 +66,8 @@ class PyroModel:
 
     def simulate(self, num_traces: int, **args) -> Dict[str, torch.Tensor]:
         """``num_traces`` joint samples in one vectorised call, without Pyro: every
-        variable as a tensor (num_traces, *shape)."""
-        with torch.no_grad():
+        variable as a tensor (num_traces, *shape), on the model's device."""
+        with torch.no_grad(), on(self.device):
             rt = Runtime(self.checked, self.plan, num_traces, SiteHandler(), self.args(args))
             env = rt.run()
         return {n: env[n].t.expand((num_traces,) + tuple(env[n].t.shape[1:]))
@@ -64,6 +78,12 @@ class PyroModel:
         prior where not given), observed variables from ``observations``. Returns
         (log p of the latents (B,), log p of the observations (B,), the :class:`Env`);
         given latents that make a parameter illegal have log p = -inf."""
+        with on(self.device):
+            return self._score(num_traces, observations, values, **args)
+
+    def _score(self, num_traces, observations, values, **args):
+        if values is not None:
+            values = {n: here(v) for n, v in values.items()}
         if observations is not None:
             observations = Observations.of(self.checked, observations, batch=num_traces,
                                            require_all=False)

@@ -209,6 +209,6 @@ def calibrate(model, num_datasets: int = 200, num_samples: int = 1000,
                 xp = _flat(env_p, names, C * L).double().reshape(C, L, -1)
                 ranks["proposal"].append(_ranks(truth[lo:lo + C], xp))
     return Calibration(model=model.name, labels=labels,
-                       ranks={k: torch.cat(v, 0).numpy() for k, v in ranks.items()},
-                       ess=torch.cat(ess).numpy(), pareto_k=np.array(khat), num_samples=S, num_ranks=L, alpha=alpha,
+                       ranks={k: torch.cat(v, 0).cpu().numpy() for k, v in ranks.items()},
+                       ess=torch.cat(ess).cpu().numpy(), pareto_k=np.array(khat), num_samples=S, num_ranks=L, alpha=alpha,
                        levels=np.linspace(0.01, 0.99, 99))

@@ -22,7 +22,7 @@ FAR = 6.0       # standardised distance from the training simulations that warns
 def pareto_k(log_weights: torch.Tensor) -> float:
     """Pareto k-hat of importance log weights (NaN when there are too few finite ones
     to fit a tail)."""
-    lw = log_weights.detach().double()
+    lw = log_weights.detach().double().cpu()
     lw = lw[torch.isfinite(lw)]
     if lw.numel() < 10:
         return math.nan

@@ -125,9 +125,12 @@ class Posterior:
     def __init__(self, model, values, exists, log_weights, observations, proposal,
                  refinement=None, far=()):
         self.model = model
-        self._values = values
-        self._exists = exists
-        lw = log_weights.detach().double()
+        # the draws are kept on the CPU, wherever the model ran: a Posterior is for
+        # analysis (numpy, ArviZ, plots)
+        self._values = {n: v.cpu() for n, v in values.items()}
+        self._exists = {n: None if e is None else e.cpu() for n, e in exists.items()}
+        observations = {n: v.cpu() for n, v in dict(observations).items()}
+        lw = log_weights.detach().double().cpu()
         lw = torch.where(torch.isnan(lw), torch.full_like(lw, -math.inf), lw)
         self.log_weights = lw
         self.observations = dict(observations)

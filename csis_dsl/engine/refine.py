@@ -87,9 +87,11 @@ class Refinement:
               defensive: float = 0.1):
         """Importance sampling with the refined proposal: a Posterior (``defensive``:
         see ``CompiledModel.infer``)."""
+        from ..device import on
         from .posterior import importance
-        return importance(self.model, self.observations, num_samples, seed=seed,
-                          guide=self.guide, refinement=self, defensive=defensive)
+        with on(self.model.device):
+            return importance(self.model, self.observations, num_samples, seed=seed,
+                              guide=self.guide, refinement=self, defensive=defensive)
 
 
 def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 1e-3,

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Optional
 
 import pyro
+import torch
 from pyro.util import get_rng_state, set_rng_state
 
 
@@ -20,8 +21,11 @@ def seeded(seed: Optional[int]):
         yield
         return
     saved = get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     pyro.set_rng_seed(seed)
     try:
         yield
     finally:
         set_rng_state(saved)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)

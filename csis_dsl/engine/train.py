@@ -77,9 +77,17 @@ class Trainer:
 
     quality_sets, quality_samples = 8, 128
 
-    def __init__(self, model, lr: float, validation_size: int, seed: Optional[int]):
+    def __init__(self, model, lr: float, validation_size: int, seed: Optional[int],
+                 group=None):
+        from .distributed import LossModule
         self.model = model
         self.lr = lr
+        self.group = group                     # a distributed.Group, or None
+        self.lead = group is None or group.lead
+        # the loss as a module (wrapped by DistributedDataParallel in a distributed job)
+        self.loss_module = LossModule(model.guide)
+        if group is not None:
+            self.loss_module = group.wrap(self.loss_module, model.device)
         params = list(model.guide.parameters())
         # the fused kernel updates all parameters in one call (several times faster than
         # the per-tensor loop for a network of this size); it needs float dense tensors
@@ -89,6 +97,8 @@ class Trainer:
         self.history = TrainingHistory()
         if seed is not None:
             pyro.set_rng_seed(seed)
+        if not self.lead:                      # rank 0 alone validates
+            validation_size = 0
         self.validation = joint_batch(model, validation_size) if validation_size else None
         self.validation_size = validation_size
         self.held_out = None
@@ -97,7 +107,24 @@ class Trainer:
             S = self.quality_samples
             self.held_out = Observations({n: sims[n].repeat_interleave(S, 0)
                                           for n in model.observed})
+        if group is not None and seed is not None:
+            pyro.set_rng_seed(group.seed(seed))   # each rank its own stream from here
         self.best = None               # (mean validation ESS/N, step, state)
+
+    def to(self, device):
+        """Move the optimiser's state and the validation data to ``device`` (the
+        network itself is moved by the model)."""
+        for st in self.opt.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    st[k] = v.to(device)
+        move = lambda d: {n: t.to(device) for n, t in d.items()}   # noqa: E731
+        if self.validation is not None:
+            self.validation = (move(self.validation[0]), Observations(move(self.validation[1])))
+        if self.held_out is not None:
+            self.held_out = Observations(move(self.held_out))
+        if self.best is not None:
+            self.best = (self.best[0], self.best[1], move(self.best[2]))
 
     def validation_loss(self) -> float:
         if self.validation is None:
@@ -146,18 +173,36 @@ class Trainer:
             self.model.guide.load_state_dict(self.best[2])
             self.history.best_step = self.best[1]
 
+    def step(self, latents, obs, B: int, clip: float, good, number: int = 0) -> float:
+        """One update on one batch (in a distributed job, on the mean gradient over
+        every rank's batch): the batch's loss (the mean over the ranks)."""
+        loss = self.loss_module(latents, obs, B)
+        self.opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(self.model.guide.parameters()), clip,
+                                              foreach=True)
+        if self.group is not None:
+            loss = self.group.mean(loss)
+        value = float(loss.detach())
+        if not (math.isfinite(value) and torch.isfinite(norm)):
+            self.diverged(number, value, good)
+        self.opt.step()
+        return value
+
     def run(self, num_steps, batch_size, lr_decay=None, clip=10.0, progress=True,
-            validate_every=None, lr_tau=None, keep_best=False):
+            validate_every=None, lr_tau=None, keep_best=False, batches=None):
+        """``num_steps`` updates of ``batch_size`` traces each, from fresh simulations
+        or, when given, from the iterator ``batches`` of (latents, observations)."""
         h = self.history
         validate_every = validate_every or max(1, num_steps // 20)
+        world = self.group.world if self.group is not None else 1
         start_step = h.steps[-1] if h.steps else 0
         base_time = h.wall_time[-1] if h.wall_time else 0.0
         t0 = time.perf_counter()
         t_prev = t0
-        bar = tqdm(range(num_steps), disable=not progress, desc="training", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(range(num_steps), disable=not (progress and self.lead), desc="training",
+                   unit="step", dynamic_ncols=True)
         ema = None
-        params = list(self.model.guide.parameters())
         good = (start_step, {k: v.detach().clone() for k, v in self.model.guide.state_dict().items()})
         try:
             for i in bar:
@@ -171,25 +216,22 @@ class Trainer:
                     rate = rate * lr_decay ** (i / max(num_steps, 1))
                 for g in self.opt.param_groups:
                     g["lr"] = rate
-                latents, obs = joint_batch(self.model, batch_size)
-                loss = guide_loss(self.model, latents, obs, batch_size)
-                self.opt.zero_grad()
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                    self.diverged(start_step + i + 1, float(loss.detach()), good)
-                self.opt.step()
+                if batches is None:
+                    latents, obs = joint_batch(self.model, batch_size)
+                else:
+                    latents, obs = next(batches)
+                value = self.step(latents, obs, batch_size, clip, good, start_step + i + 1)
                 now = time.perf_counter()
                 step = start_step + i + 1
                 h.steps.append(step)
-                h.loss.append(float(loss.detach()))
-                tps = batch_size / max(now - t_prev, 1e-9)
+                h.loss.append(value)
+                tps = world * batch_size / max(now - t_prev, 1e-9)
                 t_prev = now
                 ema = tps if ema is None else 0.9 * ema + 0.1 * tps
                 h.traces_per_s.append(ema)
-                h.traces += batch_size
+                h.traces += world * batch_size
                 h.wall_time.append(base_time + now - t0)
-                if (i + 1) % validate_every == 0 or i + 1 == num_steps:
+                if self.lead and ((i + 1) % validate_every == 0 or i + 1 == num_steps):
                     self.validate(step)
                     if h.val_loss[-1] == h.val_loss[-1]:     # finite: a good state
                         good = (step, {k: v.detach().clone()

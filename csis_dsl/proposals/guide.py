@@ -20,6 +20,7 @@ from ..backend.interpreter import Runtime
 from ..backend.observations import Observations
 from ..backend.pyro_model import PyroModel
 from ..backend.pyro_sites import Layout
+from ..device import here, on
 from .network import NetworkConfig, ProposalNetwork
 from .site_proposal import GuideState, SiteProposal
 
@@ -119,11 +120,12 @@ class Guide(nn.Module):
     def fit_statistics(self, n: int = 5000):
         """Standardisation statistics of the network from ``n`` prior simulations, once."""
         if not bool(self.fitted):
-            with poutine.block():   # may run inside a caller's handlers (pyro.infer.CSIS)
-                self.net.fit_statistics(self.model.simulate(n))
+            with poutine.block(), on(self.model.device):   # may run inside a caller's
+                self.net.fit_statistics(self.model.simulate(n))   # handlers (pyro CSIS)
             self.fitted.fill_(True)
 
     def _run(self, obs, B, handler_of, args):
+        """(Inside ``on(device)``: the callers enter it.)"""
         state = GuideState(self.net, self.net.embed(obs, B), obs)
         handler = handler_of(state)
         Runtime(self.model.checked, self.model.plan, B, handler, self.model.args(args),
@@ -136,8 +138,8 @@ class Guide(nn.Module):
         log q (B,)), and with ``present`` also the handler that drew them (where each
         site's instances exist, their contexts). With ``grad``, log q is differentiable
         in the network's weights (the draws themselves never are)."""
-        obs = Observations.of(self.model.checked, observations, batch=num_traces)
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), on(self.model.device):
+            obs = Observations.of(self.model.checked, observations, batch=num_traces)
             h = self._run(obs, num_traces, lambda st: ProposeSites(
                 self.net, num_traces, obs, st), args)
         return (h.proposed, h.log_q, h) if present else (h.proposed, h.log_q)
@@ -145,9 +147,11 @@ class Guide(nn.Module):
     def log_q(self, observations, values, num_traces: int, **args) -> torch.Tensor:
         """log q(values | observations) per trace (B,), differentiable, without Pyro
         (teacher forcing: the fast path of training)."""
-        obs = Observations.of(self.model.checked, observations, batch=num_traces)
-        return self._run(obs, num_traces, lambda st: ProposeSites(
-            self.net, num_traces, obs, st, values), args).log_q
+        with on(self.model.device):
+            obs = Observations.of(self.model.checked, observations, batch=num_traces)
+            values = {n: here(v) for n, v in values.items()}
+            return self._run(obs, num_traces, lambda st: ProposeSites(
+                self.net, num_traces, obs, st, values), args).log_q
 
     def forward(self, observations=None, num_traces: Optional[int] = None, **args):
         if observations is None:
@@ -157,6 +161,10 @@ class Guide(nn.Module):
             # Pyro's optimisers see the weights, under a name of this guide's own
             self.fit_statistics()
             pyro.module(self._pyro_name, self)
+        with on(self.model.device):
+            return self._forward(observations, num_traces, **args)
+
+    def _forward(self, observations, num_traces, **args):
         obs = Observations.of(self.model.checked, observations, batch=num_traces)
         layout = Layout(self.model.plan, num_traces or 1, num_traces is not None)
         state = GuideState(self.net, self.net.embed(obs, layout.B), obs)

@@ -1,0 +1,156 @@
+"""Data-parallel training on ``torch.distributed``.
+
+Every rank simulates its own batch from its own seed stream; the gradients of the mean
+loss are averaged over the ranks by ``DistributedDataParallel`` (gloo on the CPU, nccl
+on GPUs), so that each update is the update of one process on the concatenated batch.
+Rank 0 alone shows the progress bar, validates and writes the checkpoint.
+
+The ranks come from the environment as ``torchrun`` sets it (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so ``torchrun --nnodes ... -m csis_dsl.cli train
+...`` runs across machines; ``spawn(n, fn, ...)`` (``csis-dsl train --nproc N``) starts
+N such processes on this machine, and stops them all, with the failed worker's error,
+as soon as one fails.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..errors import TrainingError
+
+SEED_STRIDE = 1_000_003      # rank r draws from seed + r * SEED_STRIDE
+TIMEOUT = datetime.timedelta(minutes=10)
+GRACE_S = 20.0               # after Ctrl-C, how long the workers get to stop by themselves
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the job."""
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def lead(self) -> bool:
+        return self.rank == 0
+
+    def seed(self, seed: Optional[int]) -> Optional[int]:
+        """The seed of this rank's own stream."""
+        return None if seed is None else seed + self.rank * SEED_STRIDE
+
+    def device(self, device: torch.device) -> torch.device:
+        """A CUDA job puts local rank i on GPU i."""
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` under DistributedDataParallel (which also gives every rank rank
+        0's weights and buffers now)."""
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: a conditional site absent from a batch leaves some
+        # weights without a gradient in that step
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over the ranks."""
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        return x / self.world
+
+
+def from_environment() -> Optional[Group]:
+    """The job torchrun (or ``spawn``) described in the environment; None for a plain
+    single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    try:
+        return Group(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
+    except (KeyError, ValueError):
+        raise TrainingError("WORLD_SIZE is set but RANK is not (or not a number): start "
+                            "distributed training with torchrun or --nproc") from None
+
+
+def join(group: Group, device: torch.device):
+    """Join the process group (once): gloo on the CPU, nccl on GPUs."""
+    if dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, rank=group.rank, world_size=group.world,
+                                timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as err:
+        raise TrainingError(f"rank {group.rank} could not join the {backend} process "
+                            f"group of {group.world}: {err}") from None
+
+
+def leave():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class LossModule(nn.Module):
+    """The training loss as a module's forward, so that DistributedDataParallel can
+    wrap it: the mean over the batch of -log q(latents | observations)."""
+
+    def __init__(self, guide):
+        super().__init__()
+        self.guide = guide
+
+    def forward(self, latents, obs, B: int):
+        return -self.guide.log_q(obs, latents, B).mean()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(local_rank, world, port, threads, fn, args):
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    try:
+        fn(*args)
+    finally:
+        leave()
+
+
+def spawn(nproc: int, fn, *args, threads: Optional[int] = None):
+    """Run ``fn(*args)`` in ``nproc`` new processes forming one job on this machine.
+    If a worker fails, the others are stopped and a TrainingError names the rank and
+    its error."""
+    import torch.multiprocessing as mp
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
+    ctx = mp.spawn(_entry, args=(nproc, free_port(), threads, fn, args), nprocs=nproc,
+                   join=False)
+    try:
+        while not ctx.join():
+            pass
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the workers too: give them a moment to stop and let rank 0
+        # write what was trained, then stop any that are still waiting for the others
+        for p in ctx.processes:
+            p.join(timeout=GRACE_S)
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+        raise
+    except mp.ProcessRaisedException as err:
+        last = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        raise TrainingError(f"worker {err.error_index} of {nproc} failed, so the run "
+                            f"stopped: {last[-1] if last else err}") from None
+    except mp.ProcessExitedException as err:
+        raise TrainingError(f"worker {err.error_index} of {nproc} exited with code "
+                            f"{err.exit_code}, so the run stopped") from None
