@@ -52,11 +52,19 @@ class Group:
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` under DistributedDataParallel (which also gives every rank rank
         0's weights and buffers now)."""
+        import warnings
         from torch.nn.parallel import DistributedDataParallel
         ids = [device.index] if device.type == "cuda" else None
-        # find_unused_parameters: a conditional site absent from a batch leaves some
-        # weights without a gradient in that step
-        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        # the buffers (standardisation statistics) are fixed once fitted: give every
+        # rank rank 0's now, and not again before every forward (a collective per step)
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # its name is changing
+            # find_unused_parameters: some weights get no gradient in a step (the value
+            # embedding of the last site, a conditional site absent from a batch)
+            return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
+                                           find_unused_parameters=True)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over the ranks."""

@@ -249,17 +249,43 @@ class ProposalNetwork(nn.Module):
     # ---------------------------------------------------------------- the core
     def step(self, state, info: LatentInfo) -> torch.Tensor:
         """The recurrent step of one site: (M, hidden); the new recurrent state is kept
-        aside until the site's value is known (``state.pending``)."""
-        M = state.M
-        parts = [state.obs, self.addr_emb(state.prev_addr),
-                 self.addr_emb.weight[info.addr].expand(M, -1),
-                 self.dist_emb(state.prev_dist), self.dist_emb.weight[info.dist].expand(M, -1)]
-        if self.config.architecture == "lstm":
-            hc = self.core(torch.cat(parts + [state.prev_val], -1), state.hc)
-            state.pending = hc
-            return hc[0]
-        state.pending = None
-        return self.core(torch.cat(parts, -1))
+        aside until the site's value is known (``state.pending``).
+
+        The step's input is [observation embedding | previous and current address |
+        previous and current distribution | previous value summary]. The address and
+        distribution parts are the same in every trace (the graph is static), so their
+        product with the input weights is one row, broadcast; before the first site the
+        state and the previous value are zero, so their products are skipped. The result
+        is exactly that of ``LSTMCell`` (or the feedforward core) on the whole input."""
+        C = self.config
+        E = C.obs_embedding
+        K = 2 * C.address_embedding + 2 * C.dist_embedding
+        addr, dist = self.addr_emb.weight, self.dist_emb.weight
+        fixed = torch.cat([addr[state.prev_addr], addr[info.addr],
+                           dist[state.prev_dist], dist[info.dist]]).unsqueeze(0)
+        if C.architecture != "lstm":
+            first = self.core[0]
+            x = F.linear(state.obs, first.weight[:, :E]) + \
+                F.linear(fixed, first.weight[:, E:E + K], first.bias)
+            state.pending = None
+            return self.core[1:](x)
+        core = self.core
+        W = core.weight_ih
+        gates = F.linear(state.obs, W[:, :E]) + \
+            F.linear(fixed, W[:, E:E + K], core.bias_ih + core.bias_hh)
+        if state.prev_val is not None:
+            gates = gates + F.linear(state.prev_val, W[:, E + K:])
+        if state.hc is None:                        # from the zero state
+            i, _, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(i) * torch.tanh(g)
+        else:
+            h0, c0 = state.hc
+            gates = gates + F.linear(h0, core.weight_hh)
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c0 + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        state.pending = (h, c)
+        return h
 
     def value_summary(self, info: LatentInfo, x, present) -> torch.Tensor:
         """The mean value embedding over a site's present instances: (M, value_embedding)."""

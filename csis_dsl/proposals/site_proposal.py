@@ -29,17 +29,17 @@ class GuideState:
         self.obs, self.skip, self.raws = embedded
         self.observations = observations   # the given values (what informs proposals)
         self.M = M = self.obs.shape[0]
-        self.hc = None
+        self.hc = None                    # None: the zero state, before the first site
         self.pending = None
-        self.prev_val = torch.zeros(M, C.value_embedding)
-        self.prev_addr = torch.zeros(M, dtype=torch.long)
-        self.prev_dist = torch.zeros(M, dtype=torch.long)
+        self.prev_val = None              # None: zeros (no site drawn yet)
+        self.prev_addr = 0                # the previous site's address and distribution
+        self.prev_dist = 0                # ids: the same in every trace (a static graph)
 
     def moved_past(self, info: LatentInfo, summary):
         self.hc = self.pending
         self.prev_val = summary
-        self.prev_addr = torch.full((self.M,), info.addr, dtype=torch.long)
-        self.prev_dist = torch.full((self.M,), info.dist, dtype=torch.long)
+        self.prev_addr = info.addr
+        self.prev_dist = info.dist
 
 
 class SiteProposal(pdist.TorchDistribution):
