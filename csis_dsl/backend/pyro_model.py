@@ -2,9 +2,12 @@
 and its vectorised simulation. Built from the checked program and its plan alone."""
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
+import pyro
 import torch
+from pyro.poutine.runtime import am_i_wrapped
 
 from ..device import CPU, current, here, on
 from ..frontend.args import resolve_runtime_args
@@ -59,10 +62,22 @@ class PyroModel:
         obs = None if observations is None else \
             Observations.of(self.checked, observations, batch=num_traces, require_all=False)
         layout = Layout(self.plan, num_traces or 1, num_traces is not None)
+        # Under Pyro's handlers the latents may come from outside (NUTS, conditioning):
+        # values that make a parameter illegal are then a trace of density zero, a
+        # factor of -inf, not an error. Run on its own, the model draws its own values,
+        # and an illegal parameter is the model's bug (a located ModelRuntimeError).
+        wrapped = am_i_wrapped()
         rt = Runtime(self.checked, self.plan, layout.B, PyroSites(layout, obs),
-                     self.args(args))
+                     self.args(args), strict=not wrapped)
         with layout.traces_plate():
-            return env_of(rt.run())
+            env = env_of(rt.run())
+            if wrapped and bool(rt.invalid.any()):
+                dead = torch.where(rt.invalid, torch.full(rt.invalid.shape, -math.inf),
+                                   torch.zeros(rt.invalid.shape))
+                dead = dead.reshape((layout.B,) + (1,) * layout.D) if layout.batched \
+                    else dead.sum()
+                pyro.factor("_zero_density", dead)
+        return env
 
     def simulate(self, num_traces: int, **args) -> Dict[str, torch.Tensor]:
         """``num_traces`` joint samples in one vectorised call, without Pyro: every

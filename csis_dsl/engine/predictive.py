@@ -22,5 +22,5 @@ def predictive(post, n: int = 1000, seed: Optional[int] = None) -> Dict[str, tor
     values = {name: post._values[name][idx] for name in model.latents}
     with torch.no_grad(), seeded(seed):
         _, _, env = model.pyro_model.score(n, None, values)
-    return {name: env[name].expand((n,) + tuple(env[name].shape[1:])).clone()
-            for name in model.observed}
+    return {name: env[name].expand((n,) + tuple(env[name].shape[1:])).cpu().clone()
+            for name in model.observed}   # on the CPU, as the Posterior's draws
