@@ -104,23 +104,15 @@ def _parser():
     c = sub.add_parser("check", help="compile a spec; print a summary or every error",
                        epilog=_EXAMPLES["check"], formatter_class=_FMT, description="Compile FILE and print its args, latents (with "
                                    "supports) and observed variables, or every diagnostic.")
-    c.add_argument("file", help="a .ppl spec")
-    c.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
-                   help="override an arg (repeatable)")
-    c.add_argument("--data", metavar="FILE", default=None,
-                   help="arg values from a JSON or CSV file (--arg overrides)")
+    _spec_args(c)
     c.add_argument("--dump", choices=["ast", "checked", "graph", "dot", "pyro"],
                    help="print one compiler phase")
     g = sub.add_parser("graph", help="draw the dependency graph",
                        epilog=_EXAMPLES["graph"], formatter_class=_FMT, description="Draw the dependency graph of FILE: latents as ellipses, "
                                    "observed filled, deterministic as boxes, args as rounded "
                                    "boxes, loops as clusters, control edges dashed.")
-    g.add_argument("file", help="a .ppl spec")
+    _spec_args(g)
     g.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
-    g.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
-                   help="override an arg (repeatable)")
-    g.add_argument("--data", metavar="FILE", default=None,
-                   help="arg values from a JSON or CSV file (--arg overrides)")
     t = sub.add_parser("train", help="train the proposal network and save a checkpoint",
                        epilog=_EXAMPLES["train"], formatter_class=_FMT,
                        description="Train FILE's proposal network on fresh simulations of "
@@ -140,11 +132,7 @@ def _parser():
                         epilog=_EXAMPLES["simulate"], formatter_class=_FMT,
                         description="Simulate joint traces of FILE's model and write them "
                                     "to DIR as safetensors shards, for training offline.")
-    s_.add_argument("file", help="a .ppl spec")
-    s_.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
-                    help="override an arg (repeatable)")
-    s_.add_argument("--data", metavar="FILE", default=None,
-                    help="arg values from a JSON or CSV file (--arg overrides)")
+    _spec_args(s_)
     s_.add_argument("-n", "--traces", type=POSITIVE_INT, required=True,
                     help="how many traces")
     s_.add_argument("--shard-size", type=POSITIVE_INT, default=100_000,
@@ -190,12 +178,17 @@ def _parser():
     return p
 
 
-def _train_args(t):
-    t.add_argument("file", help="a .ppl spec")
-    t.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
+def _spec_args(p):
+    """A spec file and its arg values (repeatable --arg, or a --data file)."""
+    p.add_argument("file", help="a .ppl spec")
+    p.add_argument("--arg", action="append", type=_kv, default=[], metavar="NAME=VALUE",
                    help="override an arg (repeatable)")
-    t.add_argument("--data", metavar="FILE", default=None,
+    p.add_argument("--data", metavar="FILE", default=None,
                    help="arg values from a JSON or CSV file (--arg overrides)")
+
+
+def _train_args(t):
+    _spec_args(t)
     t.add_argument("--steps", type=POSITIVE_INT, default=None,
                    help="training steps (default 1500; not with --dataset)")
     t.add_argument("--batch-size", type=POSITIVE_INT, default=512,
