@@ -352,3 +352,31 @@ def test_correlated_and_ordered_specs_on_real_data_score_exactly(stem):
                 y.unsqueeze(-1)), -1).sum()
         assert abs(float(lp_lat[i]) - float(lat)) < 1e-3 * max(1.0, abs(float(lat)))
         assert abs(float(lp_obs[i]) - float(ob)) < 1e-3 * max(1.0, abs(float(ob)))
+
+
+def test_one_indexed_definition_that_does_not_fill_its_array():
+    """s[0] = a alone, or h[t] for t from 1: the elements set are stored where their
+    indices say (a family of one piece), reading an element never set is a located
+    error, and indices that do not follow the loops' order are refused, not misplaced."""
+    import torch.distributions as D
+    m = csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); s[0] = a; "
+                                "observe y ~ Normal(s[0], 1.0); }", name="m.ppl")
+    sims = m.simulate(4, seed=0)
+    assert sims["s"].shape == (4, 1) and torch.equal(sims["s"][:, 0], sims["a"])
+    m = csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); s[0] ~ Normal(a, 2.0); "
+                                "observe y ~ Normal(s[0], 1.0); }", name="m.ppl")
+    lp = m.log_joint({"a": 0.5, "s": [1.5], "y": 1.0})
+    want = D.Normal(0.0, 1.0).log_prob(torch.tensor(0.5)) + \
+        D.Normal(0.5, 2.0).log_prob(torch.tensor(1.5)) + D.Normal(1.5, 1.0).log_prob(torch.tensor(1.0))
+    assert float(lp) == pytest.approx(float(want), abs=1e-5)
+    m = csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); for t in range(1, 3) { "
+                                "s[t] = a + t; } observe y ~ Normal(s[2], 1.0); }", name="m.ppl")
+    sims = m.simulate(3, seed=0)
+    assert torch.allclose(sims["s"][:, 1:], sims["a"][:, None] + torch.tensor([1.0, 2.0]))
+    with pytest.raises(csis_dsl.ModelRuntimeError, match="index 1 is out of range for 's'"):
+        csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); s[0] = a; for t in range(1, 3) "
+                                "{ q[t] = s[t - 1]; } observe y ~ Normal(s[0], 1.0); }"
+                                ).simulate(2, seed=0)
+    with pytest.raises(csis_dsl.CompileError, match="not a 1-D family"):
+        csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); for i in range(2) { for j in "
+                                "range(3) { s[j, i] = a + j; } } observe y ~ Normal(s[2, 1], 1.0); }")

@@ -14,8 +14,10 @@ as soon as one fails.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -124,25 +126,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(local_rank, world, port, threads, fn, args):
+def _entry(local_rank, world, port, threads, reports, fn, args):
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     try:
         fn(*args)
+    except BaseException as err:
+        # when one worker fails, the others then fail too (their peer is gone): say
+        # when each failed, so that the first failure is the one reported
+        report = {"time": time.monotonic(), "error": f"{type(err).__name__}: {err}"}
+        with open(os.path.join(reports, f"{local_rank}.json"), "w") as f:
+            json.dump(report, f)
+        raise
     finally:
         leave()
+
+
+def _first_failure(reports):
+    """(rank, message) of the worker that failed first, from their reports."""
+    found = []
+    for name in os.listdir(reports):
+        try:
+            with open(os.path.join(reports, name)) as f:
+                r = json.load(f)
+            found.append((r["time"], int(name.split(".")[0]), r["error"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return min(found)[1:] if found else None
 
 
 def spawn(nproc: int, fn, *args, threads: Optional[int] = None):
     """Run ``fn(*args)`` in ``nproc`` new processes forming one job on this machine.
     If a worker fails, the others are stopped and a TrainingError names the rank and
     its error."""
+    import tempfile
+
     import torch.multiprocessing as mp
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
-    ctx = mp.spawn(_entry, args=(nproc, free_port(), threads, fn, args), nprocs=nproc,
-                   join=False)
+    with tempfile.TemporaryDirectory(prefix="csis_dsl-workers-") as reports:
+        _run(mp, nproc, threads, reports, fn, args)
+
+
+def _run(mp, nproc, threads, reports, fn, args):
+    ctx = mp.spawn(_entry, args=(nproc, free_port(), threads, reports, fn, args),
+                   nprocs=nproc, join=False)
     try:
         while not ctx.join():
             pass
@@ -156,9 +185,14 @@ def spawn(nproc: int, fn, *args, threads: Optional[int] = None):
                 p.terminate()
         raise
     except mp.ProcessRaisedException as err:
-        last = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        raise TrainingError(f"worker {err.error_index} of {nproc} failed, so the run "
-                            f"stopped: {last[-1] if last else err}") from None
+        for p in ctx.processes:          # let the others write their reports
+            p.join(timeout=5)
+        first = _first_failure(reports)
+        if first is None:
+            last = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            first = (err.error_index, last[-1] if last else str(err))
+        raise TrainingError(f"worker {first[0]} of {nproc} failed, so the run "
+                            f"stopped: {first[1]}") from None
     except mp.ProcessExitedException as err:
         raise TrainingError(f"worker {err.error_index} of {nproc} exited with code "
                             f"{err.exit_code}, so the run stopped") from None

@@ -46,6 +46,8 @@ class Var:
     bounds: Optional[Tuple[float, float]] = None       # static value range (ints)
     recursive: bool = False                            # reads itself at other indices
     pieces: int = 0
+    partial: bool = False     # one indexed definition that does not fill the array
+                              # exactly with its loops (s[0] = ..., h[t] for t from 1)
     broken: bool = False      # its definition failed to check: later uses stay silent
     ordered: Optional[str] = None   # "ordered" | "positive_ordered": sorted iid draws
 
@@ -57,7 +59,7 @@ class Var:
     def is_family(self) -> bool:
         """Defined in pieces or recursively: one site over the whole array, its elements
         produced in order."""
-        return self.pieces > 1 or self.recursive
+        return self.pieces > 1 or self.recursive or self.partial
 
 
 @dataclass

@@ -54,6 +54,16 @@ class Definitions:
             dims.append(int(c) + 1)
         return tuple(dims)
 
+    def fills(self, indices) -> bool:
+        """Whether an indexed definition sets every element of its array, in the
+        layout of its loops: its indices are the enclosing loops' variables, in order,
+        each loop starting at 0."""
+        loops = list(self.scope.loop_stack)
+        if len(indices) != len(loops):
+            return False
+        return all(isinstance(i, A.Name) and i.id == l.var and l.lo == 0
+                   for i, l in zip(indices, loops))
+
     def element_type(self, name, kind, type_spec, value_type: Type,
                      dist: Optional[DistSpec]) -> Optional[Type]:
         """The element type: the definition's value type reconciled with a declared one."""
@@ -113,7 +123,7 @@ class Definitions:
         v = Var(name, kind, full, target.span, [s], list(scope.loop_stack), dims,
                 dist=dist.name if dist else None, dist_key=dist.key if dist else None,
                 reads=reads - {name}, control=control,
-                pieces=1)
+                pieces=1, partial=bool(indices) and not self.fills(indices))
         v.conditional = bool(scope.cond_stack) or any(not l.static for l in scope.loop_stack)
         scope.def_branch[name] = [(path, s)]
         if existing is None:
