@@ -380,3 +380,9 @@ def test_one_indexed_definition_that_does_not_fill_its_array():
     with pytest.raises(csis_dsl.CompileError, match="not a 1-D family"):
         csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); for i in range(2) { for j in "
                                 "range(3) { s[j, i] = a + j; } } observe y ~ Normal(s[2, 1], 1.0); }")
+    # the same element set at every iteration of a loop (found by the mutation test)
+    with pytest.raises(csis_dsl.CompileError, match=r"m.ppl:1:55: .*'c' would be set again at "
+                                                    r"every iteration of the loop over 'i'"):
+        csis_dsl.compile_string("model m { w ~ Dirichlet(ones(3)); for i in range(4) { "
+                                "c[0] ~ Categorical(w); observe y[i] ~ Normal(c[0], 1.0); } }",
+                                name="m.ppl")

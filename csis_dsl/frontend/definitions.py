@@ -105,6 +105,14 @@ class Definitions:
             self.poison(name, kind, target.span)
             return None
         dims = self.family_dims(indices) if indices else ()
+        if dims is not None and indices:
+            used = {i.id for i in indices if isinstance(i, A.Name)}
+            missing = [l.var for l in scope.loop_stack if l.var not in used]
+            if missing:
+                self.error(target.span, f"'{name}' would be set again at every iteration of "
+                           f"the loop over '{missing[0]}' (the same element each time): "
+                           f"index it by '{missing[0]}' too, or define it outside that loop")
+                dims = None
         if dims is None:
             self.poison(name, kind, target.span)
             return None
