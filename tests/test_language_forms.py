@@ -373,6 +373,10 @@ def test_one_indexed_definition_that_does_not_fill_its_array():
                                 "s[t] = a + t; } observe y ~ Normal(s[2], 1.0); }", name="m.ppl")
     sims = m.simulate(3, seed=0)
     assert torch.allclose(sims["s"][:, 1:], sims["a"][:, None] + torch.tensor([1.0, 2.0]))
+    with pytest.raises(csis_dsl.ModelRuntimeError, match="element of 's' that does not exist"):
+        csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); for t in range(1, 3) { "
+                                "s[t] ~ Normal(a, 1.0); } observe y ~ Normal(s[0], 1.0); }"
+                                ).simulate(2, seed=0)       # s[0] is never set: not a 0
     with pytest.raises(csis_dsl.ModelRuntimeError, match="index 1 is out of range for 's'"):
         csis_dsl.compile_string("model m { a ~ Normal(0.0, 1.0); s[0] = a; for t in range(1, 3) "
                                 "{ q[t] = s[t - 1]; } observe y ~ Normal(s[0], 1.0); }"

@@ -154,15 +154,18 @@ class Evaluator:
         for k, idx_e in enumerate(e.indices):
             if not isinstance(idx_e, A.Whole):
                 base = self.index_one(base, self(idx_e), e, k)
-        if base.m is not None and self.active is not None:
+        if base.m is not None:
             missing = ~base.m.expand(base.t.shape[:self.prefix] + base.m.shape[self.prefix:]) \
                 if base.event_ndim == 0 else None
             if missing is not None:
-                act = self.active.reshape(self.active.shape + (1,) * (missing.dim() - self.active.dim()))
-                bad = missing & act
+                bad = missing
+                if self.active is not None:     # where the reading statement runs
+                    act = self.active.reshape(self.active.shape
+                                              + (1,) * (missing.dim() - self.active.dim()))
+                    bad = missing & act
                 if bool(bad.any()):
                     name = e.base.id if isinstance(e.base, A.Name) else "an array"
-                    n = int(bad.flatten(1).any(1).sum()) if bad.dim() > 0 else 1
+                    n = int(bad.reshape(bad.shape[0], -1).any(1).sum()) if bad.dim() > 0 else 1
                     raise ModelRuntimeError(
                         f"reading an element of '{name}' that does not exist in {n} "
                         f"trace(s) ({self.where}); only the elements defined in a trace "
