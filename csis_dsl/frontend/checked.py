@@ -45,6 +45,7 @@ class Var:
     value: Optional[torch.Tensor] = None               # args only
     bounds: Optional[Tuple[float, float]] = None       # static value range (ints)
     recursive: bool = False                            # reads itself at other indices
+    max_lag: int = 0          # the largest k of its reads h[t - k] (a chain of order k)
     pieces: int = 0
     partial: bool = False     # one indexed definition that does not fill the array
                               # exactly with its loops (s[0] = ..., h[t] for t from 1)

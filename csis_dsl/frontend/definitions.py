@@ -218,6 +218,7 @@ class Definitions:
                            f"its innermost loop, as in {v.name}[{inner.var} - 1]")
                 return
             v.recursive = True
+            v.max_lag = max(v.max_lag, lag)
             inner.sequential = True
 
     def lag(self, idx, var) -> Optional[int]:

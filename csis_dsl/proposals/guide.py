@@ -60,6 +60,7 @@ class ProposeSites(SiteHandler):
         self.proposed = {}
         self.present = {}
         self.contexts = {}
+        self.looked_ahead = set()      # chains located by their look-ahead messages
         self.log_q = torch.zeros(B)
 
     def observed(self, site: Site):
@@ -84,6 +85,8 @@ class ProposeSites(SiteHandler):
                 torch.get_default_dtype()))
             c = q.adapter_context(0, info.n, prev)
         self.contexts[site.name] = None if c is None else c.detach()
+        if q.looked_ahead:
+            self.looked_ahead.add(site.name)
         return x
 
 

@@ -63,6 +63,7 @@ class SiteProposal(pdist.TorchDistribution):
         self.smooth = None if info.plate else net.smooth(info, self.align, self.ctx)
         self._cache = None
         self._facts = None
+        self._messages = None
         self._const_inputs = None
         super().__init__(torch.Size(batch_shape), torch.Size(event_shape), validate_args=False)
 
@@ -83,8 +84,33 @@ class SiteProposal(pdist.TorchDistribution):
             return self._facts if j is None else tuple(f[:, j:j + 1] for f in self._facts)
         facts = self._family_facts(x, j)
         if self.informing:
-            facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
+            message = self._message()
+            if message is not None:
+                message = tuple(t if j is None else t[:, j:j + 1] for t in message)
+                facts = self.family.inform(facts, lambda c: self._loglik(c, x, j), message)
+            else:
+                facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
         return facts
+
+    def _message(self):
+        """The look-ahead messages of a first-order chain (:mod:`.lookahead`), computed
+        once per site (the family's ``lookahead``), or None."""
+        if self._messages is None:
+            l = self.info
+            usable = l.lag == 1 and l.n > 1 and getattr(self.prior, "order", True) is None
+            self._messages = (self.family.lookahead(self._loglik, self._pieces, self.state.M)
+                              if usable else None,)
+        return self._messages[0]
+
+    @property
+    def looked_ahead(self) -> bool:
+        """Whether look-ahead messages located this site's proposal."""
+        return self._messages is not None and self._messages[0] is not None
+
+    def _pieces(self, x):
+        """The prior of every element given the elements of x (M, n, de) before it: the
+        family's pieces, as :meth:`FamilyDist.pieces_at` gives them."""
+        return self.prior.pieces_at(x.reshape((self.state.M,) + tuple(self.event_shape)), None)
 
     def _loglik(self, cand, x=None, j=None):
         """The log density (M, m) of the observations this site informs from, at

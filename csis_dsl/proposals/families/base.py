@@ -45,6 +45,7 @@ class LatentInfo:
         self.n = int(math.prod(self.inst_shape))
         self.de = int(math.prod(self.elem_shape))
         self.support = v.support
+        self.lag = v.max_lag           # a chain of this order (h[t] reads h[t - lag])
 
 
 class ProposalFamily(nn.Module):
@@ -72,11 +73,34 @@ class ProposalFamily(nn.Module):
         """x: (M, m, de) values of instances j0.. -> (M, m, feat_dim), standardised."""
         raise NotImplementedError
 
-    def inform(self, facts, loglik):
+    def inform(self, facts, loglik, message=None):
         """The facts moved by the observations that depend on this site: ``loglik(x)``
         gives, for candidate values x (M, m, de), the log density of those observations
-        (M, m). Default: unchanged."""
+        (M, m); ``message``, what :meth:`lookahead` gave for these elements. Default:
+        unchanged."""
         return facts
+
+    def lookahead(self, loglik, pieces, M: int):
+        """For a first-order chain (element t reads element t - 1): what the
+        observations of the later elements say about each element, as a message
+        :meth:`inform` multiplies in (:mod:`..lookahead`): a tuple of tensors
+        (M, n, ...), or None where the family has none. ``loglik`` as for
+        :meth:`inform`, for all n elements at once; ``pieces(x)``: the prior of every element given the elements of x (M, n, de)
+        before it, as (start, stop, distribution, where it runs) pieces."""
+        return None
+
+    def place(self, pieces, M: int, default, fn):
+        """Per-element tensors (M, n, ...) from ``pieces``: ``fn(d, width, start)`` for
+        each piece, placed at its elements where it runs, ``default`` (M, n, ...)
+        elsewhere (differentiable in what ``fn`` returns)."""
+        out = default.clone()
+        for a, b, d, active in pieces:
+            t = fn(d, b - a, a)
+            if active is not None:
+                m = active.reshape(active.shape + (1,) * (t.dim() - 2))
+                t = torch.where(m, t, out[:, a:b])
+            out[:, a:b] = t
+        return out
 
     def adapter_shapes(self, context: int = 0) -> dict:
         """Per-instance parameters a refinement adds (name -> shape of one instance),

@@ -21,6 +21,7 @@ from torch.distributions.transforms import (ComposeTransform, IndependentTransfo
                                             ReshapeTransform)
 
 from ...catalogue.supports import is_dependent
+from ..lookahead import gaussian_messages
 from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
 
 
@@ -211,39 +212,87 @@ class ContinuousProposal(ProposalFamily):
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
         if self.dependent:
             return dependent_facts(d, M, width, self.info.de, mean, std)
-        mom = moments(d, M, width, self.info.de) if self.moments_usable else None
+        loc, scale = self.located(d, M, width, j0)
+        return loc.detach(), scale.detach(), mean.detach(), std.detach()
+
+    def located(self, d, M, width, j0=0):
+        """The prior's (location, scale) in unconstrained space (M, width, udim), as a
+        function of the values its parameters read (not detached): moment matching, or
+        the statistics of prior simulations where that is not possible."""
+        mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
+        mom = moments(d, M, width, self.info.de) if self.moments_usable and d is not None \
+            else None
         if mom is None:
-            return mean.detach(), std.detach(), mean.detach(), std.detach()
+            return mean, std
         m, s = mom
         if self.log_moments:
             v = torch.log1p((s / m) ** 2)
             m, s = torch.log(m) - 0.5 * v, v.sqrt()
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
-        return (torch.where(ok, m, mean).detach(), torch.where(ok, s, std).detach(),
-                mean.detach(), std.detach())
+        return torch.where(ok, m, mean), torch.where(ok, s, std)
 
-    def inform(self, facts, loglik):
-        """One Newton step from the prior location in unconstrained space, on the
-        log-likelihood of the observations that depend on the site: the Gaussian
-        (Laplace) approximation of prior x local likelihood. Where the likelihood is not
-        log-concave there, only the location moves, at most 5 prior scales."""
-        if not self.moments_usable or self.info.de != 1 or self.dependent:
-            return facts
-        loc, scale = facts[:2]
+    @property
+    def informable(self) -> bool:
+        """Whether the observations can locate this family's proposal (a Newton step in
+        its one-dimensional unconstrained space)."""
+        return self.moments_usable and self.info.de == 1 and not self.dependent
+
+    def curvature(self, loglik, u):
+        """The gradient and second derivative (M, m, 1) of the local log-likelihood at
+        unconstrained values u (per element), or None where it does not depend on them."""
         with torch.enable_grad():
-            u = loc.detach().clone().requires_grad_(True)
+            u = u.detach().clone().requires_grad_(True)
             ll = loglik(self.transform(u))
             if not ll.requires_grad:
-                return facts
+                return None
             g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
             hess, = torch.autograd.grad(g.sum(), u, allow_unused=True)
         g = g.detach()
-        hess = torch.zeros_like(g) if hess is None else hess.detach()
-        prec = 1 / scale ** 2 - hess.clamp(max=0.0)
-        step = (g / prec).clamp(-5 * scale, 5 * scale)
-        ok = torch.isfinite(step) & torch.isfinite(prec) & (prec > 0)
-        return (torch.where(ok, loc + step, loc).detach(),
-                torch.where(ok, prec.rsqrt(), scale).detach()) + tuple(facts[2:])
+        return g, torch.zeros_like(g) if hess is None else hess.detach()
+
+    def inform(self, facts, loglik, message=None):
+        """One Newton step from the prior location in unconstrained space, on the
+        log-likelihood of the observations that depend on the site: the Gaussian
+        (Laplace) approximation of prior x local likelihood. Where the likelihood is not
+        log-concave there, only the location moves, at most 5 prior scales.
+
+        ``message`` (precision, information), (M, m, 1) each: a Gaussian factor from
+        observations further away (:mod:`..lookahead`), multiplied in after the step."""
+        if not self.informable:
+            return facts
+        loc, scale = facts[:2]
+        cur = self.curvature(loglik, loc)
+        if cur is not None:
+            g, hess = cur
+            prec = 1 / scale ** 2 - hess.clamp(max=0.0)
+            step = (g / prec).clamp(-5 * scale, 5 * scale)
+            ok = torch.isfinite(step) & torch.isfinite(prec) & (prec > 0)
+            loc = torch.where(ok, loc + step, loc)
+            scale = torch.where(ok, prec.rsqrt(), scale)
+        if message is not None:
+            P, e = message
+            prec = 1 / scale ** 2
+            new_prec = prec + P
+            new_loc = (loc * prec + e) / new_prec
+            ok = torch.isfinite(new_loc) & torch.isfinite(new_prec) & (new_prec > 0)
+            loc = torch.where(ok, new_loc, loc)
+            scale = torch.where(ok, new_prec.rsqrt(), scale)
+        return (loc.detach(), scale.detach()) + tuple(facts[2:])
+
+    def lookahead(self, loglik, pieces, M):
+        """Gaussian messages from the later observations of a chain, by a backward
+        information filter on the chain linearised at a reference path
+        (:func:`..lookahead.gaussian_messages`)."""
+        if not self.informable:
+            return None
+        n = self.info.n
+        default = torch.cat([self.stats("mean", M, n, 0), self.stats("std", M, n, 0)], -1)
+
+        def transition(u):
+            both = self.place(pieces(self.transform(u)), M, default,
+                              lambda d, width, a: torch.cat(self.located(d, M, width, a), -1))
+            return both[..., :1], both[..., 1:]
+        return gaussian_messages(self, loglik, transition, M, n)
 
     def features(self, x, j0=0):
         u = torch.nan_to_num(self.unconstrained(x), 0.0, 10.0, -10.0)

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, constraints
 
+from ..lookahead import discrete_messages
 from .base import _log1m, linear, Proposal, ProposalFamily
 
 
@@ -66,19 +67,44 @@ class FiniteProposal(ProposalFamily):
             lp = torch.zeros(M, width, de, k)
         return (lp.detach(),)
 
-    def inform(self, facts, loglik):
+    def inform(self, facts, loglik, message=None):
         """Add each value's log-likelihood to its prior log-probability: the proposal
-        starts at the exact local posterior of the site given what was drawn before."""
+        starts at the exact local posterior of the site given what was drawn before.
+        ``message`` ((M, m, 1, k),): the log-likelihood of the later observations of a chain
+        given each value (:meth:`lookahead`), added too."""
         lp = facts[0]                                             # (M, m, de, k)
         if self.info.de != 1:
             return facts
         M, m = lp.shape[:2]
-        with torch.no_grad():
-            ll = torch.stack([loglik(torch.full((M, m, 1), float(self.lo + v)))
-                              for v in range(self.k)], -1)
-        ll = torch.nan_to_num(ll, nan=-math.inf, posinf=0.0).unsqueeze(2)
+        ll = self._values_loglik(loglik, M, m).unsqueeze(2)
+        if message is not None:
+            ll = ll + message[0]
         ok = torch.isfinite(ll).any(-1, keepdim=True)             # some value explains it
         return (torch.where(ok, lp + ll, lp).detach(),)
+
+    @torch.no_grad()
+    def _values_loglik(self, loglik, M, m):
+        """loglik at every value of every element: (M, m, k), -inf where NaN."""
+        ll = torch.stack([loglik(torch.full((M, m, 1), float(self.lo + v)))
+                          for v in range(self.k)], -1)
+        return torch.nan_to_num(ll, nan=-math.inf, posinf=0.0)
+
+    @torch.no_grad()
+    def lookahead(self, loglik, pieces, M):
+        """The exact backward messages of a discrete chain (a hidden Markov model): the
+        log-likelihood of the later observations given each value of each element
+        (:func:`..lookahead.discrete_messages`), with the transition probabilities read
+        from the prior given every constant path."""
+        if self.info.de != 1:
+            return None
+        n, k = self.info.n, self.k
+        ll = self._values_loglik(loglik, M, n)                               # (M, n, k)
+        default = torch.zeros(M, n, 1, k)
+        # log p(element t = j | element t - 1 = i): the prior along the path of all i's
+        log_t = torch.stack([self.place(pieces(torch.full((M, n, 1), float(self.lo + i))), M,
+                                        default, lambda d, width, a: self.facts(d, M, width, a)[0])
+                             [:, :, 0] for i in range(k)], 2)                # (M, n, k_i, k_j)
+        return (discrete_messages(ll, log_t).unsqueeze(2),)
 
     def features(self, x, j0=0):
         oh = F.one_hot((x.long() - self.lo).clamp(0, self.k - 1), self.k)
