@@ -118,6 +118,7 @@ def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 
     bar = tqdm(range(int(steps)), disable=not progress, desc="refining", unit="step",
                dynamic_ncols=True)
     t0 = time.perf_counter()
+    smooth, best = None, None
     with seeded(seed):
         for _ in bar:
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -148,12 +149,26 @@ def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 
                 match_moments(guide.net, drawn, w, adapt_rate)
             out.ess.append(ess_now)
             out.alpha.append(alpha)
+            # the smoothed ESS (one step's is noisy): keep the state where it peaked,
+            # since an unlucky step late in the run can undo what the earlier ones won
+            smooth = ess_now if smooth is None else 0.7 * smooth + 0.3 * ess_now
+            if best is None or smooth > best[0]:
+                best = (smooth, {k: v.detach().clone() for k, v in guide.state_dict().items()})
             out.draws += draws
             bar.set_postfix(ess=f"{out.ess[-1]:.0f}/{draws}", alpha=f"{alpha:.2f}")
         bar.close()
-        # never worse than where it started: compare both on fresh draws
-        out.start_ess, out.final_ess = (ess_of(model, g, obs, max(2048, 4 * draws))
-                                        for g in (start, guide))
+        # never worse than where it started: the start, the end and the state where
+        # the smoothed ESS peaked, compared on fresh draws
+        n = max(2048, 4 * draws)
+        out.start_ess, out.final_ess = (ess_of(model, g, obs, n) for g in (start, guide))
+        if best is not None and len(out.ess) > 1:
+            end = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+            guide.load_state_dict(best[1])
+            peak = ess_of(model, guide, obs, n)
+            if peak > out.final_ess:
+                out.final_ess = peak
+            else:
+                guide.load_state_dict(end)
     if out.final_ess < out.start_ess:
         out.guide, out.kept_start = start, True
     return out
