@@ -18,6 +18,7 @@ from torch.distributions import constraints
 
 from ..backend.values import Stored
 from .families import LatentInfo
+from .families.base import place
 from .network import ProposalNetwork, first_flags, positions
 
 
@@ -135,17 +136,9 @@ class SiteProposal(pdist.TorchDistribution):
     def _family_facts(self, x, j):
         l, M = self.info, self.state.M
         width, base = (l.n, 0) if j is None else (1, j)
-        out = [f.clone() for f in self.family.facts(None, M, width, base)]
-        for a, b, d, active in self.prior.pieces_at(x.reshape((M,) + tuple(self.event_shape)), j):
-            f = self.family.facts(d, M, b - a, a)
-            for k, t in enumerate(f):
-                at = slice(a - base, b - base)
-                if active is None:
-                    out[k][:, at] = t
-                else:
-                    m = active.reshape(active.shape + (1,) * (t.dim() - 2))
-                    out[k][:, at] = torch.where(m, t, out[k][:, at])
-        return tuple(out)
+        pieces = self.prior.pieces_at(x.reshape((M,) + tuple(self.event_shape)), j)
+        return place(pieces, self.family.facts(None, M, width, base),
+                     lambda d, w, a: self.family.facts(d, M, w, a), base)
 
     # ------------------------------------------------------------ the proposal
     def _const(self):

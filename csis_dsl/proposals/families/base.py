@@ -85,22 +85,10 @@ class ProposalFamily(nn.Module):
         observations of the later elements say about each element, as a message
         :meth:`inform` multiplies in (:mod:`..lookahead`): a tuple of tensors
         (M, n, ...), or None where the family has none. ``loglik`` as for
-        :meth:`inform`, for all n elements at once; ``pieces(x)``: the prior of every element given the elements of x (M, n, de)
-        before it, as (start, stop, distribution, where it runs) pieces."""
+        :meth:`inform`, for all n elements at once; ``pieces(x)``: the prior of every
+        element given the elements of x (M, n, de) before it, as (start, stop,
+        distribution, where it runs) pieces."""
         return None
-
-    def place(self, pieces, M: int, default, fn):
-        """Per-element tensors (M, n, ...) from ``pieces``: ``fn(d, width, start)`` for
-        each piece, placed at its elements where it runs, ``default`` (M, n, ...)
-        elsewhere (differentiable in what ``fn`` returns)."""
-        out = default.clone()
-        for a, b, d, active in pieces:
-            t = fn(d, b - a, a)
-            if active is not None:
-                m = active.reshape(active.shape + (1,) * (t.dim() - 2))
-                t = torch.where(m, t, out[:, a:b])
-            out[:, a:b] = t
-        return out
 
     def adapter_shapes(self, context: int = 0) -> dict:
         """Per-instance parameters a refinement adds (name -> shape of one instance),
@@ -172,6 +160,22 @@ class Proposal:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def place(pieces, default, fn, base: int = 0):
+    """Per-element tensors from a family's pieces (start, stop, distribution, where it
+    runs): ``fn(d, width, start)`` gives a tuple of tensors (M, width, ...) for each
+    piece, placed at its elements (counted from ``base``) where it runs; ``default``
+    (a tuple of tensors (M, m, ...)) elsewhere. Differentiable in what ``fn`` returns."""
+    out = [t.clone() for t in default]
+    for a, b, d, active in pieces:
+        at = slice(a - base, b - base)
+        for k, t in enumerate(fn(d, b - a, a)):
+            if active is not None:
+                m = active.reshape(active.shape + (1,) * (t.dim() - 2))
+                t = torch.where(m, t, out[k][:, at])
+            out[k][:, at] = t
+    return tuple(out)
 
 
 def moments(d, M: int, width: int, de: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

@@ -22,7 +22,7 @@ from torch.distributions.transforms import (ComposeTransform, IndependentTransfo
 
 from ...catalogue.supports import is_dependent
 from ..lookahead import gaussian_messages
-from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
+from .base import _log1m, linear, place, Proposal, ProposalFamily, affine_match, moments
 
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
@@ -286,12 +286,11 @@ class ContinuousProposal(ProposalFamily):
         if not self.informable:
             return None
         n = self.info.n
-        default = torch.cat([self.stats("mean", M, n, 0), self.stats("std", M, n, 0)], -1)
+        default = (self.stats("mean", M, n, 0), self.stats("std", M, n, 0))
 
         def transition(u):
-            both = self.place(pieces(self.transform(u)), M, default,
-                              lambda d, width, a: torch.cat(self.located(d, M, width, a), -1))
-            return both[..., :1], both[..., 1:]
+            return place(pieces(self.transform(u)), default,
+                         lambda d, width, a: self.located(d, M, width, a))
         return gaussian_messages(self, loglik, transition, M, n)
 
     def features(self, x, j0=0):

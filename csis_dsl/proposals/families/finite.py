@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, constraints
 
 from ..lookahead import discrete_messages
-from .base import _log1m, linear, Proposal, ProposalFamily
+from .base import _log1m, linear, place, Proposal, ProposalFamily
 
 
 class CategoricalProposal(Proposal):
@@ -70,8 +70,8 @@ class FiniteProposal(ProposalFamily):
     def inform(self, facts, loglik, message=None):
         """Add each value's log-likelihood to its prior log-probability: the proposal
         starts at the exact local posterior of the site given what was drawn before.
-        ``message`` ((M, m, 1, k),): the log-likelihood of the later observations of a chain
-        given each value (:meth:`lookahead`), added too."""
+        ``message`` (a tuple of one tensor (M, m, 1, k)): the log-likelihood of the
+        later observations of a chain given each value (:meth:`lookahead`), added too."""
         lp = facts[0]                                             # (M, m, de, k)
         if self.info.de != 1:
             return facts
@@ -99,11 +99,11 @@ class FiniteProposal(ProposalFamily):
             return None
         n, k = self.info.n, self.k
         ll = self._values_loglik(loglik, M, n)                               # (M, n, k)
-        default = torch.zeros(M, n, 1, k)
+        default = (torch.zeros(M, n, 1, k),)
         # log p(element t = j | element t - 1 = i): the prior along the path of all i's
-        log_t = torch.stack([self.place(pieces(torch.full((M, n, 1), float(self.lo + i))), M,
-                                        default, lambda d, width, a: self.facts(d, M, width, a)[0])
-                             [:, :, 0] for i in range(k)], 2)                # (M, n, k_i, k_j)
+        log_t = torch.stack([place(pieces(torch.full((M, n, 1), float(self.lo + i))), default,
+                                   lambda d, width, a: self.facts(d, M, width, a))[0][:, :, 0]
+                             for i in range(k)], 2)                          # (M, n, k_i, k_j)
         return (discrete_messages(ll, log_t).unsqueeze(2),)
 
     def features(self, x, j0=0):
