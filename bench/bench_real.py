@@ -27,8 +27,8 @@ from _budget import train_for
 warnings.simplefilter("ignore")
 REAL = Path(__file__).resolve().parent / "real"
 MODELS = {      # name: training batch size (long sequential models: cheaper steps)
-    "faithful": 512, "pima": 512, "eight_schools": 512, "nile": 128, "quakes": 128,
-    "coal": 128,
+    "faithful": 512, "glucose": 512, "pima": 512, "eight_schools": 512, "nile": 128,
+    "quakes": 128, "coal": 128,
 }
 NUM_SAMPLES = 5000
 

@@ -51,6 +51,18 @@ def test_regression_with_a_posterior_far_narrower_than_its_prior():
     check_against(post, ref)
 
 
+def test_the_brief_regression_form_on_real_data():
+    """real[K] beta with X @ beta (the brief's regression form): glucose against BMI and
+    age for 200 Pima women, covariates on their natural scales, so the intercept and
+    the slopes are strongly correlated a posteriori. The coefficients are one vector
+    site, proposed jointly (full-covariance components); refinement finds the rest."""
+    d = load("glucose")
+    ref = exact.glucose(d["args"]["X"], d["observations"]["y"])
+    post = fit("glucose", steps=150, batch=256, refine_steps=200)
+    assert post.ess > 0.1 * post.num_samples
+    check_against(post, ref)
+
+
 def test_state_space_model_on_the_nile():
     """The local-level model (a random walk observed with noise) on the whole century
     of the Nile's flow, against the exact posterior (a Kalman smoother on a grid over

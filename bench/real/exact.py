@@ -24,28 +24,44 @@ def _normalise(logp, w):
     return torch.softmax(lw.reshape(-1), 0).reshape(lw.shape)
 
 
-def faithful(x, y, prior_sd=1000.0, sigma_scale=100.0):
-    """y = a + b x + N(0, s^2); a, b ~ N(0, prior_sd^2); s ~ HalfNormal(sigma_scale).
-    Given s, (a, b) is Gaussian; s by quadrature."""
-    x, y = torch.as_tensor(x, dtype=T64), torch.as_tensor(y, dtype=T64)
-    n = len(y)
-    X = torch.stack([torch.ones(n, dtype=T64), x], 1)
-    s = torch.linspace(1.0, 30.0, 6001, dtype=T64)
+def regression(X, y, prior_sd, sigma_scale, s_grid):
+    """y = X beta + N(0, s^2); beta ~ N(0, prior_sd^2 I); s ~ HalfNormal(sigma_scale).
+    Given s, beta is Gaussian; s by quadrature on ``s_grid``. Returns the posterior
+    (mean, sd) of beta (K,) and of s."""
+    X, y = torch.as_tensor(X, dtype=T64), torch.as_tensor(y, dtype=T64)
+    n, k = X.shape
+    s = s_grid
     XtX, Xty, yty = X.T @ X, X.T @ y, y @ y
-    prec = XtX / s[:, None, None] ** 2 + torch.eye(2, dtype=T64) / prior_sd ** 2
+    prec = XtX / s[:, None, None] ** 2 + torch.eye(k, dtype=T64) / prior_sd ** 2
     V = torch.linalg.inv(prec)
     m = (V @ Xty) / s[:, None] ** 2
     logdet_V = torch.logdet(V)
     quad = yty / s ** 2 - torch.einsum("gi,gij,gj->g", m, prec, m)
-    loglik = -n * torch.log(s) - 0.5 * quad + 0.5 * logdet_V - 2 * math.log(prior_sd)
+    loglik = -n * torch.log(s) - 0.5 * quad + 0.5 * logdet_V - k * math.log(prior_sd)
     logprior = -0.5 * (s / sigma_scale) ** 2
     w = _normalise(loglik + logprior, _trapezoid_weights(s))
     mean = (w[:, None] * m).sum(0)
     second = (w[:, None, None] * (V + m[:, :, None] * m[:, None, :])).sum(0)
     sd = (second.diagonal() - mean ** 2).sqrt()
     ms = (w * s).sum()
-    return {"intercept": (mean[0], sd[0]), "slope": (mean[1], sd[1]),
-            "sigma": (ms, ((w * s ** 2).sum() - ms ** 2).sqrt())}
+    return (mean, sd), (ms, ((w * s ** 2).sum() - ms ** 2).sqrt())
+
+
+def faithful(x, y, prior_sd=1000.0, sigma_scale=100.0):
+    """y = a + b x + N(0, s^2); a, b ~ N(0, prior_sd^2); s ~ HalfNormal(sigma_scale)."""
+    x = torch.as_tensor(x, dtype=T64)
+    X = torch.stack([torch.ones(len(x), dtype=T64), x], 1)
+    (mean, sd), sigma = regression(X, y, prior_sd, sigma_scale,
+                                   torch.linspace(1.0, 30.0, 6001, dtype=T64))
+    return {"intercept": (mean[0], sd[0]), "slope": (mean[1], sd[1]), "sigma": sigma}
+
+
+def glucose(X, y, prior_sd=100.0, sigma_scale=50.0):
+    """The brief's regression form: beta (K,) ~ N(0, prior_sd^2), sigma ~
+    HalfNormal(sigma_scale), y ~ N(X beta, sigma^2)."""
+    beta, sigma = regression(X, y, prior_sd, sigma_scale,
+                             torch.linspace(15.0, 45.0, 6001, dtype=T64))
+    return {"beta": beta, "sigma": sigma}
 
 
 def eight_schools(y, sigma, mu_sd=5.0, tau_scale=5.0):

@@ -1,6 +1,6 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
-* faithful, eight_schools, nile: exact, by quadrature (exact.py).
+* faithful, glucose, eight_schools, nile: exact, by quadrature (exact.py).
 * pima: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
   hand (a mixture likelihood; the forward algorithm), written here in plain Pyro; the
@@ -139,11 +139,30 @@ def coal():
     return out, rhat
 
 
+def _exact(method, fn, *keys):
+    def make():
+        d = data(fn.__name__)
+        parts = {**d["args"], **d["observations"]}
+        return {"method": method, "posterior": exact_summary(fn(*(parts[k] for k in keys)))}
+    return make
+
+
+EXACT = {
+    "faithful": _exact("exact (quadrature over sigma)", exact.faithful, "x", "y"),
+    "glucose": _exact("exact (quadrature over sigma)", exact.glucose, "X", "y"),
+    "eight_schools": _exact("exact (quadrature over tau)", exact.eight_schools, "y", "sigma"),
+    "nile": _exact("exact (Kalman smoother on a grid over the two scales)", exact.nile, "y"),
+}
+
+
 def main(only=None):
     path = HERE / "references.json"
     refs = json.loads(path.read_text()) if only and path.exists() else {}
     if only:
         for name in only:
+            if name in EXACT:
+                refs[name] = EXACT[name]()
+                continue
             post, rhat = {"pima": pima, "quakes": quakes, "coal": coal}[name]()
             print(f"{name}: worst split R-hat {rhat:.4f}", flush=True)
             refs[name]["posterior"] = post
@@ -151,16 +170,8 @@ def main(only=None):
                 f"worst split R-hat {rhat:.4f}"
         path.write_text(json.dumps(refs, indent=1))
         return
-    d = data("faithful")
-    refs["faithful"] = {"method": "exact (quadrature over sigma)",
-                        "posterior": exact_summary(exact.faithful(d["args"]["x"],
-                                                                  d["observations"]["y"]))}
-    d = data("eight_schools")
-    refs["eight_schools"] = {"method": "exact (quadrature over tau)",
-                             "posterior": exact_summary(exact.eight_schools(
-                                 d["observations"]["y"], d["args"]["sigma"]))}
-    refs["nile"] = {"method": "exact (Kalman smoother on a grid over the two scales)",
-                    "posterior": exact_summary(exact.nile(data("nile")["observations"]["y"]))}
+    for name, make in EXACT.items():
+        refs[name] = make()
     for name, fn, how in (("pima", pima, "Pyro NUTS on the compiled model"),
                           ("quakes", quakes, "Pyro NUTS, allocations summed out"),
                           ("coal", coal, "Pyro NUTS, forward algorithm")):

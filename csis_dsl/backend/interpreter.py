@@ -58,6 +58,7 @@ class Runtime:
         self.checked, self.plan, self.B, self.handler = checked, plan, B, handler
         self.strict = strict
         self.invalid = torch.zeros(B, dtype=torch.bool)
+        self.problem: Optional[ModelRuntimeError] = None   # the first, when not strict
         self.env: Dict[str, Stored] = {n: Stored(v.unsqueeze(0)) for n, v in args.items()}
         self.done: set = set()            # families already emitted as a whole
 
@@ -232,6 +233,8 @@ class Runtime:
             raise ModelRuntimeError(f"{msg}, which fails in {int(bad_traces.sum())} "
                                     "trace(s)", s.span)
         self.invalid = self.invalid | bad_traces.expand(self.B)
+        if self.problem is None:
+            self.problem = ModelRuntimeError(msg, s.span, self.checked.source)
 
     def check_param(self, p, param, dname, active, P, s):
         """Parameters out of range where the statement runs are a ModelRuntimeError
@@ -247,6 +250,11 @@ class Runtime:
         if bool(real_bad.any()) and not self.strict:
             traces = real_bad.reshape(real_bad.shape[0], -1).any(1)
             self.invalid = self.invalid | traces.expand(self.B)
+            if self.problem is None:
+                sel = extend_to(real_bad, p).expand(p.shape)
+                self.problem = ModelRuntimeError(
+                    f"the {param.name} of {dname} must be {kind.words}, got "
+                    f"{float(p.detach()[sel].reshape(-1)[0]):g}", s.span, self.checked.source)
         elif bool(real_bad.any()):
             sel = extend_to(real_bad, p).expand(p.shape)
             val = p[sel].reshape(-1)[0]

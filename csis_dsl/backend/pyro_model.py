@@ -13,6 +13,7 @@ from ..device import CPU, current, here, on
 from ..frontend.args import resolve_runtime_args
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
+from ..errors import ModelRuntimeError
 from .handlers import Scorer, SiteHandler
 from .interpreter import Runtime
 from .observations import Observations
@@ -79,14 +80,65 @@ class PyroModel:
                 pyro.factor("_zero_density", dead)
         return env
 
+    # The share of prior simulations that may compute an illegal parameter (a
+    # covariance that is not positive definite in float32, a scale that underflows to
+    # 0) before it is the model's fault rather than a rare numerical accident.
+    tolerated = 0.01
+
     def simulate(self, num_traces: int, **args) -> Dict[str, torch.Tensor]:
         """``num_traces`` joint samples in one vectorised call, without Pyro: every
-        variable as a tensor (num_traces, *shape), on the model's device."""
+        variable as a tensor (num_traces, *shape), on the model's device.
+
+        A trace whose values make a parameter illegal has density zero under the model
+        (that is how scoring and inference treat it), so it is dropped and drawn again,
+        with a warning that names the statement, as long as such traces are rare (at
+        most ``tolerated`` of them: numerical accidents of float32 in the far tails).
+        More than that is the model's bug: a :class:`ModelRuntimeError` naming the
+        statement."""
         with torch.no_grad(), on(self.device):
-            rt = Runtime(self.checked, self.plan, num_traces, SiteHandler(), self.args(args))
-            env = rt.run()
-        return {n: env[n].t.expand((num_traces,) + tuple(env[n].t.shape[1:]))
-                for n in self.checked.order}
+            parts, have, dropped, problem = [], 0, 0, None
+            for attempt in range(20):
+                n = num_traces - have
+                rt = Runtime(self.checked, self.plan, n, SiteHandler(), self.args(args),
+                             strict=False)
+                env = rt.run()
+                values = {k: env[k].t.expand((n,) + tuple(env[k].t.shape[1:]))
+                          for k in self.checked.order}
+                bad = int(rt.invalid.sum())
+                if bad:
+                    problem = problem or rt.problem
+                    dropped += bad
+                    if bad > self.tolerated * n:
+                        raise self._fault(problem, bad, n)
+                    keep = ~rt.invalid
+                    values = {k: v[keep] for k, v in values.items()}
+                parts.append(values)
+                have += n - bad
+                if have >= num_traces:
+                    break
+            else:
+                raise self._fault(problem, dropped, num_traces + dropped)
+        if dropped:
+            self._warn_dropped(problem, dropped, num_traces + dropped)
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in self.checked.order}
+
+    @staticmethod
+    def _fault(problem, bad, n):
+        return ModelRuntimeError(f"{problem.message}, which fails in {bad} of {n} "
+                                 "simulated trace(s)", problem.span, problem.source)
+
+    def _warn_dropped(self, problem, bad, n):
+        import warnings
+        if getattr(self, "_warned", False):
+            return
+        self._warned = True
+        warnings.warn(f"{problem.span}: {problem.message} in {bad} of {n} prior "
+                      "simulations: those traces have density zero under the model and "
+                      "were drawn again (rare numerical accidents are expected in float32; "
+                      "if it keeps happening, check the statement)", RuntimeWarning,
+                      stacklevel=3)
 
     def score(self, num_traces: int, observations=None, values=None, **args):
         """One vectorised run without Pyro: latents from ``values`` (sampled from the

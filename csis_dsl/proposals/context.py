@@ -61,7 +61,9 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
     """Whether observed child ``o`` of a latent site can tell its proposal how each
     candidate value explains the data when the site is proposed: one plain statement
     (``y[i] ~ ...`` in ``for i in range(N)``), reading nothing defined after the site,
-    aligned with the site's instances (or any child, for a site with one instance)."""
+    aligned with the site's instances (or any child, for a site with one instance). Whether
+    the site's family can use it (a scalar, a vector with full-covariance components, a
+    finite value) is the family's to say."""
     v = checked.vars[o]
     s = v.stmts[0]
     if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
@@ -78,8 +80,8 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
     site = checked.vars[info.name]
     if info.n > 1:
         return tuple(v.family_dims) == info.inst_shape and all(
-            l.static and l.lo == 0 for l in site.loops) and info.de == 1
-    return info.de == 1
+            l.static and l.lo == 0 for l in site.loops)
+    return True
 
 
 class SiteInputs(nn.Module):

@@ -47,7 +47,7 @@ class NetworkConfig:
     address_embedding: int = 16
     dist_embedding: int = 4
     hidden: int = 64
-    mixture_components: int = 5
+    mixture_components: int = 12
     count_components: int = 3
     obs_skip: bool = True          # a linear path from the observations to every head
     obs_aligned: bool = True       # instance j of a loop also reads the observations at j
@@ -58,12 +58,15 @@ class NetworkConfig:
     instance_hidden: int = 32      # the inner width of the per-instance encoder
     informed: bool = True          # locate proposals by how candidates explain the data
     tails: str = "normal"          # continuous components: "normal" or "student"
+    full_covariance: int = 16      # continuous sites of up to this many unconstrained
+                                   # elements get full-covariance components (0: only
+                                   # MultivariateNormal priors)
 
     def __post_init__(self):
         for k, f in self.__dataclass_fields__.items():
             v = getattr(self, k)
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 0
-                                    or (v == 0 and k not in ("set_embedding", "smoothing"))):
+                                    or (v == 0 and k not in ("set_embedding", "smoothing", "full_covariance"))):
                 raise ValueError(f"'{k}' must be a positive integer, got {v!r}")
             if f.type == "bool" and not isinstance(v, bool):
                 raise ValueError(f"'{k}' must be true or false, got {v!r}")

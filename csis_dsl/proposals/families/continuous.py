@@ -3,9 +3,11 @@
 (0, inf), [a, b], one-sided truncations, the simplex by stick breaking, increasing
 vectors by cumulative exponentials, Cholesky factors of correlation matrices). Components are
 located and scaled relative to the prior's own location and scale (in a family
-produced in order, the prior given the elements before). Components are diagonal,
-except for MultivariateNormal priors, whose components get a full covariance (a
-learned Cholesky factor), so correlated posteriors are proposed jointly."""
+produced in order, the prior given the elements before). Components have a full covariance
+(:class:`TriangularNormal`) wherever the unconstrained value has at most
+``NetworkConfig.full_covariance`` elements, and always for MultivariateNormal priors,
+so that correlated elements of a vector (regression coefficients, a Gaussian's mean
+and scale parameters) are proposed jointly; wider ones are diagonal."""
 from __future__ import annotations
 
 import math
@@ -13,10 +15,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import (Categorical, Independent, MixtureSameFamily,
-                                 MultivariateNormal, Normal, StudentT,
+from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily,
+                                 Normal, StudentT,
                                  TransformedDistribution, biject_to, constraints)
-from torch.distributions.transforms import Transform
+from torch.distributions.transforms import AffineTransform, Transform
 from torch.distributions.transforms import (ComposeTransform, IndependentTransform,
                                             ReshapeTransform)
 
@@ -27,6 +29,73 @@ from .base import _log1m, linear, place, Proposal, ProposalFamily, affine_match,
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
 WIDEN = 2.0     # the defensive component's scale, relative to the proposal's
+
+
+class TriangularNormal(Distribution):
+    """A Gaussian over the last dim, parameterised by its precision factor: log density
+    -sum log s - |y|^2 / 2 - d log(2 pi) / 2 with y = T z, z = (x - loc) / s and T unit
+    lower triangular with strictly lower entries ``lower`` (..., d (d - 1) / 2) in the
+    order of ``torch.tril_indices(d, d, -1)``. The covariance is
+    diag(s) T^-1 T^-T diag(s); scaling s scales the value, as for a diagonal Normal.
+
+    Scoring needs no triangular solve or factorisation (two products with fixed 0/1
+    matrices), which is what makes full covariances cheap enough for training."""
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, loc, scale, lower, idx, pick, put):
+        self.loc, self.scale, self.lower = loc, scale, lower
+        self.idx = idx                             # (2, n): rows and columns of lower
+        self.pick, self.put = pick, put            # (d, n) and (n, d): one-hot
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    def log_prob(self, x):
+        z = (x - self.loc) / self.scale
+        y = z + (self.lower * (z @ self.pick)) @ self.put
+        d = self.loc.shape[-1]
+        return -self.scale.log().sum(-1) - 0.5 * (y * y).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()):
+        """z = T^-1 y with y standard normal (forward substitution), x = loc + s z."""
+        shape = self._extended_shape(sample_shape)
+        y = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        T = self._matrix().expand(shape + shape[-1:])
+        z = torch.linalg.solve_triangular(T, y.unsqueeze(-1), upper=False,
+                                          unitriangular=True).squeeze(-1)
+        return self.loc + self.scale * z
+
+    def _matrix(self):
+        """T as a dense matrix (..., d, d)."""
+        d = self.loc.shape[-1]
+        batch = torch.broadcast_shapes(self.loc.shape[:-1], self.lower.shape[:-1])
+        T = torch.eye(d, dtype=self.loc.dtype, device=self.loc.device).expand(
+            batch + (d, d)).clone()
+        T[..., self.idx[0], self.idx[1]] = self.lower.expand(batch + self.lower.shape[-1:])
+        return T
+
+
+class Unwhiten(Transform):
+    """w -> loc + L^-T w, rows (.., d): whitened coordinates onto the space of a Gaussian
+    N(loc, (L L^T)^-1) given by its precision's Cholesky factor L. Scoring multiplies
+    by L^T; only drawing solves a triangular system."""
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc, L):
+        super().__init__(cache_size=0)
+        self.loc, self.L = loc, L
+
+    def _call(self, w):
+        z = torch.linalg.solve_triangular(self.L.transpose(-1, -2), w.unsqueeze(-1), upper=True)
+        return self.loc + z.squeeze(-1)
+
+    def _inverse(self, u):
+        return ((u - self.loc).unsqueeze(-2) @ self.L).squeeze(-2)
+
+    def log_abs_det_jacobian(self, w, u):
+        return -self.L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
 class MixtureHead(nn.Module):
@@ -47,12 +116,26 @@ class MixtureHead(nn.Module):
             self.out.weight.mul_(0.1)
             b = self.out.bias.view(k, self.per)
             b.zero_()
-            b[:, 1:1 + unconstrained_dim] = torch.linspace(-1.0, 1.0, k).unsqueeze(-1) \
-                if k > 1 else 0.0
-            b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = -0.5
+            if self.full:
+                # every component the base Gaussian (the prior, or the Laplace
+                # approximation of an informed site) at the start: in several
+                # dimensions a spread of components would mostly miss; the random
+                # output weights set them apart
+                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.e - 1)
+            else:
+                b[:, 1:1 + unconstrained_dim] = torch.linspace(-1.0, 1.0, k).unsqueeze(-1) \
+                    if k > 1 else 0.0
+                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = -0.5
         if self.full:
-            self.register_buffer("tril_idx", torch.tril_indices(unconstrained_dim,
-                                                                unconstrained_dim, -1))
+            d = unconstrained_dim
+            idx = torch.tril_indices(d, d, -1)
+            self.register_buffer("tril_idx", idx, persistent=False)
+            n = idx.shape[1]
+            self.register_buffer("pick", F.one_hot(idx[1], d).T.to(torch.get_default_dtype()),
+                                 persistent=False)
+            self.register_buffer("put", F.one_hot(idx[0], d).to(torch.get_default_dtype()),
+                                 persistent=False)
+            assert self.pick.shape == (d, n)
 
     def forward(self, h, loc_u, scale_u, adapt=None, defensive=0.0, pooled=None):
         """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim).
@@ -81,7 +164,6 @@ class MixtureHead(nn.Module):
             tau = F.softplus(raw[..., 1 + u:1 + 2 * u] - 4.0) / sd ** 2
             prec = 1 / scale_u.unsqueeze(1) ** 2 + tau
             loc = (loc_u.unsqueeze(1) / scale_u.unsqueeze(1) ** 2 + tau * m) / prec
-            diag = torch.ones_like(prec)
             scale = prec.rsqrt()
         if adapt is not None:
             shift, log_factor, dlogits, coupled = adapt
@@ -92,20 +174,16 @@ class MixtureHead(nn.Module):
         # finite whatever the prior of this trace (an absurd earlier draw can make it so)
         loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
         scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
-        tril = None
-        if self.full:
-            # L = diag(scale) @ (I + strictly lower part), the scale as above
-            tril = torch.diag_embed(torch.ones_like(diag))
-            tril[..., self.tril_idx[0], self.tril_idx[1]] = raw[..., 1 + 2 * u:]
+        lower = raw[..., 1 + 2 * u:] if self.full else None
         if defensive:
             logits = torch.cat([torch.log_softmax(logits, -1) + _log1m(defensive),
                                 torch.log_softmax(logits, -1) + math.log(defensive)], -1)
             loc = torch.cat([loc, loc], 1)
             scale = torch.cat([scale, scale * WIDEN], 1)
-            tril = None if tril is None else torch.cat([tril, tril], 1)
+            lower = None if lower is None else torch.cat([lower, lower], 1)
         if self.full:
-            comp = MultivariateNormal(loc, scale_tril=scale.unsqueeze(-1) * tril,
-                                      validate_args=False)
+            # the precision factor T diag(1 / scale), T unit lower triangular
+            comp = TriangularNormal(loc, scale, lower, self.tril_idx, self.pick, self.put)
         elif self.student:
             df = 2.0 + F.softplus(self.raw_df)
             if defensive:
@@ -122,10 +200,10 @@ class PushedMixture(Proposal):
     """The unconstrained mixture pushed through the support's bijection; values are
     flat (rows, dim)."""
 
-    def __init__(self, base, transform, support):
+    def __init__(self, base, transform, support, pre=()):
         self.t, self.support = transform, support
         t = transform if transform.codomain.event_dim else IndependentTransform(transform, 1)
-        self.d = TransformedDistribution(base, [t], validate_args=False)
+        self.d = TransformedDistribution(base, [*pre, t], validate_args=False)
 
     def sample(self):
         with torch.no_grad():   # inside the open support even where exp/sigmoid saturate
@@ -178,14 +256,16 @@ class ContinuousProposal(ProposalFamily):
         self.udim = info.de if self.transform.codomain.event_dim == 0 else \
             int(math.prod(self.transform.inverse_shape(torch.Size((info.de,)))))
         self.head = MixtureHead(config.hidden, info.de, self.udim, config.mixture_components,
-                                full_covariance=info.dist_name == "MultivariateNormal",
+                                full_covariance=info.dist_name == "MultivariateNormal"
+                                or self.udim <= config.full_covariance,
                                 tails=config.tails)
         self.register_buffer("mean", torch.zeros(info.n, self.udim))
         self.register_buffer("std", torch.ones(info.n, self.udim))
         # the prior's moments locate the proposal where they are one number per
-        # element on the real line or (0, inf) (log-normal moment matching there)
+        # element on the real line or (0, inf) (log-normal moment matching there), and
+        # for a MultivariateNormal prior (its mean and marginal sds)
         self.moments_usable = self.udim == info.de and \
-            info.support in (constraints.real, constraints.positive)
+            info.support in (constraints.real, constraints.positive, constraints.real_vector)
         self.log_moments = info.support is constraints.positive
 
     @property
@@ -233,41 +313,137 @@ class ContinuousProposal(ProposalFamily):
 
     @property
     def informable(self) -> bool:
-        """Whether the observations can locate this family's proposal (a Newton step in
-        its one-dimensional unconstrained space)."""
-        return self.moments_usable and self.info.de == 1 and not self.dependent
+        """Whether the observations can locate this family's proposal: a Newton step in
+        its unconstrained space, element by element for a scalar, jointly (with the full
+        Hessian) for a vector whose components have a full covariance."""
+        if not self.moments_usable or self.dependent:
+            return False
+        return self.info.de == 1 or (self.head.full and self.info.plate)
 
     def curvature(self, loglik, u):
         """The gradient and second derivative (M, m, 1) of the local log-likelihood at
         unconstrained values u (per element), or None where it does not depend on them."""
+        out = self.local_fit(loglik, u, joint=False)
+        return None if out is None else out[1:]
+
+    def local_fit(self, loglik, u, joint: bool):
+        """The local log-likelihood (M, m) at unconstrained values u (M, m, d), its
+        gradient (M, m, d) and its Hessian: (M, m, d, d) with ``joint`` (one backward
+        pass per element), otherwise the second derivative of each element (M, m, d),
+        where elements do not interact. None where it does not depend on u."""
+        d = u.shape[-1]
         with torch.enable_grad():
             u = u.detach().clone().requires_grad_(True)
             ll = loglik(self.transform(u))
             if not ll.requires_grad:
                 return None
             g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
-            hess, = torch.autograd.grad(g.sum(), u, allow_unused=True)
-        g = g.detach()
-        return g, torch.zeros_like(g) if hess is None else hess.detach()
+            zero = torch.zeros_like(u)
+            if not joint:
+                h = torch.autograd.grad(g.sum(), u, allow_unused=True)[0] \
+                    if g.requires_grad else None
+                return ll.detach(), g.detach(), zero if h is None else h.detach()
+            rows = []
+            for k in range(d):
+                r = torch.autograd.grad(g[..., k].sum(), u, retain_graph=k + 1 < d,
+                                        allow_unused=True)[0] if g.requires_grad else None
+                rows.append(zero if r is None else r)
+        return ll.detach(), g.detach(), torch.stack(rows, -2).detach()
+
+    def laplace(self, loglik, loc0, scale0, joint: bool):
+        """The Laplace approximation of the prior N(loc0, scale0^2) (in unconstrained
+        space, per element) times the local likelihood: up to ``newton_steps`` Newton
+        steps on log prior + log likelihood, each from the best point found so far (a
+        step that made it worse is halved next time), at most 5 prior scales each;
+        directions of positive curvature are dropped from the precision. Returns
+        (location, precision) -- the precision (M, m, d, d) with ``joint``, else per
+        element (M, m, d) -- or None where the likelihood does not depend on the site.
+        One step is exact for a linear-Gaussian likelihood; more find the mode of a
+        scale parameter or a logistic regression from far away."""
+        prior_prec = 1 / scale0 ** 2
+        u, best, size = loc0, None, torch.ones_like(loc0[..., 0])
+        for it in range(self.newton_steps):
+            fit = self.local_fit(loglik, u, joint)
+            if fit is None:
+                return None
+            ll, g, H = fit
+            obj = ll - 0.5 * (prior_prec * (u - loc0) ** 2).sum(-1)
+            fine = torch.isfinite(obj) & torch.isfinite(g).all(-1) & (
+                torch.isfinite(H).all(-1).all(-1) if joint else torch.isfinite(H).all(-1))
+            if best is None:
+                better = fine
+                best = [u, torch.where(fine, obj, torch.full_like(obj, -math.inf)), g, H]
+            else:
+                better = fine & (obj > best[1])
+                size = torch.where(better, torch.ones_like(size), 0.5 * size)
+            b = better.unsqueeze(-1)
+            best[0] = torch.where(b, u, best[0])
+            best[1] = torch.where(better, obj, best[1])
+            best[2] = torch.where(b, g, best[2])
+            best[3] = torch.where(b.unsqueeze(-1) if joint else b, H, best[3])
+            u0, _, g, H = best
+            g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
+            g = g - prior_prec * (u0 - loc0)
+            if joint:
+                H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
+                H = 0.5 * (H + H.transpose(-1, -2))
+                lam, V = torch.linalg.eigh(-H)
+                prec = torch.diag_embed(prior_prec) + \
+                    (V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2)
+                L, bad = torch.linalg.cholesky_ex(prec)
+                step = torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+                ok = (bad == 0) & torch.isfinite(step).all(-1)
+            else:
+                H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
+                prec = prior_prec + (-H).clamp(min=0.0)
+                step = g / prec
+                ok = torch.isfinite(step).all(-1)
+            # at most 5 prior scales in any element: the step shrunk, its direction kept
+            step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
+            step = torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
+            u = u0 + step
+            if it + 1 < self.newton_steps and bool((step.abs() < 1e-3 * scale0).all()):
+                break                                # converged everywhere
+        if joint:
+            prec = torch.where(ok[..., None, None], prec, torch.diag_embed(prior_prec))
+        else:
+            prec = torch.where(ok.unsqueeze(-1), prec, prior_prec)
+        return u, prec
+
+    newton_steps = 3
 
     def inform(self, facts, loglik, message=None):
-        """One Newton step from the prior location in unconstrained space, on the
-        log-likelihood of the observations that depend on the site: the Gaussian
-        (Laplace) approximation of prior x local likelihood. Where the likelihood is not
-        log-concave there, only the location moves, at most 5 prior scales.
+        """The prior's location moved by the observations that depend on the site: the
+        Laplace approximation of prior x local likelihood (:meth:`laplace`). A vector is
+        fitted jointly (full Hessian); the facts then gain the precision's Cholesky
+        factor L (M, m, d, d), and the components are placed in the whitened
+        coordinates of that Gaussian, so correlated elements (regression coefficients)
+        are located jointly before any training.
 
         ``message`` (precision, information), (M, m, 1) each: a Gaussian factor from
-        observations further away (:mod:`..lookahead`), multiplied in after the step."""
+        observations further away (:mod:`..lookahead`), multiplied in after."""
         if not self.informable:
             return facts
         loc, scale = facts[:2]
-        cur = self.curvature(loglik, loc)
-        if cur is not None:
-            g, hess = cur
-            prec = 1 / scale ** 2 - hess.clamp(max=0.0)
-            step = (g / prec).clamp(-5 * scale, 5 * scale)
-            ok = torch.isfinite(step) & torch.isfinite(prec) & (prec > 0)
-            loc = torch.where(ok, loc + step, loc)
+        joint = self.info.de > 1
+        fit = self.laplace(loglik, loc, scale, joint)
+        if joint:
+            if fit is None:
+                return facts
+            new_loc, prec = fit
+            L, bad = torch.linalg.cholesky_ex(prec)
+            sd = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
+            ok = (bad == 0) & torch.isfinite(new_loc).all(-1) & torch.isfinite(sd).all(-1) \
+                & (sd > 0).all(-1)
+            okv = ok.unsqueeze(-1)
+            loc = torch.where(okv, new_loc, loc)
+            L = torch.where(okv.unsqueeze(-1), L, torch.diag_embed(1 / scale))
+            scale = torch.where(okv, sd, scale)
+            return (loc.detach(), scale.detach(), facts[2], facts[3], L.detach())
+        if fit is not None:
+            new_loc, prec = fit
+            ok = torch.isfinite(new_loc) & torch.isfinite(prec) & (prec > 0)
+            loc = torch.where(ok, new_loc, loc)
             scale = torch.where(ok, prec.rsqrt(), scale)
         if message is not None:
             P, e = message
@@ -324,6 +500,20 @@ class ContinuousProposal(ProposalFamily):
         if self.dependent:
             transform, support = bounded_transform(*facts[4:])
             return PushedMixture(self.head(h, loc, scale, adapt, defensive), transform, support)
+        if len(facts) > 4:
+            # informed jointly: the mixture lives in the whitened coordinates of the
+            # Laplace approximation (loc, precision L L^T); a refinement's affine
+            # adapter acts after it, in unconstrained units
+            pre = [Unwhiten(loc, facts[4])]
+            logits_only = None
+            if adapt is not None:
+                shift, log_factor, dlogits, coupled = adapt
+                pre.append(AffineTransform(shift + coupled, torch.exp(log_factor), event_dim=1))
+                logits_only = (torch.zeros_like(shift), torch.zeros_like(shift), dlogits,
+                               torch.zeros_like(shift))
+            base = self.head(h, torch.zeros_like(loc), torch.ones_like(scale), logits_only,
+                             defensive)
+            return PushedMixture(base, self.transform, self.info.support, pre)
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
                              self.transform, self.info.support)
