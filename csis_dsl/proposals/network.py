@@ -61,6 +61,8 @@ class NetworkConfig:
     full_covariance: int = 16      # continuous sites of up to this many unconstrained
                                    # elements get full-covariance components (0: only
                                    # MultivariateNormal priors)
+    newton_steps: int = 2          # Newton steps of an informed continuous site's Laplace
+                                   # location (each a pass over its observations)
 
     def __post_init__(self):
         for k, f in self.__dataclass_fields__.items():

@@ -137,7 +137,14 @@ class MixtureHead(nn.Module):
                                  persistent=False)
             assert self.pick.shape == (d, n)
 
-    def forward(self, h, loc_u, scale_u, adapt=None, defensive=0.0, pooled=None):
+    # In the whitened coordinates of a Laplace approximation the components stay within
+    # these bounds (softly): the approximation is meant to be roughly right, and where
+    # it is badly off in training data, chasing it there would teach the network
+    # outputs that send other traces' draws to absurd values
+    WHITE_LOC, WHITE_SCALE, WHITE_LOWER = 5.0, 3.0, 1.0
+
+    def forward(self, h, loc_u, scale_u, adapt=None, defensive=0.0, pooled=None,
+                whitened=False):
         """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim).
 
         ``adapt`` (a refinement's per-instance parameters, rows first): an affine map
@@ -154,7 +161,12 @@ class MixtureHead(nn.Module):
         u = self.udim
         raw = linear(self.out, h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
-        if pooled is None:
+        if whitened:
+            B = (self.WHITE_LOC, self.WHITE_SCALE, self.WHITE_LOWER)
+            loc = B[0] * torch.tanh(raw[..., 1:1 + u] / B[0])
+            scale = B[1] * torch.tanh((F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5) / B[1])
+            raw = torch.cat([raw[..., :1 + 2 * u], B[2] * torch.tanh(raw[..., 1 + 2 * u:] / B[2])], -1)
+        elif pooled is None:
             loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
             diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5
             scale = scale_u.unsqueeze(1) * diag                        # (rows, K, udim)
@@ -267,6 +279,7 @@ class ContinuousProposal(ProposalFamily):
         self.moments_usable = self.udim == info.de and \
             info.support in (constraints.real, constraints.positive, constraints.real_vector)
         self.log_moments = info.support is constraints.positive
+        self.newton_steps = config.newton_steps
 
     @property
     def feat_dim(self):
@@ -324,13 +337,14 @@ class ContinuousProposal(ProposalFamily):
         """The gradient and second derivative (M, m, 1) of the local log-likelihood at
         unconstrained values u (per element), or None where it does not depend on them."""
         out = self.local_fit(loglik, u, joint=False)
-        return None if out is None else out[1:]
+        return None if out is None else (out[1], out[2]())
 
     def local_fit(self, loglik, u, joint: bool):
         """The local log-likelihood (M, m) at unconstrained values u (M, m, d), its
-        gradient (M, m, d) and its Hessian: (M, m, d, d) with ``joint`` (one backward
-        pass per element), otherwise the second derivative of each element (M, m, d),
-        where elements do not interact. None where it does not depend on u."""
+        gradient (M, m, d), and a function giving its Hessian when asked (a further
+        backward pass): (M, m, d, d) with ``joint``, otherwise the second derivative of
+        each element (M, m, d), where elements do not interact. None where the
+        likelihood does not depend on u."""
         d = u.shape[-1]
         with torch.enable_grad():
             u = u.detach().clone().requires_grad_(True)
@@ -338,17 +352,33 @@ class ContinuousProposal(ProposalFamily):
             if not ll.requires_grad:
                 return None
             g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
+
+        def hessian():
             zero = torch.zeros_like(u)
-            if not joint:
-                h = torch.autograd.grad(g.sum(), u, allow_unused=True)[0] \
-                    if g.requires_grad else None
-                return ll.detach(), g.detach(), zero if h is None else h.detach()
-            rows = []
-            for k in range(d):
-                r = torch.autograd.grad(g[..., k].sum(), u, retain_graph=k + 1 < d,
-                                        allow_unused=True)[0] if g.requires_grad else None
-                rows.append(zero if r is None else r)
-        return ll.detach(), g.detach(), torch.stack(rows, -2).detach()
+            if not g.requires_grad:
+                return zero.detach() if not joint else torch.zeros(u.shape + (d,))
+            with torch.enable_grad():
+                if not joint:
+                    h = torch.autograd.grad(g.sum(), u, allow_unused=True)[0]
+                    return zero.detach() if h is None else h.detach()
+                # all d rows in one vectorised backward pass (vmap over the basis
+                # vectors); one pass per row where an operation does not vectorise
+                basis = torch.eye(d, dtype=u.dtype).reshape((d,) + (1,) * (u.dim() - 1) + (d,))
+                try:
+                    H, = torch.autograd.grad(g, u, basis.expand((d,) + tuple(u.shape)),
+                                             retain_graph=True, allow_unused=True,
+                                             is_grads_batched=True)
+                    H = torch.zeros((d,) + tuple(u.shape)) if H is None else H
+                    H = H.movedim(0, -2)
+                except RuntimeError:
+                    rows = []
+                    for k in range(d):
+                        r = torch.autograd.grad(g[..., k].sum(), u, retain_graph=True,
+                                                allow_unused=True)[0]
+                        rows.append(zero if r is None else r)
+                    H = torch.stack(rows, -2)
+            return H.detach()
+        return ll.detach(), g.detach(), hessian
 
     def laplace(self, loglik, loc0, scale0, joint: bool):
         """The Laplace approximation of the prior N(loc0, scale0^2) (in unconstrained
@@ -358,18 +388,33 @@ class ContinuousProposal(ProposalFamily):
         directions of positive curvature are dropped from the precision. Returns
         (location, precision) -- the precision (M, m, d, d) with ``joint``, else per
         element (M, m, d) -- or None where the likelihood does not depend on the site.
-        One step is exact for a linear-Gaussian likelihood; more find the mode of a
-        scale parameter or a logistic regression from far away."""
+        One step is exact for a linear-Gaussian likelihood (the gradient at its end is
+        then zero, and no further Hessian is computed); a second moves a scale parameter
+        or a logistic regression that the first left far from its mode."""
         prior_prec = 1 / scale0 ** 2
-        u, best, size = loc0, None, torch.ones_like(loc0[..., 0])
+        u, best, size, prec, ok = loc0, None, torch.ones_like(loc0[..., 0]), None, None
         for it in range(self.newton_steps):
             fit = self.local_fit(loglik, u, joint)
             if fit is None:
                 return None
-            ll, g, H = fit
+            ll, g, hessian = fit
             obj = ll - 0.5 * (prior_prec * (u - loc0) ** 2).sum(-1)
-            fine = torch.isfinite(obj) & torch.isfinite(g).all(-1) & (
-                torch.isfinite(H).all(-1).all(-1) if joint else torch.isfinite(H).all(-1))
+            fine = torch.isfinite(obj) & torch.isfinite(g).all(-1)
+            if best is not None:
+                # where the last step landed at the mode (the objective's gradient is
+                # negligible there and it improved), the Hessian is not needed again
+                g_obj = torch.where(torch.isfinite(g), g, torch.zeros_like(g)) - \
+                    prior_prec * (u - loc0)
+                if joint:
+                    rest = torch.cholesky_solve(g_obj.unsqueeze(-1), torch.linalg.cholesky_ex(
+                        prec)[0]).squeeze(-1)
+                else:
+                    rest = g_obj / prec
+                done = fine & (obj >= best[1]) & (rest.abs() < 1e-3 * scale0).all(-1)
+                if bool(done.all()):
+                    return u, prec
+            H = hessian()
+            fine = fine & (torch.isfinite(H).all(-1).all(-1) if joint else torch.isfinite(H).all(-1))
             if best is None:
                 better = fine
                 best = [u, torch.where(fine, obj, torch.full_like(obj, -math.inf)), g, H]
@@ -384,8 +429,8 @@ class ContinuousProposal(ProposalFamily):
             u0, _, g, H = best
             g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
             g = g - prior_prec * (u0 - loc0)
+            H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
             if joint:
-                H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
                 H = 0.5 * (H + H.transpose(-1, -2))
                 lam, V = torch.linalg.eigh(-H)
                 prec = torch.diag_embed(prior_prec) + \
@@ -393,24 +438,17 @@ class ContinuousProposal(ProposalFamily):
                 L, bad = torch.linalg.cholesky_ex(prec)
                 step = torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
                 ok = (bad == 0) & torch.isfinite(step).all(-1)
+                prec = torch.where(ok[..., None, None], prec, torch.diag_embed(prior_prec))
             else:
-                H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
                 prec = prior_prec + (-H).clamp(min=0.0)
                 step = g / prec
                 ok = torch.isfinite(step).all(-1)
+                prec = torch.where(ok.unsqueeze(-1), prec, prior_prec)
             # at most 5 prior scales in any element: the step shrunk, its direction kept
             step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
             step = torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
             u = u0 + step
-            if it + 1 < self.newton_steps and bool((step.abs() < 1e-3 * scale0).all()):
-                break                                # converged everywhere
-        if joint:
-            prec = torch.where(ok[..., None, None], prec, torch.diag_embed(prior_prec))
-        else:
-            prec = torch.where(ok.unsqueeze(-1), prec, prior_prec)
         return u, prec
-
-    newton_steps = 3
 
     def inform(self, facts, loglik, message=None):
         """The prior's location moved by the observations that depend on the site: the
@@ -511,8 +549,7 @@ class ContinuousProposal(ProposalFamily):
                 pre.append(AffineTransform(shift + coupled, torch.exp(log_factor), event_dim=1))
                 logits_only = (torch.zeros_like(shift), torch.zeros_like(shift), dlogits,
                                torch.zeros_like(shift))
-            base = self.head(h, torch.zeros_like(loc), torch.ones_like(scale), logits_only,
-                             defensive)
+            base = self.head(h, loc, scale, logits_only, defensive, whitened=True)
             return PushedMixture(base, self.transform, self.info.support, pre)
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
