@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/csis-dsl run specs/gaussian.ppl --obs x1=8 --obs x2=9
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

@@ -1,8 +1,15 @@
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in parallel workers (make test: pytest -n auto, one per core): one
+    # thread each, so that the workers share the cores instead of fighting over them
+    import torch
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
