@@ -328,10 +328,36 @@ class ContinuousProposal(ProposalFamily):
     def informable(self) -> bool:
         """Whether the observations can locate this family's proposal: a Newton step in
         its unconstrained space, element by element for a scalar, jointly (with the full
-        Hessian) for a vector whose components have a full covariance."""
+        Hessian) for a vector whose components have a full covariance, and element by
+        element for a wider vector where its elements do not interact in the likelihood
+        (:meth:`separable`)."""
         if not self.moments_usable or self.dependent:
             return False
-        return self.info.de == 1 or (self.head.full and self.info.plate)
+        return self.info.de == 1 or self.info.plate
+
+    @staticmethod
+    def separable(loglik, transform, u, tol: float = 1e-4):
+        """Where (M, m) the Hessian of the log-likelihood in the elements of u (M, m, d)
+        is diagonal -- a wide vector read element by element (``theta[group[i]]``,
+        ``Normal(theta, sigma)``) -- by two Hessian-vector products: with all ones (the
+        row sums) and with fixed random signs r; the two agree (H r = rowsum * r) only
+        where no element interacts with another."""
+        with torch.enable_grad():
+            u = u.detach().clone().requires_grad_(True)
+            ll = loglik(transform(u))
+            if not ll.requires_grad:
+                return None
+            g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
+            if not g.requires_grad:
+                return torch.ones(u.shape[:-1], dtype=torch.bool)
+            r = (torch.randint(0, 2, u.shape[1:], generator=torch.Generator().manual_seed(0))
+                 * 2 - 1).to(u.dtype)
+            rows, = torch.autograd.grad(g.sum(), u, retain_graph=True, allow_unused=True)
+            hr, = torch.autograd.grad((g * r).sum(), u, allow_unused=True)
+        if rows is None or hr is None:
+            return torch.ones(u.shape[:-1], dtype=torch.bool)
+        gap = (hr - rows * r).abs()
+        return (gap <= tol * (rows.abs() + 1e-12)).all(-1) & torch.isfinite(gap).all(-1)
 
     def curvature(self, loglik, u):
         """The gradient and second derivative (M, m, 1) of the local log-likelihood at
@@ -463,8 +489,17 @@ class ContinuousProposal(ProposalFamily):
         if not self.informable:
             return facts
         loc, scale = facts[:2]
-        joint = self.info.de > 1
+        joint = self.info.de > 1 and self.head.full
+        apart = None
+        if self.info.de > 1 and not joint:
+            # a wide vector: element by element, where its elements are independent
+            apart = self.separable(loglik, self.transform, loc)
+            if apart is None or not bool(apart.any()):
+                return facts
         fit = self.laplace(loglik, loc, scale, joint)
+        if apart is not None and fit is not None:
+            keep = apart.unsqueeze(-1)
+            fit = (torch.where(keep, fit[0], loc), torch.where(keep, fit[1], 1 / scale ** 2))
         if joint:
             if fit is None:
                 return facts
