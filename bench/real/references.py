@@ -139,20 +139,21 @@ def coal():
     return out, rhat
 
 
-def _exact(method, fn, *keys):
+def _exact(name, method, fn, *keys):
+    """The reference of model ``name`` by ``fn`` on the named args and observations."""
     def make():
-        d = data(fn.__name__)
+        d = data(name)
         parts = {**d["args"], **d["observations"]}
         return {"method": method, "posterior": exact_summary(fn(*(parts[k] for k in keys)))}
     return make
 
 
-EXACT = {
-    "faithful": _exact("exact (quadrature over sigma)", exact.faithful, "x", "y"),
-    "glucose": _exact("exact (quadrature over sigma)", exact.glucose, "X", "y"),
-    "eight_schools": _exact("exact (quadrature over tau)", exact.eight_schools, "y", "sigma"),
-    "nile": _exact("exact (Kalman smoother on a grid over the two scales)", exact.nile, "y"),
-}
+EXACT = {name: _exact(name, *how) for name, how in {
+    "faithful": ("exact (quadrature over sigma)", exact.faithful, "x", "y"),
+    "glucose": ("exact (quadrature over sigma)", exact.glucose, "X", "y"),
+    "eight_schools": ("exact (quadrature over tau)", exact.eight_schools, "y", "sigma"),
+    "nile": ("exact (Kalman smoother on a grid over the two scales)", exact.nile, "y"),
+}.items()}
 
 
 def main(only=None):

@@ -232,7 +232,12 @@ class Runtime:
         if self.strict:
             raise ModelRuntimeError(f"{msg}, which fails in {int(bad_traces.sum())} "
                                     "trace(s)", s.span)
-        self.invalid = self.invalid | bad_traces.expand(self.B)
+        self.zero_density(bad_traces, msg, s)
+
+    def zero_density(self, traces, msg, s):
+        """Not strict: mark ``traces`` (B,) as of density zero, and keep the first
+        reason (what simulation reports when such traces are many)."""
+        self.invalid = self.invalid | traces.expand(self.B)
         if self.problem is None:
             self.problem = ModelRuntimeError(msg, s.span, self.checked.source)
 
@@ -247,20 +252,14 @@ class Runtime:
         if not bool(bad.any()):
             return p
         real_bad = bad if active is None else bad & extend_to(active, bad)
-        if bool(real_bad.any()) and not self.strict:
+        if bool(real_bad.any()):
             traces = real_bad.reshape(real_bad.shape[0], -1).any(1)
-            self.invalid = self.invalid | traces.expand(self.B)
-            if self.problem is None:
-                sel = extend_to(real_bad, p).expand(p.shape)
-                self.problem = ModelRuntimeError(
-                    f"the {param.name} of {dname} must be {kind.words}, got "
-                    f"{float(p.detach()[sel].reshape(-1)[0]):g}", s.span, self.checked.source)
-        elif bool(real_bad.any()):
             sel = extend_to(real_bad, p).expand(p.shape)
-            val = p[sel].reshape(-1)[0]
-            n = int(real_bad.reshape(real_bad.shape[0], -1).any(1).sum())
-            raise ModelRuntimeError(f"the {param.name} of {dname} must be {kind.words}, got "
-                                    f"{float(val):g} in {n} trace(s)", s.span)
+            msg = (f"the {param.name} of {dname} must be {kind.words}, got "
+                   f"{float(p.detach()[sel].reshape(-1)[0]):g}")
+            if self.strict:
+                raise ModelRuntimeError(f"{msg} in {int(traces.sum())} trace(s)", s.span)
+            self.zero_density(traces, msg, s)
         fill = kind.safe if kind.safe is not None else 1.0 / p.shape[-1]
         return torch.where(extend_to(bad, p), torch.full_like(p, fill), p)
 

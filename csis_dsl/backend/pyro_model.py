@@ -12,8 +12,8 @@ from pyro.poutine.runtime import am_i_wrapped
 from ..device import CPU, current, here, on
 from ..frontend.args import resolve_runtime_args
 from ..frontend.checked import Checked
-from ..middle.plan import Plan
 from ..errors import ModelRuntimeError
+from ..middle.plan import Plan
 from .handlers import Scorer, SiteHandler
 from .interpreter import Runtime
 from .observations import Observations
@@ -44,6 +44,7 @@ class PyroModel:
         self.__name__ = checked.program.name
         self.device = CPU           # set by CompiledModel.to
         self._args_on = None        # (device, the compiled args there)
+        self._warned = False        # of traces simulation drew again
 
     def args(self, overrides=None) -> Dict[str, torch.Tensor]:
         """The arg values for one run, on the current device (the compiled ones are
@@ -97,7 +98,7 @@ class PyroModel:
         statement."""
         with torch.no_grad(), on(self.device):
             parts, have, dropped, problem = [], 0, 0, None
-            for attempt in range(20):
+            for _ in range(20):      # each round draws what the ones before dropped
                 n = num_traces - have
                 rt = Runtime(self.checked, self.plan, n, SiteHandler(), self.args(args),
                              strict=False)
@@ -131,7 +132,7 @@ class PyroModel:
 
     def _warn_dropped(self, problem, bad, n):
         import warnings
-        if getattr(self, "_warned", False):
+        if self._warned:
             return
         self._warned = True
         warnings.warn(f"{problem.span}: {problem.message} in {bad} of {n} prior "

@@ -67,8 +67,9 @@ class NetworkConfig:
     def __post_init__(self):
         for k, f in self.__dataclass_fields__.items():
             v = getattr(self, k)
+            zero_ok = k in ("set_embedding", "smoothing", "full_covariance")
             if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int) or v < 0
-                                    or (v == 0 and k not in ("set_embedding", "smoothing", "full_covariance"))):
+                                    or (v == 0 and not zero_ok)):
                 raise ValueError(f"'{k}' must be a positive integer, got {v!r}")
             if f.type == "bool" and not isinstance(v, bool):
                 raise ValueError(f"'{k}' must be true or false, got {v!r}")

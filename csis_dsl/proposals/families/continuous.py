@@ -157,15 +157,19 @@ class MixtureHead(nn.Module):
         gives in those units -- precision-weighted. In a family produced in order the
         prior's location is the previous element's, and the smoothing posterior is
         exactly such a product: how much of the previous element to keep is then a
-        ratio of precisions, not something the network must compute."""
+        ratio of precisions, not something the network must compute.
+
+        ``whitened``: the components are in the whitened coordinates of an informed
+        site's Laplace approximation (loc_u and scale_u unused), within soft bounds."""
         u = self.udim
         raw = linear(self.out, h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
+        lower = raw[..., 1 + 2 * u:] if self.full else None
         if whitened:
-            B = (self.WHITE_LOC, self.WHITE_SCALE, self.WHITE_LOWER)
-            loc = B[0] * torch.tanh(raw[..., 1:1 + u] / B[0])
-            scale = B[1] * torch.tanh((F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5) / B[1])
-            raw = torch.cat([raw[..., :1 + 2 * u], B[2] * torch.tanh(raw[..., 1 + 2 * u:] / B[2])], -1)
+            loc = self.WHITE_LOC * torch.tanh(raw[..., 1:1 + u] / self.WHITE_LOC)
+            scale = self.WHITE_SCALE * torch.tanh(
+                (F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5) / self.WHITE_SCALE)
+            lower = self.WHITE_LOWER * torch.tanh(lower / self.WHITE_LOWER)
         elif pooled is None:
             loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * raw[..., 1:1 + u]
             diag = F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5
@@ -186,7 +190,6 @@ class MixtureHead(nn.Module):
         # finite whatever the prior of this trace (an absurd earlier draw can make it so)
         loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
         scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
-        lower = raw[..., 1 + 2 * u:] if self.full else None
         if defensive:
             logits = torch.cat([torch.log_softmax(logits, -1) + _log1m(defensive),
                                 torch.log_softmax(logits, -1) + math.log(defensive)], -1)
@@ -330,7 +333,7 @@ class ContinuousProposal(ProposalFamily):
         its unconstrained space, element by element for a scalar, jointly (with the full
         Hessian) for a vector whose components have a full covariance, and element by
         element for a wider vector where its elements do not interact in the likelihood
-        (:meth:`separable`)."""
+        (:func:`separable`)."""
         if not self.moments_usable or self.dependent:
             return False
         return self.info.de == 1 or self.info.plate
@@ -338,143 +341,90 @@ class ContinuousProposal(ProposalFamily):
     @staticmethod
     def separable(loglik, transform, u, tol: float = 1e-4):
         """Where (M, m) the Hessian of the log-likelihood in the elements of u (M, m, d)
-        is diagonal -- a wide vector read element by element (``theta[group[i]]``,
-        ``Normal(theta, sigma)``) -- by two Hessian-vector products: with all ones (the
-        row sums) and with fixed random signs r; the two agree (H r = rowsum * r) only
-        where no element interacts with another."""
-        with torch.enable_grad():
-            u = u.detach().clone().requires_grad_(True)
-            ll = loglik(transform(u))
-            if not ll.requires_grad:
-                return None
-            g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
-            if not g.requires_grad:
-                return torch.ones(u.shape[:-1], dtype=torch.bool)
-            r = (torch.randint(0, 2, u.shape[1:], generator=torch.Generator().manual_seed(0))
-                 * 2 - 1).to(u.dtype)
-            rows, = torch.autograd.grad(g.sum(), u, retain_graph=True, allow_unused=True)
-            hr, = torch.autograd.grad((g * r).sum(), u, allow_unused=True)
-        if rows is None or hr is None:
-            return torch.ones(u.shape[:-1], dtype=torch.bool)
-        gap = (hr - rows * r).abs()
-        return (gap <= tol * (rows.abs() + 1e-12)).all(-1) & torch.isfinite(gap).all(-1)
+        is diagonal (:func:`separable`), or None where it does not depend on u."""
+        fit = local_fit(loglik, transform, u)
+        return None if fit is None else separable(fit[2], u, tol)
 
     def curvature(self, loglik, u):
         """The gradient and second derivative (M, m, 1) of the local log-likelihood at
         unconstrained values u (per element), or None where it does not depend on them."""
-        out = self.local_fit(loglik, u, joint=False)
-        return None if out is None else (out[1], out[2]())
+        fit = local_fit(loglik, self.transform, u)
+        return None if fit is None else (fit[1], hessian(fit[2], u, joint=False))
 
-    def local_fit(self, loglik, u, joint: bool):
-        """The local log-likelihood (M, m) at unconstrained values u (M, m, d), its
-        gradient (M, m, d), and a function giving its Hessian when asked (a further
-        backward pass): (M, m, d, d) with ``joint``, otherwise the second derivative of
-        each element (M, m, d), where elements do not interact. None where the
-        likelihood does not depend on u."""
-        d = u.shape[-1]
-        with torch.enable_grad():
-            u = u.detach().clone().requires_grad_(True)
-            ll = loglik(self.transform(u))
-            if not ll.requires_grad:
-                return None
-            g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
-
-        def hessian():
-            zero = torch.zeros_like(u)
-            if not g.requires_grad:
-                return zero.detach() if not joint else torch.zeros(u.shape + (d,))
-            with torch.enable_grad():
-                if not joint:
-                    h = torch.autograd.grad(g.sum(), u, allow_unused=True)[0]
-                    return zero.detach() if h is None else h.detach()
-                # all d rows in one vectorised backward pass (vmap over the basis
-                # vectors); one pass per row where an operation does not vectorise
-                basis = torch.eye(d, dtype=u.dtype).reshape((d,) + (1,) * (u.dim() - 1) + (d,))
-                try:
-                    H, = torch.autograd.grad(g, u, basis.expand((d,) + tuple(u.shape)),
-                                             retain_graph=True, allow_unused=True,
-                                             is_grads_batched=True)
-                    H = torch.zeros((d,) + tuple(u.shape)) if H is None else H
-                    H = H.movedim(0, -2)
-                except RuntimeError:
-                    rows = []
-                    for k in range(d):
-                        r = torch.autograd.grad(g[..., k].sum(), u, retain_graph=True,
-                                                allow_unused=True)[0]
-                        rows.append(zero if r is None else r)
-                    H = torch.stack(rows, -2)
-            return H.detach()
-        return ll.detach(), g.detach(), hessian
-
-    def laplace(self, loglik, loc0, scale0, joint: bool):
+    def laplace(self, loglik, loc0, scale0, joint: bool, wide: bool = False):
         """The Laplace approximation of the prior N(loc0, scale0^2) (in unconstrained
         space, per element) times the local likelihood: up to ``newton_steps`` Newton
         steps on log prior + log likelihood, each from the best point found so far (a
         step that made it worse is halved next time), at most 5 prior scales each;
-        directions of positive curvature are dropped from the precision. Returns
-        (location, precision) -- the precision (M, m, d, d) with ``joint``, else per
-        element (M, m, d) -- or None where the likelihood does not depend on the site.
+        directions of positive curvature are dropped from the precision.
+
+        Returns (location, precision) per element (M, m, d), or with ``joint`` (location,
+        the precision's Cholesky factor (M, m, d, d)); None where the likelihood does not
+        depend on the site. ``wide``: a vector fitted element by element, which only
+        holds where its elements do not interact (:func:`separable`, checked at the
+        first evaluation); elsewhere the prior is returned.
+
         One step is exact for a linear-Gaussian likelihood (the gradient at its end is
         then zero, and no further Hessian is computed); a second moves a scale parameter
         or a logistic regression that the first left far from its mode."""
         prior_prec = 1 / scale0 ** 2
-        u, best, size, prec, ok = loc0, None, torch.ones_like(loc0[..., 0]), None, None
+        prior = torch.diag_embed(scale0.reciprocal()) if joint else prior_prec
+        u, best, size, apart = loc0, None, torch.ones_like(loc0[..., 0]), None
+
+        def solve(L, g):            # the precision (factor) L applied inversely to g
+            return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1) if joint else g / L
+
         for it in range(self.newton_steps):
-            fit = self.local_fit(loglik, u, joint)
+            fit = local_fit(loglik, self.transform, u)
             if fit is None:
                 return None
-            ll, g, hessian = fit
+            ll, g, hvp = fit
+            if wide and apart is None:
+                apart = separable(hvp, u)
+                if not bool(apart.any()):
+                    return u, prior
             obj = ll - 0.5 * (prior_prec * (u - loc0) ** 2).sum(-1)
             fine = torch.isfinite(obj) & torch.isfinite(g).all(-1)
+            g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
             if best is not None:
                 # where the last step landed at the mode (the objective's gradient is
                 # negligible there and it improved), the Hessian is not needed again
-                g_obj = torch.where(torch.isfinite(g), g, torch.zeros_like(g)) - \
-                    prior_prec * (u - loc0)
-                if joint:
-                    rest = torch.cholesky_solve(g_obj.unsqueeze(-1), torch.linalg.cholesky_ex(
-                        prec)[0]).squeeze(-1)
-                else:
-                    rest = g_obj / prec
+                rest = solve(L, g - prior_prec * (u - loc0))
                 done = fine & (obj >= best[1]) & (rest.abs() < 1e-3 * scale0).all(-1)
                 if bool(done.all()):
-                    return u, prec
-            H = hessian()
-            fine = fine & (torch.isfinite(H).all(-1).all(-1) if joint else torch.isfinite(H).all(-1))
+                    break
+            H = hessian(hvp, u, joint)
+            fine = fine & torch.isfinite(H).flatten(u.dim() - 1).all(-1)
             if best is None:
                 better = fine
                 best = [u, torch.where(fine, obj, torch.full_like(obj, -math.inf)), g, H]
             else:
                 better = fine & (obj > best[1])
                 size = torch.where(better, torch.ones_like(size), 0.5 * size)
-            b = better.unsqueeze(-1)
-            best[0] = torch.where(b, u, best[0])
-            best[1] = torch.where(better, obj, best[1])
-            best[2] = torch.where(b, g, best[2])
-            best[3] = torch.where(b.unsqueeze(-1) if joint else b, H, best[3])
+            for k, new in enumerate((u, obj, g, H)):
+                best[k] = torch.where(better.reshape(better.shape + (1,) * (new.dim() - better.dim())),
+                                      new, best[k])
             u0, _, g, H = best
-            g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
             g = g - prior_prec * (u0 - loc0)
             H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
             if joint:
-                H = 0.5 * (H + H.transpose(-1, -2))
-                lam, V = torch.linalg.eigh(-H)
-                prec = torch.diag_embed(prior_prec) + \
-                    (V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2)
-                L, bad = torch.linalg.cholesky_ex(prec)
-                step = torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
-                ok = (bad == 0) & torch.isfinite(step).all(-1)
-                prec = torch.where(ok[..., None, None], prec, torch.diag_embed(prior_prec))
+                lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
+                L, bad = torch.linalg.cholesky_ex(torch.diag_embed(prior_prec) + (
+                    V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2))
+                ok = bad == 0
+                L = torch.where(ok[..., None, None], L, prior)
             else:
-                prec = prior_prec + (-H).clamp(min=0.0)
-                step = g / prec
-                ok = torch.isfinite(step).all(-1)
-                prec = torch.where(ok.unsqueeze(-1), prec, prior_prec)
+                L = prior_prec + (-H).clamp(min=0.0)
+                ok = torch.ones_like(fine)
+            step = solve(L, g)
+            ok = ok & torch.isfinite(step).all(-1)
             # at most 5 prior scales in any element: the step shrunk, its direction kept
             step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
-            step = torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
-            u = u0 + step
-        return u, prec
+            u = u0 + torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
+        if apart is not None:
+            keep = apart.unsqueeze(-1)
+            return torch.where(keep, u, loc0), torch.where(keep, L, prior)
+        return u, L
 
     def inform(self, facts, loglik, message=None):
         """The prior's location moved by the observations that depend on the site: the
@@ -490,24 +440,13 @@ class ContinuousProposal(ProposalFamily):
             return facts
         loc, scale = facts[:2]
         joint = self.info.de > 1 and self.head.full
-        apart = None
-        if self.info.de > 1 and not joint:
-            # a wide vector: element by element, where its elements are independent
-            apart = self.separable(loglik, self.transform, loc)
-            if apart is None or not bool(apart.any()):
-                return facts
-        fit = self.laplace(loglik, loc, scale, joint)
-        if apart is not None and fit is not None:
-            keep = apart.unsqueeze(-1)
-            fit = (torch.where(keep, fit[0], loc), torch.where(keep, fit[1], 1 / scale ** 2))
+        fit = self.laplace(loglik, loc, scale, joint, wide=self.info.de > 1 and not joint)
         if joint:
             if fit is None:
                 return facts
-            new_loc, prec = fit
-            L, bad = torch.linalg.cholesky_ex(prec)
+            new_loc, L = fit
             sd = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
-            ok = (bad == 0) & torch.isfinite(new_loc).all(-1) & torch.isfinite(sd).all(-1) \
-                & (sd > 0).all(-1)
+            ok = torch.isfinite(new_loc).all(-1) & torch.isfinite(sd).all(-1) & (sd > 0).all(-1)
             okv = ok.unsqueeze(-1)
             loc = torch.where(okv, new_loc, loc)
             L = torch.where(okv.unsqueeze(-1), L, torch.diag_embed(1 / scale))
@@ -589,6 +528,56 @@ class ContinuousProposal(ProposalFamily):
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
                              self.transform, self.info.support)
+
+
+def local_fit(loglik, transform, u):
+    """The local log-likelihood (M, m) at unconstrained values u (M, m, d) (``loglik``
+    takes values pushed through ``transform``), its gradient (M, m, d), and ``hvp(v)``:
+    the Hessian times v (..., d), or times each of a leading batch of vectors with
+    ``batched`` (one vectorised backward pass). None where it does not depend on u."""
+    with torch.enable_grad():
+        u = u.detach().clone().requires_grad_(True)
+        ll = loglik(transform(u))
+        if not ll.requires_grad:
+            return None
+        g, = torch.autograd.grad(ll.sum(), u, create_graph=True)
+
+    def hvp(v, batched=False):
+        if not g.requires_grad:
+            return torch.zeros_like(v)
+        with torch.enable_grad():
+            h, = torch.autograd.grad(g, u, v, retain_graph=True, allow_unused=True,
+                                     is_grads_batched=batched)
+        return torch.zeros_like(v) if h is None else h.detach()
+    return ll.detach(), g.detach(), hvp
+
+
+def hessian(hvp, u, joint: bool):
+    """The Hessian (M, m, d, d) at u from its products (:func:`local_fit`), all rows in
+    one vectorised pass (one pass per row where an operation does not vectorise); or,
+    not ``joint``, the second derivative of each element (M, m, d) -- the row sums, which
+    is it where the elements do not interact."""
+    if not joint:
+        return hvp(torch.ones_like(u))
+    d = u.shape[-1]
+    basis = torch.eye(d, dtype=u.dtype).reshape((d,) + (1,) * (u.dim() - 1) + (d,))
+    basis = basis.expand((d,) + tuple(u.shape))
+    try:
+        return hvp(basis, batched=True).movedim(0, -2)
+    except RuntimeError:
+        return torch.stack([hvp(b) for b in basis], -2)
+
+
+def separable(hvp, u, tol: float = 1e-4):
+    """Where (M, m) the Hessian at u (M, m, d) is diagonal -- a vector read element by
+    element (``theta[group[i]]``, ``Normal(theta, sigma)``) -- by two Hessian-vector
+    products: with all ones (the row sums) and with fixed random signs r; they agree
+    (H r = rowsum * r) only where no element interacts with another."""
+    r = (torch.randint(0, 2, u.shape[1:], generator=torch.Generator().manual_seed(0))
+         * 2 - 1).to(u.dtype)
+    rows, hr = hvp(torch.ones_like(u)), hvp(r.expand_as(u))
+    gap = (hr - rows * r).abs()
+    return (gap <= tol * (rows.abs() + 1e-12)).all(-1) & torch.isfinite(gap).all(-1)
 
 
 def dependent_facts(d, M, width, de, mean, std):
