@@ -130,12 +130,11 @@ class MixtureHead(nn.Module):
             d = unconstrained_dim
             idx = torch.tril_indices(d, d, -1)
             self.register_buffer("tril_idx", idx, persistent=False)
-            n = idx.shape[1]
+            # one-hot (d, n) and (n, d): what T's strictly lower entries read and write
             self.register_buffer("pick", F.one_hot(idx[1], d).T.to(torch.get_default_dtype()),
                                  persistent=False)
             self.register_buffer("put", F.one_hot(idx[0], d).to(torch.get_default_dtype()),
                                  persistent=False)
-            assert self.pick.shape == (d, n)
 
     # In the whitened coordinates of a Laplace approximation the components stay within
     # these bounds (softly): the approximation is meant to be roughly right, and where
