@@ -204,6 +204,9 @@ def _train_args(t):
     t.add_argument("--arch", choices=["lstm", "feedforward"], default="lstm",
                    help="proposal network: an LSTM over the latent sites (default) or the "
                         "cheaper feedforward (mean-field) variant")
+    t.add_argument("--plate-subsample", type=COUNT, default=64, metavar="M",
+                   help="estimate the loss of a site with more than M instances from M of "
+                        "them drawn at random per step (unbiased; 0: all; default 64)")
     t.add_argument("--seed", type=COUNT, default=0, help="random seed (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--device", default=None,
@@ -272,7 +275,8 @@ def _train(a, m=None):
     steps = None if dataset is not None else (a.steps or 1500)
     m.train(num_steps=steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
             lr_decay=a.lr_decay, lr_tau=a.lr_tau or None, progress=not a.no_progress,
-            dataset=dataset, epochs=getattr(a, "epochs", 1))
+            dataset=dataset, epochs=getattr(a, "epochs", 1),
+            plate_subsample=a.plate_subsample or None)
     if m.history.interrupted:
         print(f"interrupted after {len(m.history.steps)} steps; saving what was trained",
               file=sys.stderr)

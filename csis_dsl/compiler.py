@@ -118,7 +118,8 @@ class CompiledModel:
     @_on_device
     def train(self, num_steps=None, batch_size=512, lr=1e-2, seed=None, progress=True,
               validation_size=256, lr_decay=None, clip=10.0, validate_every=None,
-              lr_tau=50, keep_best=False, device=None, dataset=None, epochs=1):
+              lr_tau=50, keep_best=False, device=None, dataset=None, epochs=1,
+              plate_subsample=64):
         """Train the proposal network (``num_steps``, default 1000) on fresh
         simulations, or for ``epochs`` passes over an offline ``dataset`` folder written
         by ``simulate_to``; calling again continues where it stopped. Returns the
@@ -133,6 +134,11 @@ class CompiledModel:
         Adam's rate at step t of the whole training is ``lr / sqrt(1 + t / lr_tau)``
         (``lr_tau=None``: constant), times a decay within this call from 1 to
         ``lr_decay`` when that is given. Gradients are clipped to norm ``clip``.
+
+        ``plate_subsample``: the loss of a site with more instances than this (a large
+        plate, a long chain) is estimated, without bias, from that many of them drawn at
+        random in each trace batch (each weighted by the ratio), so that a step's network
+        cost does not grow with the data set's size (``None``: every instance).
 
         Started by ``torchrun`` (or ``csis-dsl train --nproc N``), it trains data-parallel:
         each rank its own batches (its own seed stream, its own shards of a dataset),
@@ -152,6 +158,7 @@ class CompiledModel:
         validate_every = opt.optional_integer("validate_every", validate_every, 1)
         lr_tau = opt.optional_number("lr_tau", lr_tau)
         epochs = opt.integer("epochs", epochs, 1)
+        plate_subsample = opt.optional_integer("plate_subsample", plate_subsample, 1)
         group = distributed.from_environment()
         if group is not None:
             self.to(group.device(self.device))
@@ -178,6 +185,7 @@ class CompiledModel:
                 import pyro
                 pyro.set_rng_seed(group.seed(seed))
             self._trainer.lr = lr
+            self._trainer.subsample = plate_subsample
             self.history = self._trainer.run(num_steps, batch_size, lr_decay=lr_decay,
                                              clip=clip, lr_tau=lr_tau, progress=progress,
                                              validate_every=validate_every,

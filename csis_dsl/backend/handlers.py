@@ -46,6 +46,10 @@ class SiteHandler:
     """The default handler samples every latent from its prior and takes observed
     values from ``observations`` (sampling those not given)."""
 
+    # whether ``observed`` reads the site's distribution: a handler that only takes the
+    # given values (a guide) says no, and the interpreter does not build it
+    reads_observed = True
+
     def __init__(self, observations: Optional[Dict[str, torch.Tensor]] = None):
         self.observations = observations or {}
 

@@ -40,6 +40,11 @@ def extend(t: torch.Tensor, P: int) -> torch.Tensor:
     return t.reshape(t.shape + (1,) * (P - t.dim())) if t.dim() < P else t
 
 
+def fixed_size(at) -> int:
+    """The size of a loop dim restricted to ``at``: one value, or a LongTensor of them."""
+    return at.numel() if torch.is_tensor(at) else 1
+
+
 def extend_to(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
 
@@ -63,16 +68,21 @@ class Runtime:
         self.done: set = set()            # families already emitted as a whole
 
     # ---------------------------------------------------------------- contexts
-    def loop_value(self, loops: List[Loop], k: int, at: Optional[int] = None) -> Val:
+    def loop_value(self, loops: List[Loop], k: int, at=None) -> Val:
+        """The values of loop k's variable along its dim: all of them, or only ``at``
+        (one value: a dim of size 1; a LongTensor of values: a dim of their number)."""
         P = 1 + len(loops)
+        shape = [1] * P
         if at is None:
             loop = loops[k]
-            shape = [1] * P
             shape[1 + k] = loop.size
             return Val(torch.arange(loop.lo, loop.lo + loop.size).reshape(shape), None, P)
-        return Val(torch.tensor(at).reshape([1] * P), None, P)
+        if torch.is_tensor(at):
+            shape[1 + k] = at.numel()
+            return Val(at.reshape(shape), None, P)
+        return Val(torch.tensor(at).reshape(shape), None, P)
 
-    def lookup_fn(self, loops: List[Loop], fixed: Dict[int, int] = None,
+    def lookup_fn(self, loops: List[Loop], fixed: Dict[int, object] = None,
                   overlay: Dict[str, Stored] = None):
         P = 1 + len(loops)
         fixed = fixed or {}
@@ -168,7 +178,7 @@ class Runtime:
                   for p, a in zip(spec.params, s.dist.call.args)]
         # broadcast the batch part of every parameter to (B, *loops, *element batch)
         event = spec.event_shape(params)
-        batch = (self.B,) + tuple(1 if k in (fixed or {}) else l.size
+        batch = (self.B,) + tuple(fixed_size(fixed[k]) if k in (fixed or {}) else l.size
                                   for k, l in enumerate(loops))
         elem_batch = tuple(elem_shape[:len(elem_shape) - len(event)])
         out = []
@@ -197,10 +207,10 @@ class Runtime:
         return d
 
     def stmt_log_prob(self, s: A.Sample, value: torch.Tensor, overlay: Dict[str, Stored],
-                      fixed: Optional[Dict[int, int]] = None) -> torch.Tensor:
+                      fixed: Optional[Dict[int, object]] = None) -> torch.Tensor:
         """log p of ``value`` (the statement's whole array, (1 or B, *family dims,
         *element)) under statement ``s`` evaluated with ``overlay`` replacing stored
-        variables: (B, *loop dims, with the ``fixed`` ones of size 1), zero where it
+        variables: (B, *loop dims, with the ``fixed`` ones restricted), zero where it
         does not run. What a proposal uses to ask how a candidate value of one latent
         explains the observations that depend on it."""
         v = self.checked.vars[A.target_name(s.target)]
@@ -208,8 +218,8 @@ class Runtime:
         active = self.active_mask(s, loops, fixed, overlay)
         d = self.dist_for(s, loops, active, fixed, overlay, elem_shape=v.elem_shape)
         x = value.expand((self.B,) + tuple(value.shape[1:]))
-        for k, j in (fixed or {}).items():
-            x = x.narrow(1 + k, j, 1)       # arrays are indexed from 0, as loops here
+        for k, j in (fixed or {}).items():  # arrays are indexed from 0, as loops here
+            x = x.index_select(1 + k, j) if torch.is_tensor(j) else x.narrow(1 + k, j, 1)
         lp = d.log_prob(x.reshape(d.batch_shape + d.event_shape))
         lp = lp.reshape(lp.shape[:1 + len(loops)] + (-1,)).sum(-1)
         if active is not None:
@@ -274,7 +284,8 @@ class Runtime:
             return
         loops = self.plan.loops_of(s)
         active = self.active_mask(s, loops)
-        d = self.dist_for(s, loops, active, elem_shape=v.elem_shape)
+        d = None if v.kind == "observed" and not self.handler.reads_observed else \
+            self.dist_for(s, loops, active, elem_shape=v.elem_shape)
         value = self.emit(Site(v, s, d, active, loops))
         self.store(v, value, active)
 

@@ -178,6 +178,29 @@ def _discrete_uniform(lo, hi):
     return _Shifted(lo, hi)
 
 
+class Categorical(pdist.Categorical):
+    """Pyro's Categorical, drawn by inverting its CDF: one uniform per draw and a
+    comparison with the cumulative probabilities, several times faster than
+    ``torch.multinomial`` for the many small categoricals of a plate (a mixture's
+    allocations). Exact: value j comes out with probability p_j, and a value of
+    probability zero never does (the search is for the first cumulative sum above u, and
+    a rounding overshoot falls back to the last value of positive probability)."""
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            p = self.probs.expand(shape + self.probs.shape[-1:])
+            cdf = p.cumsum(-1)
+            u = torch.rand(shape + (1,), dtype=cdf.dtype, device=cdf.device) * cdf[..., -1:]
+            j = (cdf <= u).sum(-1)
+            k = p.shape[-1]
+            over = j == k                   # u rounded up to the total (rare)
+            if bool(over.any()):
+                last = torch.where(p > 0, torch.arange(k, device=p.device), 0).amax(-1)
+                j = torch.where(over, last, j)
+            return j
+
+
 class _Shifted(pdist.TorchDistribution):
     arg_constraints = {}
     has_enumerate_support = True
@@ -297,7 +320,7 @@ DISTRIBUTIONS = {d.key: d for d in [
           make=lambda n, p: pdist.Binomial(total_count=n, probs=p, validate_args=False)),
     _spec("Categorical", [("probs", "probs")], value_type="int", proposal="finite",
           support=_categorical_support,
-          make=lambda p: pdist.Categorical(probs=p, validate_args=False)),
+          make=lambda p: Categorical(probs=p, validate_args=False)),
     _spec("Poisson", [("rate", "positive")], **_COUNT),
     _spec("Geometric", [("probs", "probability")], **_COUNT,
           make=lambda p: pdist.Geometric(probs=p, validate_args=False)),
@@ -334,7 +357,7 @@ DISTRIBUTIONS = {d.key: d for d in [
           make=lambda n, l: pdist.Binomial(total_count=n, logits=l, validate_args=False)),
     _spec("Categorical", [("logits", "vector")], value_type="int", proposal="finite",
           support=_categorical_support, variant="logits",
-          make=lambda l: pdist.Categorical(logits=l, validate_args=False)),
+          make=lambda l: Categorical(logits=l, validate_args=False)),
 ]}
 NAMES = sorted({d.name for d in DISTRIBUTIONS.values()} | {"Mixture"})   # what a spec writes
 
@@ -359,7 +382,7 @@ def mixture_of(component: str) -> Optional["DistSpec"]:
         return None
 
     def make(w, *ps):
-        return pdist.MixtureSameFamily(pdist.Categorical(probs=w, validate_args=False),
+        return pdist.MixtureSameFamily(Categorical(probs=w, validate_args=False),
                                        comp.make(*ps), validate_args=False)
     spec = DistSpec("Mixture", (Param("weights", "probs"),) + tuple(
         Param(p.name, p.kind + "[]") for p in comp.params), make, value_type=comp.value_type,

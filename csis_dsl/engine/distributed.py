@@ -116,8 +116,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.guide = guide
 
-    def forward(self, latents, obs, B: int):
-        return -self.guide.log_q(obs, latents, B).mean()
+    def forward(self, latents, obs, B: int, subsample=None):
+        return -self.guide.log_q(obs, latents, B, subsample).mean()
 
 
 def free_port() -> int:

@@ -85,6 +85,7 @@ class Trainer:
         self.group = group                     # a distributed.Group, or None
         self.lead = group is None or group.lead
         # the loss as a module (wrapped by DistributedDataParallel in a distributed job)
+        self.subsample = None                  # instances scored per site (None: all)
         self.loss_module = LossModule(model.guide)
         if group is not None:
             self.loss_module = group.wrap(self.loss_module, model.device)
@@ -176,7 +177,7 @@ class Trainer:
     def step(self, latents, obs, B: int, clip: float, good, number: int = 0) -> float:
         """One update on one batch (in a distributed job, on the mean gradient over
         every rank's batch): the batch's loss (the mean over the ranks)."""
-        loss = self.loss_module(latents, obs, B)
+        loss = self.loss_module(latents, obs, B, self.subsample)
         self.opt.zero_grad()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(list(self.model.guide.parameters()), clip,

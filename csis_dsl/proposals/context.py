@@ -137,9 +137,11 @@ class SiteInputs(nn.Module):
             getattr(self, f"mean_{c}").copy_(x.mean(0))
             getattr(self, f"std_{c}").copy_(x.std(0).clamp(min=1e-3))
 
-    def context_features(self, name: str, env, families, M: int, j0: int,
-                         m: int) -> Optional[torch.Tensor]:
-        """(M, m, context width) for instances j0 .. j0 + m - 1, or None."""
+    def context_features(self, name: str, env, families, M: int, n: int,
+                         keep: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """(M, n, context width) for the site's n instances, or (M, len(keep), width) for
+        the instances ``keep`` (a LongTensor), or None."""
+        m = n if keep is None else keep.numel()
         parts = []
         for c in self.context[name]:
             st = env.get(c.name)
@@ -159,20 +161,23 @@ class SiteInputs(nn.Module):
                     f = f * ex.unsqueeze(-1).to(f.dtype)
             f = torch.nan_to_num(f, 0.0, 10.0, -10.0).clamp(-10.0, 10.0)
             if c.aligned:
-                parts.append(f[:, j0:j0 + m])
+                parts.append(f if keep is None else f[:, keep])
             else:
                 parts.append(f.reshape(M, 1, -1).expand(M, m, -1))
         return torch.cat(parts, -1) if parts else None
 
-    def aligned_observations(self, name: str, raws, M: int, n: int, j0: int,
-                             m: int) -> Optional[torch.Tensor]:
-        """The standardised observations at instances j0 .. j0 + m - 1: (M, m, width)."""
+    def aligned_observations(self, name: str, raws, M: int, n: int,
+                             keep: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The standardised observations at the site's n instances, or at the instances
+        ``keep``: (M, n or len(keep), width)."""
         names = self.aligned[name]
         if not names:
             return None
         parts = []
         for o in names:
             x = raws[o]
-            x = x.reshape(x.shape[0], n, -1)[:, j0:j0 + m]
-            parts.append(x.expand(M, m, x.shape[-1]))
+            x = x.reshape(x.shape[0], n, -1)
+            if keep is not None:
+                x = x[:, keep]
+            parts.append(x.expand(M, x.shape[1], x.shape[-1]))
         return torch.cat(parts, -1)

@@ -29,6 +29,8 @@ class GuideSites(SiteHandler):
     """The guide's handler: latents from their proposals (Pyro sample sites), observed
     values from the data."""
 
+    reads_observed = False
+
     def __init__(self, net: ProposalNetwork, layout: Layout, obs, state: GuideState):
         super().__init__(obs)
         self.net, self.layout, self.state = net, layout, state
@@ -53,10 +55,15 @@ class ProposeSites(SiteHandler):
     """The guide's handler without Pyro (the fast path): latents proposed, or given in
     ``values`` (teacher forcing); accumulates log q per trace."""
 
-    def __init__(self, net: ProposalNetwork, B: int, obs, state: GuideState, values=None):
+    reads_observed = False
+
+    def __init__(self, net: ProposalNetwork, B: int, obs, state: GuideState, values=None,
+                 subsample: Optional[int] = None, record: bool = False):
         super().__init__(obs)
         self.net, self.B, self.state = net, B, state
         self.values = values or {}
+        self.subsample = subsample      # score given values on this many instances per site
+        self.record = record            # keep each site's contexts (what refinement reads)
         self.proposed = {}
         self.present = {}
         self.contexts = {}
@@ -74,17 +81,19 @@ class ProposeSites(SiteHandler):
         q = SiteProposal(self.net, self.state, info, site.fn, site.env, present,
                          shape[:1], shape[1:], site.runtime)
         x = self.values.get(site.name)
+        subsample = self.subsample
         if x is None:
-            x = q.sample()
+            x, subsample = q.sample(), None
         x = x.expand((B,) + tuple(x.shape[1:])).reshape(shape)
-        self.log_q = self.log_q + q.advance(x).sum(-1)
+        self.log_q = self.log_q + q.advance(x, subsample).sum(-1)
         self.proposed[site.name] = x
         self.present[site.name] = present
-        with torch.no_grad():
-            prev = None if info.plate else q._previous(x.reshape(B, info.n, info.de).to(
-                torch.get_default_dtype()))
-            c = q.adapter_context(0, info.n, prev)
-        self.contexts[site.name] = None if c is None else c.detach()
+        if self.record:
+            with torch.no_grad():
+                prev = None if info.plate else q._previous(x.reshape(B, info.n, info.de).to(
+                    torch.get_default_dtype()))
+                c = q.adapter_context(0, info.n, prev)
+            self.contexts[site.name] = None if c is None else c.detach()
         if q.looked_ahead:
             self.looked_ahead.add(site.name)
         return x
@@ -144,17 +153,20 @@ class Guide(nn.Module):
         with torch.set_grad_enabled(grad), on(self.model.device):
             obs = Observations.of(self.model.checked, observations, batch=num_traces)
             h = self._run(obs, num_traces, lambda st: ProposeSites(
-                self.net, num_traces, obs, st), args)
+                self.net, num_traces, obs, st, record=present), args)
         return (h.proposed, h.log_q, h) if present else (h.proposed, h.log_q)
 
-    def log_q(self, observations, values, num_traces: int, **args) -> torch.Tensor:
+    def log_q(self, observations, values, num_traces: int, subsample: Optional[int] = None,
+              **args) -> torch.Tensor:
         """log q(values | observations) per trace (B,), differentiable, without Pyro
-        (teacher forcing: the fast path of training)."""
+        (teacher forcing: the fast path of training). With ``subsample``, an unbiased
+        estimate of it from at most that many instances of each site (the training
+        loss of large plates, :meth:`SiteProposal._score`)."""
         with on(self.model.device):
             obs = Observations.of(self.model.checked, observations, batch=num_traces)
             values = {n: here(v) for n, v in values.items()}
             return self._run(obs, num_traces, lambda st: ProposeSites(
-                self.net, num_traces, obs, st, values), args).log_q
+                self.net, num_traces, obs, st, values, subsample), args).log_q
 
     def forward(self, observations=None, num_traces: Optional[int] = None, **args):
         if observations is None:

@@ -237,6 +237,10 @@ class ProposalNetwork(nn.Module):
         extra = 0 if info.plate else self.families[info.name].feat_dim
         return self.inputs.context_width(info.name) + extra
 
+    def adapted(self, name: str) -> bool:
+        """Whether site ``name`` has a refinement's adapters."""
+        return name in getattr(self, "adapters", {})
+
     def adapter(self, name: str, j0: int, m: int, M: int, context=None):
         """The adapters of instances j0 .. j0 + m - 1 for M traces, rows first, and the
         context features of those rows (M, m, p) when the site has any."""
@@ -296,11 +300,12 @@ class ProposalNetwork(nn.Module):
     def value_summary(self, info: LatentInfo, x, present) -> torch.Tensor:
         """The mean value embedding over a site's present instances: (M, value_embedding)."""
         f = self.families[info.name].features(x, 0).nan_to_num(0.0, 10.0, -10.0).clamp(-10.0, 10.0)
-        ve = self.value_emb[info.name](f)
+        # the embedding is affine: the mean of the embeddings is the embedding of the
+        # mean features (one small product per trace, not one per instance)
         if present is None:
-            return ve.mean(1)
-        w = present.to(ve.dtype).unsqueeze(-1)
-        return (ve * w).sum(1) / w.sum(1).clamp(min=1.0)
+            return self.value_emb[info.name](f.mean(1))
+        w = present.to(f.dtype).unsqueeze(-1)
+        return self.value_emb[info.name]((f * w).sum(1) / w.sum(1).clamp(min=1.0))
 
     def smooth(self, info: LatentInfo, aligned, context) -> Optional[torch.Tensor]:
         """The bidirectional encoding of a family's aligned series: (M, n, 2 * smoothing)."""

@@ -59,9 +59,8 @@ class SiteProposal(pdist.TorchDistribution):
         self.present = present            # (M, n) bool or None
         M, n = state.M, info.n
         self.h = net.step(state, info)
-        self.ctx = net.inputs.context_features(info.name, env, net.families, M, 0, n)
-        self.align = net.inputs.aligned_observations(info.name, state.raws, M, n, 0, n)
-        self.smooth = None if info.plate else net.smooth(info, self.align, self.ctx)
+        self.env = env
+        self._inputs = None
         self._cache = None
         self._facts = None
         self._messages = None
@@ -72,11 +71,46 @@ class SiteProposal(pdist.TorchDistribution):
     def support(self):
         return self.info.support
 
+    # ------------------------------------------------------------ per-instance inputs
+    def _instance_inputs(self, keep=None):
+        """(context, aligned observations) of every instance, or of the instances
+        ``keep``; each (M, m, width) or None."""
+        net, l, M = self.net, self.info, self.state.M
+        return (net.inputs.context_features(l.name, self.env, net.families, M, l.n, keep),
+                net.inputs.aligned_observations(l.name, self.state.raws, M, l.n, keep))
+
+    def _all_inputs(self):
+        if self._inputs is None:
+            ctx, align = self._instance_inputs()
+            smooth = None if self.info.plate else self.net.smooth(self.info, align, ctx)
+            self._inputs = (ctx, align, smooth)
+        return self._inputs
+
+    @property
+    def ctx(self):
+        return self._all_inputs()[0]
+
+    @property
+    def align(self):
+        return self._all_inputs()[1]
+
+    @property
+    def smooth(self):
+        return self._all_inputs()[2]
+
     # ------------------------------------------------------------ prior facts
-    def facts(self, x=None, j=None):
+    def facts(self, x=None, j=None, keep=None):
         """The family's facts for every instance (M, n, ...), or for instance j
-        (M, 1, ...). A family produced in order reads the elements of ``x`` before."""
+        (M, 1, ...), or for the instances ``keep`` (a LongTensor, (M, len(keep), ...)).
+        A family produced in order reads the elements of ``x`` before."""
         l, M = self.info, self.state.M
+        if keep is not None:
+            if l.plate and self.informing and self._facts is None and \
+                    self._single_loop_informing():
+                # only the kept instances' observations are read
+                facts = tuple(f[:, keep] for f in self.family.facts(self.prior, M, l.n))
+                return self.family.inform(facts, lambda c: self._loglik(c, keep=keep))
+            return tuple(f[:, keep] for f in self.facts(x))
         if l.plate:
             if self._facts is None:
                 self._facts = self.family.facts(self.prior, M, l.n)
@@ -113,21 +147,29 @@ class SiteProposal(pdist.TorchDistribution):
         family's pieces, as :meth:`FamilyDist.pieces_at` gives them."""
         return self.prior.pieces_at(x.reshape((self.state.M,) + tuple(self.event_shape)), None)
 
-    def _loglik(self, cand, x=None, j=None):
+    def _single_loop_informing(self) -> bool:
+        rt = self.runtime
+        return len(self.info.inst_shape) == 1 and all(
+            len(rt.plan.loops_of(rt.checked.vars[o].stmts[0])) == 1 for o in self.informing)
+
+    def _loglik(self, cand, x=None, j=None, keep=None):
         """The log density (M, m) of the observations this site informs from, at
         candidate values cand (M, m, de) of its instances -- all of them, or element j
-        of a family produced in order (given the elements of x before it)."""
+        of a family produced in order (given the elements of x before it), or the
+        instances ``keep`` of a plate in one loop."""
         l, M, rt = self.info, self.state.M, self.runtime
         if j is not None:
             arr = x.reshape(M, l.n, l.de).clone().to(cand.dtype)
             arr[:, j] = cand[:, 0]
+        elif keep is not None:
+            arr = cand.new_zeros((M, l.n, l.de)).index_copy(1, keep, cand)
         else:
             arr = cand
         stored = Stored(arr.reshape((M,) + l.inst_shape + l.elem_shape))
         total = 0.0
         for name in self.informing:
             s = rt.checked.vars[name].stmts[0]
-            fixed = None if j is None else {0: j}
+            fixed = {0: keep} if keep is not None else None if j is None else {0: j}
             lp = rt.stmt_log_prob(s, self.state.observations[name], {l.name: stored}, fixed)
             total = total + lp.reshape(M, -1).sum(-1, keepdim=True) if l.n == 1 or \
                 j is not None else total + lp.reshape(M, cand.shape[1])
@@ -141,17 +183,26 @@ class SiteProposal(pdist.TorchDistribution):
                      lambda d, w, a: self.family.facts(d, M, w, a), base)
 
     # ------------------------------------------------------------ the proposal
-    def _const(self):
-        """The per-instance inputs known before the site is drawn: (M, n, width)."""
-        if self._const_inputs is None:
-            M, n = self.state.M, self.info.n
-            parts = [t for t in (self.ctx, self.align) if t is not None]
-            parts.append(positions(0, n, n, M))
-            if not self.info.plate:
-                parts.append(first_flags(0, n, M))
-                if self.smooth is not None:
-                    parts.append(self.smooth)
-            self._const_inputs = torch.cat(parts, -1)
+    def _const(self, keep=None):
+        """The per-instance inputs known before the site is drawn: (M, n, width), or
+        (M, len(keep), width) for the instances ``keep``."""
+        if keep is None and self._const_inputs is not None:
+            return self._const_inputs
+        M, n = self.state.M, self.info.n
+        if keep is not None and self.info.plate:    # only those instances' inputs
+            parts = [t for t in self._instance_inputs(keep) if t is not None]
+            parts.append((keep.to(torch.get_default_dtype()) / max(n - 1, 1))
+                         .reshape(1, -1, 1).expand(M, -1, 1))
+            return torch.cat(parts, -1)
+        parts = [t for t in (self.ctx, self.align) if t is not None]
+        parts.append(positions(0, n, n, M))
+        if not self.info.plate:
+            parts.append(first_flags(0, n, M))
+            if self.smooth is not None:
+                parts.append(self.smooth)
+        if keep is not None:
+            return torch.cat([t[:, keep] for t in parts], -1)
+        self._const_inputs = torch.cat(parts, -1)
         return self._const_inputs
 
     def adapter_context(self, j0, m, prev=None):
@@ -197,23 +248,37 @@ class SiteProposal(pdist.TorchDistribution):
             prev = self._features(buf[:, j:j + 1], j)
         return buf
 
-    def _score(self, x):
-        """Teacher forcing: x (M, n, de) -> per-instance log q (M, n)."""
+    def _score(self, x, subsample: Optional[int] = None):
+        """Teacher forcing: x (M, n, de) -> per-instance log q (M, n).
+
+        ``subsample`` = m < n (training), for a statement in a plate: only m
+        instances, drawn at random without replacement, are scored, each weighted n / m,
+        and the others count zero -- an unbiased estimate of the site's sum of log q
+        whose cost does not grow with n (the instances of a plate are proposed
+        independently given what was drawn before it)."""
         l, M = self.info, self.state.M
-        if l.plate:
-            q = self._proposal(self.facts(), 0, l.n)
-        else:
-            q = self._proposal(self.facts(x), 0, l.n, self._previous(x))
-        return q.log_prob(x.reshape(M * l.n, l.de)).reshape(M, l.n)
+        prev = None if l.plate else self._previous(x)
+        if subsample is None or subsample >= l.n or not l.plate or self.net.adapted(l.name):
+            q = self._proposal(self.facts() if l.plate else self.facts(x), 0, l.n, prev)
+            return q.log_prob(x.reshape(M * l.n, l.de)).reshape(M, l.n)
+        keep = torch.randperm(l.n)[:subsample]
+        m = keep.numel()
+        hid = self.net.encoders[l.name](self.h, self._const(keep),
+                                        None if prev is None else prev[:, keep],
+                                        self.state.skip)
+        q = self.family(hid, tuple(f.reshape((M * m,) + tuple(f.shape[2:]))
+                                   for f in self.facts(x, keep=keep)), None, self.net.defensive)
+        lq = q.log_prob(x[:, keep].reshape(M * m, l.de)).reshape(M, m) * (l.n / m)
+        return torch.zeros(M, l.n, dtype=lq.dtype).index_copy(1, keep, lq)
 
     def sample(self, sample_shape=torch.Size()):
         return self._sample().reshape(self.batch_shape + self.event_shape)
 
-    def advance(self, value):
-        """Score ``value`` and move the carried state past this site."""
+    def advance(self, value, subsample: Optional[int] = None):
+        """Score ``value`` (see ``_score``) and move the carried state past this site."""
         l = self.info
         x = value.reshape(self.state.M, l.n, l.de).to(torch.get_default_dtype())
-        lq = self._score(x)
+        lq = self._score(x, subsample)
         if self.present is not None:
             lq = torch.where(self.present, lq, torch.zeros_like(lq))
         self._cache = (value, lq)

@@ -15,13 +15,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily,
+from torch.distributions import (Distribution, Independent, MixtureSameFamily,
                                  Normal, StudentT,
                                  TransformedDistribution, biject_to, constraints)
 from torch.distributions.transforms import AffineTransform, Transform
 from torch.distributions.transforms import (ComposeTransform, IndependentTransform,
                                             ReshapeTransform)
 
+from ...catalogue.distributions import Categorical
 from ...catalogue.supports import is_dependent
 from ..lookahead import gaussian_messages
 from .base import _log1m, linear, place, Proposal, ProposalFamily, affine_match, moments

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...catalogue.distributions import Categorical
 from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
 
 
@@ -19,8 +20,7 @@ class DiscretizedLogisticMixture(Proposal):
 
     def sample(self):
         with torch.no_grad():
-            comp = torch.distributions.Categorical(logits=self.logits,
-                                                   validate_args=False).sample()
+            comp = Categorical(logits=self.logits, validate_args=False).sample()
             loc = self.loc.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
             scale = self.scale.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
             u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)

@@ -8,8 +8,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Categorical, Independent, constraints
+from torch.distributions import Independent, constraints
 
+from ...catalogue.distributions import Categorical
 from ..lookahead import discrete_messages
 from .base import _log1m, linear, place, Proposal, ProposalFamily
 
