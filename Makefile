@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/bench_frontend.py
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_real.py
+	$(BIN)/python bench/bench_plates.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

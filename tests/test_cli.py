@@ -121,3 +121,12 @@ def test_ctrl_c_stops_training_cleanly_and_saves(tmp_path):
     m = csis_dsl.load(ck)
     assert 0 < m.history.traces < 1000000 * 64
     assert m.infer({"x1": 8, "x2": 9}, num_samples=100, seed=0).ess > 0
+
+
+def test_train_with_a_plate_subsample(tmp_path):
+    ck = tmp_path / "mix.pt"
+    r = cli("train", SPECS / "mixture.ppl", "--arg", "N=200", "--steps", "20",
+            "--batch-size", "16", "--plate-subsample", "16", "--no-progress", "-o", ck)
+    assert r.returncode == 0, r.stderr
+    r = cli("train", SPECS / "mixture.ppl", "--plate-subsample", "-3", "-o", ck)
+    assert r.returncode == 2 and "--plate-subsample" in r.stderr
