@@ -59,8 +59,11 @@ class Runtime:
     and the run goes on with a safe value."""
 
     def __init__(self, checked: Checked, plan: Plan, B: int, handler: SiteHandler,
-                 args: Dict[str, torch.Tensor], strict: bool = True):
+                 args: Dict[str, torch.Tensor], strict: bool = True, body=None):
         self.checked, self.plan, self.B, self.handler = checked, plan, B, handler
+        # the top-level statements in the order to run them: the program's, or the
+        # guide's (``plan.proposal_body``)
+        self.body = body if body is not None else checked.program.body
         self.strict = strict
         self.invalid = torch.zeros(B, dtype=torch.bool)
         self.problem: Optional[ModelRuntimeError] = None   # the first, when not strict
@@ -138,7 +141,7 @@ class Runtime:
     # ---------------------------------------------------------------- running
     def run(self) -> Dict[str, Stored]:
         try:
-            self.block(self.checked.program.body)
+            self.block(self.body)
         except ModelRuntimeError as err:
             err.source = err.source or self.checked.source
             raise

@@ -15,7 +15,7 @@ import torch
 from ..errors import CheckpointError
 
 FORMAT = "csis_dsl-checkpoint"
-VERSION = 5   # 5: full-covariance heads; 4: stable distribution ids; 3: one module per proposal family
+VERSION = 6   # 6: the guide's proposal order; 5: full-covariance heads; 4: stable distribution ids; 3: one module per proposal family
 
 
 @dataclass

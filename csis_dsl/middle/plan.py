@@ -8,6 +8,7 @@ back end cannot run yet.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -71,6 +72,10 @@ class Plan:
     group_of: Dict[str, List[str]] = field(default_factory=dict)
     position: Dict[A.Stmt, int] = field(default_factory=dict)   # in program order
     switches: Dict[A.If, Dict[str, List[Tuple[int, A.Sample]]]] = field(default_factory=dict)
+    # the order in which the guide runs the top-level statements, and the variables in
+    # the order the guide produces them (:func:`proposal_order`)
+    proposal_body: List[A.Stmt] = field(default_factory=list)
+    proposal_vars: List[str] = field(default_factory=list)
 
     def loops_of(self, s: A.Stmt) -> List[Loop]:
         return self.placement[s].loops
@@ -98,7 +103,85 @@ def make_plan(checked: Checked) -> Plan:
             hoisted = _switch_sites(checked, s)
             if hoisted:
                 plan.switches[s] = hoisted
+    plan.proposal_body, plan.proposal_vars = proposal_order(checked)
     return plan
+
+
+def _size(v) -> int:
+    return int(math.prod(v.type.shape)) if v.type is not None and v.type.shape else 1
+
+
+def _data_reads(checked, name) -> set:
+    """The variables a variable reads, through deterministic ones."""
+    out, todo = set(), list(checked.vars[name].reads | checked.vars[name].control)
+    while todo:
+        r = todo.pop()
+        if r in out or r not in checked.vars:
+            continue
+        out.add(r)
+        if checked.vars[r].kind == "deterministic":
+            todo.extend(checked.vars[r].reads | checked.vars[r].control)
+    return out
+
+
+def proposal_order(checked) -> Tuple[List[A.Stmt], List[str]]:
+    """The order in which the guide proposes the top-level statements: the program's,
+    except that a small top-level latent B (``sigma``) that a larger one A before it
+    (``real[K] beta``) shares an observation with (``y ~ Normal(X @ beta, sigma)``) is
+    proposed before A when its prior reads nothing defined from A on. The guide may
+    propose in any order its priors allow (the weights are p / q either way); this one
+    lets the observation inform A's proposal given B (:func:`..proposals.context.informs`
+    asks that an observation read nothing drawn after the site), so the larger block,
+    often a correlated coefficient vector with a narrow posterior, starts at its exact
+    conditional posterior for a linear-Gaussian likelihood, and the network is left the
+    small one. The model itself always runs in program order."""
+    body = list(checked.program.body)
+
+    def single_latent(s):
+        if not isinstance(s, A.Sample):
+            return None
+        v = checked.vars.get(A.target_name(s.target))
+        return v if v is not None and v.kind == "latent" and len(v.stmts) == 1 \
+            and not v.is_family and not v.family_dims else None
+
+    observed = {n: _data_reads(checked, n) for n, v in checked.vars.items()
+                if v.kind == "observed"}
+    moved = True
+    while moved:
+        moved = False
+        defined = {n for n, v in checked.vars.items() if v.kind == "arg"}
+        for i, a in enumerate(body):
+            va = single_latent(a)
+            if va is not None:
+                for j in range(i + 1, len(body)):
+                    vb = single_latent(body[j])
+                    if vb is None or _size(vb) >= _size(va):
+                        continue
+                    if not (vb.reads | vb.control) <= defined:
+                        continue
+                    if not any(va.name in r and vb.name in r for r in observed.values()):
+                        continue
+                    body.insert(i, body.pop(j))
+                    moved = True
+                    break
+            if moved:
+                break
+            defined |= _defines(checked, a)
+    rank = {}
+    for k, s in enumerate(body):
+        for n in _defines(checked, s):
+            rank.setdefault(n, k)
+    names = sorted(checked.order, key=lambda n: (rank.get(n, -1), checked.order.index(n)))
+    return body, names
+
+
+def _defines(checked, s) -> set:
+    """The variables statement s (with everything nested in it) defines."""
+    out = set()
+    for st, _, _ in _walk(checked, [s], [], []):
+        if isinstance(st, (A.Sample, A.Assign)):
+            out.add(A.target_name(st.target))
+    return out
 
 
 def _walk(checked, stmts, loops, guards):

@@ -90,7 +90,7 @@ class SiteInputs(nn.Module):
 
     def __init__(self, checked: Checked, plan: Plan, graph, infos, families, config):
         super().__init__()
-        order = {n: i for i, n in enumerate(checked.order)}
+        order = {n: i for i, n in enumerate(plan.proposal_vars or checked.order)}
         self.context: Dict[str, List[ContextVar]] = {}
         self.aligned: Dict[str, List[str]] = {}
         self.align_width: Dict[str, int] = {}

@@ -141,7 +141,7 @@ class Guide(nn.Module):
         state = GuideState(self.net, self.net.embed(obs, B), obs)
         handler = handler_of(state)
         Runtime(self.model.checked, self.model.plan, B, handler, self.model.args(args),
-                strict=False).run()
+                strict=False, body=self.model.plan.proposal_body).run()
         return handler
 
     def propose(self, observations, num_traces: int, grad: bool = False,
@@ -185,7 +185,7 @@ class Guide(nn.Module):
         state = GuideState(self.net, self.net.embed(obs, layout.B), obs)
         rt = Runtime(self.model.checked, self.model.plan, layout.B,
                      GuideSites(self.net, layout, obs, state), self.model.args(args),
-                     strict=False)
+                     strict=False, body=self.model.plan.proposal_body)
         with layout.traces_plate():
             rt.run()
         return None
