@@ -316,9 +316,10 @@ class ProposalNetwork(nn.Module):
 
 
 
-def positions(j0: int, m: int, n: int, M: int) -> torch.Tensor:
-    pos = torch.arange(j0, j0 + m, dtype=torch.get_default_dtype()) / max(n - 1, 1)
-    return pos.reshape(1, m, 1).expand(M, m, 1)
+def positions(index: torch.Tensor, n: int, M: int) -> torch.Tensor:
+    """The relative positions (M, len(index), 1) of instances ``index`` of n."""
+    pos = index.to(torch.get_default_dtype()) / max(n - 1, 1)
+    return pos.reshape(1, -1, 1).expand(M, -1, 1)
 
 
 def first_flags(j0: int, m: int, M: int) -> torch.Tensor:

@@ -105,13 +105,12 @@ class SiteProposal(pdist.TorchDistribution):
         (M, 1, ...), or for the instances ``keep`` (a LongTensor, (M, len(keep), ...)).
         A family produced in order reads the elements of ``x`` before."""
         l, M = self.info, self.state.M
-        if keep is not None:
-            if l.plate and self.informing and self._facts is None and \
-                    self._single_loop_informing():
+        if keep is not None:                        # (a plate's instances)
+            if self.informing and self._facts is None and self._single_loop_informing():
                 # only the kept instances' observations are read
                 facts = tuple(f[:, keep] for f in self.family.facts(self.prior, M, l.n))
                 return self.family.inform(facts, lambda c: self._loglik(c, keep=keep))
-            return tuple(f[:, keep] for f in self.facts(x))
+            return tuple(f[:, keep] for f in self.facts())
         if l.plate:
             if self._facts is None:
                 self._facts = self.family.facts(self.prior, M, l.n)
@@ -186,23 +185,19 @@ class SiteProposal(pdist.TorchDistribution):
     # ------------------------------------------------------------ the proposal
     def _const(self, keep=None):
         """The per-instance inputs known before the site is drawn: (M, n, width), or
-        (M, len(keep), width) for the instances ``keep``."""
+        for a plate's instances ``keep`` only, (M, len(keep), width)."""
         if keep is None and self._const_inputs is not None:
             return self._const_inputs
         M, n = self.state.M, self.info.n
-        if keep is not None and self.info.plate:    # only those instances' inputs
+        if keep is not None:
             parts = [t for t in self._instance_inputs(keep) if t is not None]
-            parts.append((keep.to(torch.get_default_dtype()) / max(n - 1, 1))
-                         .reshape(1, -1, 1).expand(M, -1, 1))
-            return torch.cat(parts, -1)
+            return torch.cat(parts + [positions(keep, n, M)], -1)
         parts = [t for t in (self.ctx, self.align) if t is not None]
-        parts.append(positions(0, n, n, M))
+        parts.append(positions(torch.arange(n), n, M))
         if not self.info.plate:
             parts.append(first_flags(0, n, M))
             if self.smooth is not None:
                 parts.append(self.smooth)
-        if keep is not None:
-            return torch.cat([t[:, keep] for t in parts], -1)
         self._const_inputs = torch.cat(parts, -1)
         return self._const_inputs
 
@@ -214,14 +209,17 @@ class SiteProposal(pdist.TorchDistribution):
             parts.append(prev)
         return torch.cat(parts, -1) if parts else None
 
-    def _proposal(self, facts, j0, m, prev=None, prepared=None):
+    def _proposal(self, facts, j0, m, prev=None, prepared=None, keep=None):
+        """The proposal of instances j0 .. j0 + m - 1, or of a plate's instances
+        ``keep`` (never adapted: a subsampled training loss)."""
         encoder = self.net.encoders[self.info.name]
         if prepared is not None:          # one element of a family drawn in order
             hid = encoder.step(prepared, j0, prev, self.state.skip)
         else:
-            hid = encoder(self.h, self._const()[:, j0:j0 + m], prev, self.state.skip)
-        adapt = self.net.adapter(self.info.name, j0, m, self.state.M,
-                                 self.adapter_context(j0, m, prev))
+            const = self._const(keep) if keep is not None else self._const()[:, j0:j0 + m]
+            hid = encoder(self.h, const, prev, self.state.skip)
+        adapt = None if keep is not None else self.net.adapter(
+            self.info.name, j0, m, self.state.M, self.adapter_context(j0, m, prev))
         return self.family(hid, tuple(f.reshape((-1,) + tuple(f.shape[2:])) for f in facts),
                            adapt, self.net.defensive)
 
@@ -286,17 +284,15 @@ class SiteProposal(pdist.TorchDistribution):
         whose cost does not grow with n (the instances of a plate are proposed
         independently given what was drawn before it)."""
         l, M = self.info, self.state.M
-        prev = None if l.plate else self._previous(x)
-        if subsample is None or subsample >= l.n or not l.plate or self.net.adapted(l.name):
-            q = self._proposal(self.facts() if l.plate else self.facts(x), 0, l.n, prev)
+        if not l.plate:
+            q = self._proposal(self.facts(x), 0, l.n, self._previous(x))
+            return q.log_prob(x.reshape(M * l.n, l.de)).reshape(M, l.n)
+        if subsample is None or subsample >= l.n or self.net.adapted(l.name):
+            q = self._proposal(self.facts(), 0, l.n)
             return q.log_prob(x.reshape(M * l.n, l.de)).reshape(M, l.n)
         keep = torch.randperm(l.n)[:subsample]
         m = keep.numel()
-        hid = self.net.encoders[l.name](self.h, self._const(keep),
-                                        None if prev is None else prev[:, keep],
-                                        self.state.skip)
-        q = self.family(hid, tuple(f.reshape((M * m,) + tuple(f.shape[2:]))
-                                   for f in self.facts(x, keep=keep)), None, self.net.defensive)
+        q = self._proposal(self.facts(keep=keep), 0, m, keep=keep)
         lq = q.log_prob(x[:, keep].reshape(M * m, l.de)).reshape(M, m) * (l.n / m)
         return torch.zeros(M, l.n, dtype=lq.dtype).index_copy(1, keep, lq)
 
