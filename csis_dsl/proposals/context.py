@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..frontend import ast as A
 from ..frontend.checked import Checked
+from ..middle.affine import quadratic_likelihood
 from ..middle.plan import Plan
 
 WHOLE_MAX = 256        # the widest context read whole
@@ -121,6 +122,10 @@ class SiteInputs(nn.Module):
                                       if graph.has_edge(info.name, o)
                                       and informs(checked, plan, order, info, o)]
                           for info in infos} if config.informed else {}
+        # sites whose informing observations are Gaussian with a location affine in
+        # them: their local log-likelihood is a quadratic (one Newton step is exact)
+        self.quadratic = {name: quadratic_likelihood(checked, name, obs)
+                          for name, obs in self.informing.items()}
         for c in self.det_names:
             v = checked.vars[c]
             size = int(math.prod(v.type.shape)) if v.type.shape else 1

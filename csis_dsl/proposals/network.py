@@ -183,6 +183,9 @@ class ProposalNetwork(nn.Module):
             self.value_emb[l.name] = nn.Linear(self.families[l.name].feat_dim,
                                                C.value_embedding)
         self.inputs = SiteInputs(checked, plan, graph, self.latents, self.families, C)
+        for name, quadratic in self.inputs.quadratic.items():
+            if hasattr(self.families[name], "quadratic"):
+                self.families[name].quadratic = quadratic
         self.smoothers = ByName()
         self.encoders = ByName()
         for l in self.latents:

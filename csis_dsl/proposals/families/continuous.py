@@ -283,6 +283,9 @@ class ContinuousProposal(ProposalFamily):
             info.support in (constraints.real, constraints.positive, constraints.real_vector)
         self.log_moments = info.support is constraints.positive
         self.newton_steps = config.newton_steps
+        # the local log-likelihood is a quadratic in the site (set by the network from
+        # the program, :mod:`csis_dsl.middle.affine`): its Laplace location is one step
+        self.quadratic = False
 
     @property
     def feat_dim(self):
@@ -366,7 +369,10 @@ class ContinuousProposal(ProposalFamily):
 
         One step is exact for a linear-Gaussian likelihood (the gradient at its end is
         then zero, and no further Hessian is computed); a second moves a scale parameter
-        or a logistic regression that the first left far from its mode."""
+        or a logistic regression that the first left far from its mode. Where the program
+        shows the likelihood to be a quadratic (``quadratic``, from
+        :func:`~csis_dsl.middle.affine.quadratic_likelihood`), one unclamped step is
+        taken and the confirming pass over the observations is saved."""
         prior_prec = 1 / scale0 ** 2
         prior = torch.diag_embed(scale0.reciprocal()) if joint else prior_prec
         u, best, size, apart = loc0, None, torch.ones_like(loc0[..., 0]), None
@@ -374,7 +380,8 @@ class ContinuousProposal(ProposalFamily):
         def solve(L, g):            # the precision (factor) L applied inversely to g
             return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1) if joint else g / L
 
-        for it in range(self.newton_steps):
+        exact = self.quadratic
+        for it in range(1 if exact else self.newton_steps):
             fit = local_fit(loglik, self.transform, u)
             if fit is None:
                 return None
@@ -418,8 +425,10 @@ class ContinuousProposal(ProposalFamily):
                 ok = torch.ones_like(fine)
             step = solve(L, g)
             ok = ok & torch.isfinite(step).all(-1)
-            # at most 5 prior scales in any element: the step shrunk, its direction kept
-            step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
+            if not exact:
+                # at most 5 prior scales in any element: the step shrunk, its direction
+                # kept (an exact step of a quadratic goes all the way)
+                step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
             u = u0 + torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
         if apart is not None:
             keep = apart.unsqueeze(-1)

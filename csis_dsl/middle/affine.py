@@ -1,0 +1,108 @@
+"""Which likelihoods are exactly Gaussian in a latent: a static reading of the checked
+program, made once per site.
+
+The informed proposal of a continuous site (:mod:`..proposals.families.continuous`)
+locates itself by Newton steps on log prior + the log density of the observations it
+informs from. Where every one of those observations is ``Normal(loc, scale)`` (or a
+``MultivariateNormal``) whose location is an affine function of the site and whose
+scale does not read it, and the site lives on the real line, that log density is a
+quadratic in the site's value: one Newton step is then its exact Laplace location, and
+the second pass over the observations (which would only confirm it) is saved. That is
+the linear-Gaussian part of a model: regression coefficients given the noise scale,
+the group means of a hierarchical model, a latent mean seen through noisy measurements.
+
+``degree(expr, name)`` is the polynomial degree of an expression in ``name`` as far as
+this reading can tell: 0 (does not read it), 1 (affine in it), or None (anything else,
+or not known to be affine).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch.distributions import constraints
+
+from ..frontend import ast as A
+from ..frontend.checked import Checked
+
+# functions linear in every argument (sum, mean, ...) or in one argument when the others
+# are constant (dot)
+LINEAR = {"sum", "mean", "cumsum", "transpose", "diag"}
+BILINEAR = {"dot"}
+# distributions whose log density is a quadratic in the location when the other
+# parameters are fixed, with the location's parameter position
+GAUSSIAN = {"Normal": 0, "MultivariateNormal": 0}
+
+
+def degree(e: A.Expr, name: str) -> Optional[int]:
+    if isinstance(e, (A.Num, A.Bool, A.Whole)):
+        return 0
+    if isinstance(e, A.Name):
+        return 1 if e.id == name else 0
+    if isinstance(e, A.Keyword):
+        return degree(e.value, name)
+    if isinstance(e, A.Unary):
+        d = degree(e.operand, name)
+        return d if e.op == "-" else (0 if d == 0 else None)
+    if isinstance(e, A.Binary):
+        a, b = degree(e.left, name), degree(e.right, name)
+        if a is None or b is None:
+            return None
+        if e.op in ("+", "-"):
+            return max(a, b)
+        if e.op in ("*", "@"):
+            return a + b if a + b <= 1 else None
+        if e.op == "/":
+            return a if b == 0 else None
+        return 0 if a == b == 0 else None            # ^, comparisons, logic
+    if isinstance(e, A.Cond):
+        if degree(e.test, name) != 0:
+            return None
+        a, b = degree(e.then, name), degree(e.orelse, name)
+        return None if a is None or b is None else max(a, b)
+    if isinstance(e, A.Index):
+        if any(degree(i, name) != 0 for i in e.indices):
+            return None
+        return degree(e.base, name)
+    if isinstance(e, A.Vector):
+        ds = [degree(i, name) for i in e.items]
+        return None if any(d is None for d in ds) else max(ds, default=0)
+    if isinstance(e, A.Call):
+        ds = [degree(a, name) for a in e.args]
+        if any(d is None for d in ds):
+            return None
+        if all(d == 0 for d in ds):
+            return 0
+        if e.func in LINEAR:
+            return max(ds)
+        if e.func in BILINEAR:
+            return sum(ds) if sum(ds) <= 1 else None
+        return None
+    return None
+
+
+def gaussian_in(checked: Checked, site: str, observed: str) -> bool:
+    """Whether the log density of observed statement ``observed`` is a quadratic in the
+    value of ``site``: a Gaussian without truncation whose location is affine in the
+    site, whose other parameters and whose guards do not read it."""
+    v = checked.vars[observed]
+    if len(v.stmts) != 1 or not isinstance(v.stmts[0], A.Sample) or site in v.control:
+        return False
+    s = v.stmts[0]
+    loc = GAUSSIAN.get(s.dist.call.func)
+    if loc is None or s.dist.trunc is not None:
+        return False
+    for k, a in enumerate(s.dist.call.args):
+        d = degree(a, site)
+        if d is None or (k != loc and d != 0):
+            return False
+    return True
+
+
+def quadratic_likelihood(checked: Checked, site: str, observed) -> bool:
+    """Whether the local log-likelihood of latent ``site`` from the statements
+    ``observed`` is a quadratic in its unconstrained value: the site is real (the
+    identity is its unconstrained map) and every statement is :func:`gaussian_in` it."""
+    v = checked.vars[site]
+    if not observed or v.ordered or v.support not in (constraints.real, constraints.real_vector):
+        return False
+    return all(gaussian_in(checked, site, o) for o in observed)
