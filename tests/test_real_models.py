@@ -43,11 +43,14 @@ def fit(name, steps, batch, refine_steps, seed=0):
 
 def test_regression_with_a_posterior_far_narrower_than_its_prior():
     """Old Faithful: waiting time on eruption length with N(0, 1000) priors; the
-    posterior sd of the slope is 3e-4 of its prior sd."""
+    posterior sd of the slope is 3e-4 of its prior sd. The intercept and the slope are
+    located by their marginal and conditional posteriors (marginal.py), so a short
+    training and refinement keep ESS/N above 0.5 (the untrained guide alone is
+    test_marginal's)."""
     d = load("faithful")
     ref = exact.faithful(d["args"]["x"], d["observations"]["y"])
-    post = fit("faithful", steps=300, batch=256, refine_steps=250)
-    assert post.ess > 0.1 * post.num_samples
+    post = fit("faithful", steps=60, batch=256, refine_steps=40)
+    assert post.ess > 0.5 * post.num_samples
     check_against(post, ref)
 
 
@@ -58,8 +61,8 @@ def test_the_brief_regression_form_on_real_data():
     site, proposed jointly (full-covariance components); refinement finds the rest."""
     d = load("glucose")
     ref = exact.glucose(d["args"]["X"], d["observations"]["y"])
-    post = fit("glucose", steps=150, batch=256, refine_steps=200)
-    assert post.ess > 0.1 * post.num_samples
+    post = fit("glucose", steps=60, batch=256, refine_steps=40)
+    assert post.ess > 0.5 * post.num_samples
     check_against(post, ref)
 
 
@@ -67,7 +70,8 @@ def test_the_brief_regression_order_is_proposed_scale_first():
     """In the brief's order (beta, then sigma) the guide proposes sigma first, so the
     observations locate beta given sigma (its exact conditional here): before any
     training, importance sampling on the real glucose data already matches the exact
-    posterior. The model itself still runs beta first."""
+    posterior; sigma itself is located by its marginal, a joint fit with beta
+    (marginal.py: ESS/N 0.09 without it). The model itself still runs beta first."""
     d = load("glucose")
     m = csis_dsl.compile(REAL / "glucose.ppl", args=d["args"])
     latents = [n for n in m.plan.proposal_vars if n in m.latents]
@@ -76,7 +80,7 @@ def test_the_brief_regression_order_is_proposed_scale_first():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         post = m.infer(d["observations"], num_samples=4000, seed=0)
-    assert post.ess > 0.05 * post.num_samples
+    assert post.ess > 0.5 * post.num_samples
     check_against(post, exact.glucose(d["args"]["X"], d["observations"]["y"]))
 
 

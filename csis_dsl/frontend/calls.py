@@ -2,7 +2,14 @@
 anything else reads the program, every call with keywords is rewritten to positional
 arguments in its parameters' order, and the parameterisation the keywords name is
 picked (``Bernoulli(logits=x)`` becomes the catalogue entry ``Bernoulli(logits)``).
-What cannot be resolved is reported, located, with the parameters that exist."""
+What cannot be resolved is reported, located, with the parameters that exist.
+
+A probability written through its link function picks the logits parameterisation
+too: ``Bernoulli(sigmoid(x))`` is ``Bernoulli(logits=x)``, ``Binomial(n, sigmoid(x))``
+``Binomial(n, logits=x)`` and ``Categorical(softmax(x))`` ``Categorical(logits=x)`` --
+the same distribution, without the rounding of a saturated sigmoid to exactly 0 or 1
+(a data point of probability zero where it has a tiny one) and with a log density
+whose derivatives do not go through 1 / p (what the informed proposals compute)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +29,8 @@ def resolve_calls(program: A.Program, error: Callable) -> None:
             _mixture(node.call, error)
         if isinstance(node, A.Call) and any(isinstance(a, A.Keyword) for a in node.args):
             _resolve(node, error)
+        if isinstance(node, A.Call) and not getattr(node, "unresolved", False):
+            _through_link(node)
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, tuple):
@@ -90,6 +99,29 @@ def _resolve(call: A.Call, error) -> None:
         return
     call.func = spec.key
     call.args = positional + [by_name[n] for n in names[len(positional):]]
+
+
+LINKS = {"real": "sigmoid", "vector": "softmax"}    # a logits parameter's kind: its link
+
+
+def _through_link(call: A.Call) -> None:
+    """``Bernoulli(sigmoid(x))`` becomes ``Bernoulli(logits)`` with argument x (and the
+    like: see the module's doc)."""
+    if call.func not in NAMES:
+        return
+    base = DISTRIBUTIONS.get(call.func)
+    other = DISTRIBUTIONS.get(f"{call.func}(logits)")
+    if base is None or other is None or len(call.args) != len(base.params):
+        return
+    for k, (p, q) in enumerate(zip(base.params, other.params)):
+        if p.name == q.name:
+            continue
+        a = call.args[k]
+        if isinstance(a, A.Call) and a.func == LINKS.get(q.kind) and len(a.args) == 1 \
+                and not isinstance(a.args[0], A.Keyword):
+            call.func = other.key
+            call.args = call.args[:k] + [a.args[0]] + call.args[k + 1:]
+        return
 
 
 def _failed(call: A.Call, args) -> None:

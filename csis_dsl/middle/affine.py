@@ -33,11 +33,13 @@ BILINEAR = {"dot"}
 GAUSSIAN = {"Normal": 0, "MultivariateNormal": 0}
 
 
-def degree(e: A.Expr, name: str) -> Optional[int]:
+def degree(e: A.Expr, name) -> Optional[int]:
+    """``name``: one variable, or a set of them (the degree jointly in all: a product of
+    two of them is not affine)."""
     if isinstance(e, (A.Num, A.Bool, A.Whole)):
         return 0
     if isinstance(e, A.Name):
-        return 1 if e.id == name else 0
+        return 1 if (e.id == name if isinstance(name, str) else e.id in name) else 0
     if isinstance(e, A.Keyword):
         return degree(e.value, name)
     if isinstance(e, A.Unary):
@@ -80,12 +82,14 @@ def degree(e: A.Expr, name: str) -> Optional[int]:
     return None
 
 
-def gaussian_in(checked: Checked, site: str, observed: str) -> bool:
+def gaussian_in(checked: Checked, site, observed: str) -> bool:
     """Whether the log density of observed statement ``observed`` is a quadratic in the
-    value of ``site``: a Gaussian without truncation whose location is affine in the
-    site, whose other parameters and whose guards do not read it."""
+    value of ``site`` (a name, or a set of names: jointly in them): a Gaussian without
+    truncation whose location is affine in the site, whose other parameters and whose
+    guards do not read it."""
     v = checked.vars[observed]
-    if len(v.stmts) != 1 or not isinstance(v.stmts[0], A.Sample) or site in v.control:
+    names = {site} if isinstance(site, str) else set(site)
+    if len(v.stmts) != 1 or not isinstance(v.stmts[0], A.Sample) or names & v.control:
         return False
     s = v.stmts[0]
     loc = GAUSSIAN.get(s.dist.call.func)
@@ -106,3 +110,16 @@ def quadratic_likelihood(checked: Checked, site: str, observed) -> bool:
     if not observed or v.ordered or v.support not in (constraints.real, constraints.real_vector):
         return False
     return all(gaussian_in(checked, site, o) for o in observed)
+
+
+def quadratic_block(checked: Checked, names, observed) -> list:
+    """The latents among ``names`` in which the log density of the statements
+    ``observed`` is jointly a quadratic (each real, and every statement
+    :func:`gaussian_in` all of them together: regression coefficients given the noise
+    scale); empty where the whole set of such candidates is not."""
+    real = [n for n in names if not checked.vars[n].ordered
+            and checked.vars[n].support in (constraints.real, constraints.real_vector)]
+    cand = [n for n in real if all(gaussian_in(checked, n, o) for o in observed)]
+    if cand and all(gaussian_in(checked, frozenset(cand), o) for o in observed):
+        return cand
+    return []

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ..frontend import ast as A
 from ..frontend.checked import Checked
-from ..middle.affine import quadratic_likelihood
+from ..middle.affine import quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
 
 WHOLE_MAX = 256        # the widest context read whole
@@ -65,6 +65,69 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
     aligned with the site's instances (or any child, for a site with one instance). Whether
     the site's family can use it (a scalar, a vector with full-covariance components, a
     finite value) is the family's to say."""
+    return plain(checked, plan, info, o) and not later_reads(checked, order, info.name, o)
+
+
+def later_reads(checked: Checked, order, name: str, o: str) -> set:
+    """What ``o`` reads (besides data) that the guide produces after ``name``."""
+    v = checked.vars[o]
+    return {r for r in v.reads | v.control
+            if checked.vars[r].kind != "arg" and order[r] > order[name]}
+
+
+def top_level(checked: Checked, plan: Plan, name: str) -> bool:
+    """A variable of one statement outside every loop and branch."""
+    v = checked.vars[name]
+    if len(v.stmts) != 1 or v.is_family or v.family_dims:
+        return False
+    place = plan.placement.get(v.stmts[0])
+    return place is not None and not place.loops and not place.guards
+
+
+def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
+          max_dim: int = 16):
+    """The observations a top-level scalar site shares with latents proposed after it,
+    and those latents, when all of them can be integrated out by a joint Laplace
+    approximation (:mod:`.marginal`): top-level continuous latents located in an
+    unconstrained space of their own size, whose priors read only data and what is
+    drawn before the site (so they are known when it is proposed), of at most
+    ``max_dim`` elements together. Returns (observations, latents); the observations
+    include the site's own informing ones (the joint fit reads them all)."""
+    fam = families[info.name]
+    if info.n != 1 or info.de != 1 or not getattr(fam, "joinable", False) \
+            or not fam.informable or not top_level(checked, plan, info.name):
+        return [], []
+    obs, lat = [], []
+    for o in plan.observed:
+        if not graph.has_edge(info.name, o) or not plain(checked, plan, info, o):
+            continue
+        later = later_reads(checked, order, info.name, o)
+        if not later:
+            continue
+        if not all(integrable(checked, plan, order, info.name, r, families) for r in later):
+            continue
+        new = [r for r in sorted(later, key=order.get) if r not in lat]
+        if sum(families[r].udim for r in lat + new) > max_dim:
+            continue
+        obs.append(o)
+        lat += new
+    if not obs:
+        return [], []
+    return list(informing) + obs, lat
+
+
+def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families) -> bool:
+    """Whether latent ``r``, proposed after ``name``, can join its joint Laplace fit."""
+    v = checked.vars[r]
+    if v.kind != "latent" or not top_level(checked, plan, r) \
+            or not getattr(families[r], "joinable", False):
+        return False
+    return all(checked.vars[p].kind == "arg" or order[p] < order[name]
+               for p in v.reads | v.control)
+
+
+def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
+    """One plain statement, aligned with the site's instances (see :func:`informs`)."""
     v = checked.vars[o]
     s = v.stmts[0]
     if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
@@ -74,9 +137,6 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
         return False
     idx = s.target.indices if isinstance(s.target, A.Index) else []
     if [getattr(i, "id", None) for i in idx] != [l.var for l in loops]:
-        return False
-    if any(order[r] > order[info.name] for r in v.reads | v.control
-           if checked.vars[r].kind != "arg"):
         return False
     site = checked.vars[info.name]
     if info.n > 1:
@@ -122,6 +182,16 @@ class SiteInputs(nn.Module):
                                       if graph.has_edge(info.name, o)
                                       and informs(checked, plan, order, info, o)]
                           for info in infos} if config.informed else {}
+        # observations shared with latents proposed later, and those latents: the
+        # site's marginal is fitted with them (:mod:`.marginal`)
+        self.ahead = {}
+        if config.informed:
+            for info in infos:
+                obs, lat = ahead(checked, plan, graph, order, info, families,
+                                 self.informing[info.name])
+                if obs:
+                    block = quadratic_block(checked, [info.name] + lat, obs)
+                    self.ahead[info.name] = (obs, lat, [n in block for n in [info.name] + lat])
         # sites whose informing observations are Gaussian with a location affine in
         # them: their local log-likelihood is a quadratic (one Newton step is exact)
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)

@@ -18,8 +18,10 @@ from torch.distributions import constraints
 
 from ..backend.values import Stored
 from ..catalogue.supports import is_dependent
+from ..errors import ModelRuntimeError
 from .families import LatentInfo
 from .families.base import place
+from .marginal import REFIT_STEPS, STEPS, conditional_mean, joint_mode, site_message
 from .network import ProposalNetwork, first_flags, positions
 
 
@@ -36,6 +38,9 @@ class GuideState:
         self.prev_val = None              # None: zeros (no site drawn yet)
         self.prev_addr = 0                # the previous site's address and distribution
         self.prev_dist = 0                # ids: the same in every trace (a static graph)
+        self.hints = {}                   # latent -> (M, d): where a joint fit made
+                                          # before it was proposed puts it (:mod:`.marginal`)
+        self.block = None                 # the last joint fit: (names, sizes, mode, precision)
 
     def moved_past(self, info: LatentInfo, summary):
         self.hc = self.pending
@@ -56,6 +61,9 @@ class SiteProposal(pdist.TorchDistribution):
         self.runtime = runtime
         self.informing = net.inputs.informing.get(info.name, []) \
             if runtime is not None and state.observations is not None else []
+        # observations shared with latents proposed later (and those latents)
+        self.ahead = net.inputs.ahead.get(info.name) \
+            if runtime is not None and state.observations is not None else None
         self.family = net.families[info.name]
         self.present = present            # (M, n) bool or None
         M, n = state.M, info.n
@@ -114,8 +122,11 @@ class SiteProposal(pdist.TorchDistribution):
         if l.plate:
             if self._facts is None:
                 self._facts = self.family.facts(self.prior, M, l.n)
-                if self.informing:
-                    self._facts = self.family.inform(self._facts, self._loglik)
+                if self.ahead is not None:
+                    self._facts = self._marginal(self._facts)
+                elif self.informing:
+                    self._facts = self.family.inform(self._facts, self._loglik,
+                                                     start=self._hint())
             return self._facts if j is None else tuple(f[:, j:j + 1] for f in self._facts)
         facts = self._family_facts(x, j)
         if self.informing:
@@ -126,6 +137,83 @@ class SiteProposal(pdist.TorchDistribution):
             else:
                 facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
         return facts
+
+    def _hint(self):
+        """Where a joint fit for an earlier site puts this one (M, 1, de), or None."""
+        self._condition_hints()
+        h = self.state.hints.get(self.info.name)
+        return None if h is None or self.info.n != 1 else h.reshape(self.state.M, 1, -1)
+
+    def _condition_hints(self):
+        """Where the last joint fit included this site, its Gaussian conditioned on the
+        values drawn since (the site that made the fit, at least) gives the hints of the
+        members not drawn yet: a start for their own fits near their conditional mode."""
+        block = self.state.block
+        if block is None or self.info.name not in block[0]:
+            return
+        names, sizes, mode, P = block
+        M, env = self.state.M, self.env
+        drawn = [k for k, n in enumerate(names) if n != self.info.name and n in env]
+        if not drawn:
+            return
+        parts = list(mode.split(sizes, -1))
+        for k in drawn:
+            x = env[names[k]].t.to(mode.dtype)
+            x = x.expand((M,) + tuple(x.shape[1:])).reshape(M, 1, -1)
+            parts[k] = self.net.families[names[k]].unconstrained(x).reshape(M, -1)
+        cond = conditional_mean(mode, P, torch.cat(parts, -1), [
+            i for k in drawn for i in range(sum(sizes[:k]), sum(sizes[:k + 1]))])
+        for k, n in enumerate(names):
+            if k not in drawn:
+                self.state.hints[n] = cond.split(sizes, -1)[k]
+        self.state.block = None
+
+    def _marginal(self, facts):
+        """The facts moved by the site's marginal posterior given what was drawn before
+        it: a joint Laplace fit with the later latents its observations read
+        (:mod:`.marginal`), handed to the family as a Gaussian message. Leaves the
+        later latents' modes as hints for their own proposals."""
+        obs, later, exact = self.ahead
+        rt, M, net = self.runtime, self.state.M, self.net
+        names = [self.info.name] + list(later)
+        fams = [self.family] + [net.families[r] for r in later]
+        locs, scales = [facts[0].reshape(M, -1)], [facts[1].reshape(M, -1)]
+        saved = (rt.invalid, rt.problem)
+        try:
+            for r in later:
+                v = rt.checked.vars[r]
+                d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
+                f = net.families[r].facts(d, M, 1)
+                locs.append(f[0].reshape(M, -1))
+                scales.append(f[1].reshape(M, -1))
+            shapes = [(M,) + tuple(net.by_name[n].elem_shape) for n in names]
+            stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs]
+
+            def loglik(us):
+                overlay = {n: Stored(fam.transform(u.unsqueeze(1)).reshape(shape))
+                           for n, fam, u, shape in zip(names, fams, us, shapes)}
+                total = 0.0
+                for o, st in stmts:
+                    lp = rt.stmt_log_prob(st, self.state.observations[o], overlay)
+                    total = total + lp.reshape(M, -1).sum(-1)
+                return total
+            self._condition_hints()
+            start = [self.state.hints.get(n) for n in names]
+            # from a conditional of an earlier fit, a few steps finish the job
+            fit = joint_mode(loglik, locs, scales, start, exact=exact,
+                             steps=REFIT_STEPS if start[0] is not None else STEPS)
+        except (ModelRuntimeError, RuntimeError, ValueError):
+            fit = None
+        finally:
+            rt.invalid, rt.problem = saved
+        if fit is None:
+            return facts
+        modes, P, usable = fit
+        for n, u in zip(later, modes[1:]):
+            self.state.hints[n] = torch.where(usable.unsqueeze(-1), u, locs[names.index(n)])
+        self.state.block = (names, [t.shape[-1] for t in locs], torch.cat(modes, -1), P)
+        lam, info = site_message(torch.cat(modes, -1), P, locs[0], scales[0], 1, usable)
+        return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
 
     def _message(self):
         """The look-ahead messages of a first-order chain (:mod:`.lookahead`), computed

@@ -73,11 +73,11 @@ class ProposalFamily(nn.Module):
         """x: (M, m, de) values of instances j0.. -> (M, m, feat_dim), standardised."""
         raise NotImplementedError
 
-    def inform(self, facts, loglik, message=None):
+    def inform(self, facts, loglik, message=None, start=None):
         """The facts moved by the observations that depend on this site: ``loglik(x)``
         gives, for candidate values x (M, m, de), the log density of those observations
-        (M, m); ``message``, what :meth:`lookahead` gave for these elements. Default:
-        unchanged."""
+        (M, m); ``message``, what :meth:`lookahead` gave for these elements; ``start``,
+        where a continuous family's Newton steps may begin. Default: unchanged."""
         return facts
 
     def lookahead(self, loglik, pieces, M: int):

@@ -124,9 +124,13 @@ class MixtureHead(nn.Module):
                 # output weights set them apart
                 b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.e - 1)
             else:
-                b[:, 1:1 + unconstrained_dim] = torch.linspace(-1.0, 1.0, k).unsqueeze(-1) \
-                    if k > 1 else 0.0
-                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = -0.5
+                # components spread over the base Gaussian's +-1 sd, each narrower, the
+                # mixture's variance the base's (an informed site's Laplace
+                # approximation is then proposed at its own width before training)
+                grid = torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1)
+                b[:, 1:1 + unconstrained_dim] = grid.unsqueeze(-1)
+                width = math.sqrt(1.0 - float(grid.pow(2).mean()))
+                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.expm1(width))
         if self.full:
             d = unconstrained_dim
             idx = torch.tril_indices(d, d, -1)
@@ -341,6 +345,12 @@ class ContinuousProposal(ProposalFamily):
             return False
         return self.info.de == 1 or self.info.plate
 
+    @property
+    def joinable(self) -> bool:
+        """Whether this site can take part in a joint Laplace fit with others
+        (:mod:`..marginal`): located in an unconstrained space of its own size."""
+        return self.udim == self.info.de and not self.dependent
+
     @staticmethod
     def separable(loglik, transform, u, tol: float = 1e-4):
         """Where (M, m) the Hessian of the log-likelihood in the elements of u (M, m, d)
@@ -354,7 +364,7 @@ class ContinuousProposal(ProposalFamily):
         fit = local_fit(loglik, self.transform, u)
         return None if fit is None else (fit[1], hessian(fit[2], u, joint=False))
 
-    def laplace(self, loglik, loc0, scale0, joint: bool, wide: bool = False):
+    def laplace(self, loglik, loc0, scale0, joint: bool, wide: bool = False, start=None):
         """The Laplace approximation of the prior N(loc0, scale0^2) (in unconstrained
         space, per element) times the local likelihood: up to ``newton_steps`` Newton
         steps on log prior + log likelihood, each from the best point found so far (a
@@ -372,10 +382,15 @@ class ContinuousProposal(ProposalFamily):
         or a logistic regression that the first left far from its mode. Where the program
         shows the likelihood to be a quadratic (``quadratic``, from
         :func:`~csis_dsl.middle.affine.quadratic_likelihood`), one unclamped step is
-        taken and the confirming pass over the observations is saved."""
+        taken and the confirming pass over the observations is saved.
+
+        ``start``: where the steps begin (a hint: the mode of a joint fit made for an
+        earlier site, :mod:`..marginal`), instead of the prior's location."""
         prior_prec = 1 / scale0 ** 2
         prior = torch.diag_embed(scale0.reciprocal()) if joint else prior_prec
         u, best, size, apart = loc0, None, torch.ones_like(loc0[..., 0]), None
+        if start is not None:
+            u = torch.where(torch.isfinite(start), start, loc0)
 
         def solve(L, g):            # the precision (factor) L applied inversely to g
             return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1) if joint else g / L
@@ -435,7 +450,7 @@ class ContinuousProposal(ProposalFamily):
             return torch.where(keep, u, loc0), torch.where(keep, L, prior)
         return u, L
 
-    def inform(self, facts, loglik, message=None):
+    def inform(self, facts, loglik, message=None, start=None):
         """The prior's location moved by the observations that depend on the site: the
         Laplace approximation of prior x local likelihood (:meth:`laplace`). A vector is
         fitted jointly (full Hessian); the facts then gain the precision's Cholesky
@@ -444,12 +459,15 @@ class ContinuousProposal(ProposalFamily):
         are located jointly before any training.
 
         ``message`` (precision, information), (M, m, 1) each: a Gaussian factor from
-        observations further away (:mod:`..lookahead`), multiplied in after."""
+        observations further away (:mod:`..lookahead`) or shared with later latents
+        (:mod:`..marginal`; ``loglik`` is then None), multiplied in after. ``start``:
+        where the Newton steps begin (:meth:`laplace`)."""
         if not self.informable:
             return facts
         loc, scale = facts[:2]
         joint = self.info.de > 1 and self.head.full
-        fit = self.laplace(loglik, loc, scale, joint, wide=self.info.de > 1 and not joint)
+        fit = None if loglik is None else self.laplace(
+            loglik, loc, scale, joint, wide=self.info.de > 1 and not joint, start=start)
         if joint:
             if fit is None:
                 return facts

@@ -68,7 +68,7 @@ class FiniteProposal(ProposalFamily):
             lp = torch.zeros(M, width, de, k)
         return (lp.detach(),)
 
-    def inform(self, facts, loglik, message=None):
+    def inform(self, facts, loglik, message=None, start=None):
         """Add each value's log-likelihood to its prior log-probability: the proposal
         starts at the exact local posterior of the site given what was drawn before.
         ``message`` (a tuple of one tensor (M, m, 1, k)): the log-likelihood of the

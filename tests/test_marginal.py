@@ -1,0 +1,167 @@
+"""Marginal Laplace (csis_dsl/proposals/marginal.py): a site whose observations also read
+latents proposed after it is located by its marginal posterior, a joint Laplace fit
+with those latents -- checked against conjugate posteriors and hand-made optima."""
+import math
+import warnings
+
+import torch
+
+import csis_dsl
+from csis_dsl.proposals.marginal import joint_mode, site_message
+from conftest import ROOT
+
+REGRESSION = """model reg {
+    arg int N;
+    arg real[N] x;
+    intercept ~ Normal(0.0, 100.0);
+    slope ~ Normal(0.0, 100.0);
+    SIGMA
+    for n in range(N) { observe y[n] ~ Normal(intercept + slope * x[n], SCALE); }
+}"""
+
+
+def regression(known_scale: bool, x):
+    src = REGRESSION.replace("SIGMA", "" if known_scale else "sigma ~ HalfNormal(10.0);")
+    src = src.replace("SCALE", "2.0" if known_scale else "sigma")
+    return csis_dsl.compile_string(src, args={"N": len(x), "x": x})
+
+
+def test_which_sites_are_fitted_with_later_latents():
+    m = regression(False, [1.0, 2.0, 3.0])
+    ahead = m.guide.net.inputs.ahead
+    # the coefficients are a quadratic block given sigma; sigma is not
+    assert ahead["intercept"] == (["y"], ["slope", "sigma"], [True, True, False])
+    assert ahead["slope"] == (["y"], ["sigma"], [True, False])
+    assert "sigma" not in ahead               # its observations read nothing after it
+    # a later latent whose prior reads the site is not integrated out (it is not known
+    # when the site is proposed)
+    m = csis_dsl.compile_string("""model t {
+        a ~ Normal(0.0, 1.0);
+        b ~ Normal(a, 1.0);
+        observe y ~ Normal(a + b, 1.0);
+    }""")
+    assert "a" not in m.guide.net.inputs.ahead
+    # nor one inside a loop (a plate's instances: left to the network)
+    m = csis_dsl.compile_string("""model t {
+        arg int N = 3;
+        mu ~ Normal(0.0, 1.0);
+        for i in range(N) { c[i] ~ Normal(0.0, 1.0); observe y[i] ~ Normal(mu + c[i], 1.0); }
+    }""")
+    assert "mu" not in m.guide.net.inputs.ahead
+    # logistic coefficients are integrated out too, none of them exactly
+    m = csis_dsl.compile_string(open(ROOT / "bench" / "real" / "pima.ppl").read(),
+                                args={"N": 2, "glu": [1.0, 2.0], "bmi": [1.0, 2.0],
+                                      "age": [1.0, 2.0]})
+    obs, later, exact = m.guide.net.inputs.ahead["intercept"]
+    assert later == ["b_glu", "b_bmi", "b_age"] and not any(exact)
+
+
+def conjugate(x, y, prior_sd, noise):
+    """The exact posterior (mean, covariance) of (intercept, slope)."""
+    X = torch.stack([torch.ones_like(x), x], 1).double()
+    prec = torch.eye(2, dtype=torch.float64) / prior_sd ** 2 + X.T @ X / noise ** 2
+    cov = torch.linalg.inv(prec)
+    return cov @ (X.T @ y.double()) / noise ** 2, cov
+
+
+def test_known_scale_regression_is_exact_before_training():
+    """Collinear covariates (x in [10, 20]: intercept and slope correlated -0.99 a
+    posteriori) and an intercept 2.5 prior sds out: the intercept's proposal is its
+    exact marginal, the slope's its exact conditional, so the untrained guide is the
+    posterior (before: the intercept was left to the untrained network)."""
+    x = torch.linspace(10.0, 20.0, 30)
+    y = 250.0 - 7.0 * x + 2.0 * torch.randn(30, generator=torch.Generator().manual_seed(0))
+    m = regression(True, x.tolist())
+    m.guide.fit_statistics()
+    mean, cov = conjugate(x, y, 100.0, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = m.infer({"y": y}, num_samples=4000, seed=0)
+    assert post.ess > 0.85 * post.num_samples
+    for k, name in enumerate(["intercept", "slope"]):
+        sd = math.sqrt(float(cov[k, k]))
+        assert abs(float(post.mean(name)) - float(mean[k])) < 0.1 * sd
+        assert abs(float(post.std(name)) / sd - 1) < 0.1
+
+
+def test_unknown_scale_regression_is_close_before_training():
+    """The same with sigma ~ HalfNormal(10) unknown: the coefficients' marginals are a
+    Laplace fit with log sigma, refined by nothing; the posterior (weighted) matches a
+    long quadrature over sigma of the conjugate posterior given sigma."""
+    x = torch.linspace(10.0, 20.0, 30)
+    y = 250.0 - 7.0 * x + 2.0 * torch.randn(30, generator=torch.Generator().manual_seed(1))
+    m = regression(False, x.tolist())
+    m.guide.fit_statistics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = m.infer({"y": y}, num_samples=4000, seed=0)
+    # quadrature over sigma: p(sigma | y) ~ p(sigma) N(y; 0, sigma^2 I + X S0 X^T)
+    X = torch.stack([torch.ones_like(x), x], 1).double()
+    sig = torch.linspace(0.5, 6.0, 2000, dtype=torch.float64)
+    S0 = X @ X.T * 100.0 ** 2
+    logp = []
+    for s in sig:
+        C = S0 + s ** 2 * torch.eye(30, dtype=torch.float64)
+        logp.append(torch.distributions.MultivariateNormal(torch.zeros(30, dtype=torch.float64),
+                                                           C).log_prob(y.double())
+                    - 0.5 * (s / 10.0) ** 2)
+    w = torch.softmax(torch.stack(logp), 0)
+    means = torch.stack([conjugate(x, y, 100.0, float(s))[0] for s in sig])
+    mean = (w[:, None] * means).sum(0)
+    sigma_mean = float((w * sig).sum())
+    sigma_sd = float((w * (sig - sigma_mean) ** 2).sum().sqrt())
+    assert post.ess > 0.3 * post.num_samples
+    assert abs(float(post.mean("sigma")) - sigma_mean) < 0.1 * sigma_sd
+    slope_sd = float(post.std("slope"))
+    assert abs(float(post.mean("slope")) - float(mean[1])) < 0.1 * slope_sd
+
+
+def test_joint_mode_of_a_gaussian_and_a_scale():
+    """loglik = sum_i log N(y_i; a, exp(s)): the joint mode is a = mean(y) (with the
+    prior's pull), s = log of the root mean square residual; the message makes the
+    site's marginal of the joint Laplace fit."""
+    y = torch.tensor([3.0, 5.0, 4.0, 6.0, 2.0, 4.0])
+
+    def loglik(us):
+        a, s = us
+        return torch.distributions.Normal(a, s.exp()).log_prob(y).sum(-1)
+    locs = [torch.zeros(1, 1), torch.zeros(1, 1)]
+    scales = [torch.full((1, 1), 1000.0), torch.full((1, 1), 10.0)]
+    modes, P, usable = joint_mode(loglik, locs, scales, exact=[True, False])
+    n = len(y)
+    rms = float(((y - 4.0) ** 2).mean().sqrt())
+    # within 0.05 posterior sds (the fit stops at a Newton decrement of 1e-3)
+    assert bool(usable.all())
+    assert abs(float(modes[0]) - 4.0) < 0.05 * rms / math.sqrt(n)
+    assert abs(float(modes[1]) - math.log(rms)) < 0.05 / math.sqrt(2 * n)
+    # the precision at the mode: n / sigma^2 for a, 2 n for s (and the priors'), no
+    # cross term at the mode
+    assert torch.allclose(P[0], torch.tensor([[n / rms ** 2 + 1e-6, 0.0], [0.0, 2 * n + 0.01]]),
+                          rtol=0.05, atol=0.05)
+    # the message times the prior N(0, 1000^2) is the marginal: N(4, rms^2 / n)
+    lam, info = site_message(torch.cat(modes, -1), P, locs[0], scales[0], 1)
+    prec = lam + 1000.0 ** -2
+    assert abs(float(info / prec) - 4.0) < 0.05 * rms / math.sqrt(n)
+    assert abs(float(prec) * rms ** 2 / n - 1) < 0.05
+
+
+def test_old_faithful_before_training():
+    """Old Faithful (N(0, 1000) priors, 272 eruptions): before any training, the guide's
+    importance sampling matches the exact posterior (quadrature): the intercept's
+    proposal is its marginal given the data, the slope's its conditional given the
+    intercept, and sigma starts at the joint fit's mode. Before: ESS 1 of 5000, means
+    up to 88 sd off."""
+    import json
+    import sys
+    sys.path.insert(0, str(ROOT / "bench" / "real"))
+    import exact
+    d = json.loads((ROOT / "bench" / "real" / "faithful.json").read_text())
+    m = csis_dsl.compile(ROOT / "bench" / "real" / "faithful.ppl", args=d["args"])
+    m.guide.fit_statistics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = m.infer(d["observations"], num_samples=4000, seed=0)
+    assert post.ess > 0.3 * post.num_samples
+    for name, (mean, sd) in exact.faithful(d["args"]["x"], d["observations"]["y"]).items():
+        assert float(((post.mean(name).double() - mean).abs() / sd).max()) < 0.1
+        assert float((post.std(name).double() / sd - 1).abs().max()) < 0.1
