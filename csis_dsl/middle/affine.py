@@ -106,10 +106,15 @@ def quadratic_likelihood(checked: Checked, site: str, observed) -> bool:
     """Whether the local log-likelihood of latent ``site`` from the statements
     ``observed`` is a quadratic in its unconstrained value: the site is real (the
     identity is its unconstrained map) and every statement is :func:`gaussian_in` it."""
-    v = checked.vars[site]
-    if not observed or v.ordered or v.support not in (constraints.real, constraints.real_vector):
+    if not observed or not _on_the_line(checked, site):
         return False
     return all(gaussian_in(checked, site, o) for o in observed)
+
+
+def _on_the_line(checked: Checked, name: str) -> bool:
+    """A latent whose value is its unconstrained value (real, not ordered)."""
+    v = checked.vars[name]
+    return not v.ordered and v.support in (constraints.real, constraints.real_vector)
 
 
 def quadratic_block(checked: Checked, names, observed) -> list:
@@ -117,9 +122,8 @@ def quadratic_block(checked: Checked, names, observed) -> list:
     ``observed`` is jointly a quadratic (each real, and every statement
     :func:`gaussian_in` all of them together: regression coefficients given the noise
     scale); empty where the whole set of such candidates is not."""
-    real = [n for n in names if not checked.vars[n].ordered
-            and checked.vars[n].support in (constraints.real, constraints.real_vector)]
-    cand = [n for n in real if all(gaussian_in(checked, n, o) for o in observed)]
+    cand = [n for n in names if _on_the_line(checked, n)
+            and all(gaussian_in(checked, n, o) for o in observed)]
     if cand and all(gaussian_in(checked, frozenset(cand), o) for o in observed):
         return cand
     return []

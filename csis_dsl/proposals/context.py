@@ -94,8 +94,8 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
     ``max_dim`` elements together. Returns (observations, latents); the observations
     include the site's own informing ones (the joint fit reads them all)."""
     fam = families[info.name]
-    if info.n != 1 or info.de != 1 or not getattr(fam, "joinable", False) \
-            or not fam.informable or not top_level(checked, plan, info.name):
+    if info.n != 1 or info.de != 1 or not fam.joinable or not fam.informable \
+            or not top_level(checked, plan, info.name):
         return [], []
     obs, lat = [], []
     for o in plan.observed:
@@ -120,7 +120,7 @@ def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families)
     """Whether latent ``r``, proposed after ``name``, can join its joint Laplace fit."""
     v = checked.vars[r]
     if v.kind != "latent" or not top_level(checked, plan, r) \
-            or not getattr(families[r], "joinable", False):
+            or not families[r].joinable:
         return False
     return all(checked.vars[p].kind == "arg" or order[p] < order[name]
                for p in v.reads | v.control)

@@ -36,6 +36,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from .families.continuous import hessian, local_fit
+
 STEPS = 6           # Newton steps at most (each a pass over the observations with its
                     # gradient and Hessian)
 REFIT_STEPS = 2     # ... from the conditional of an earlier site's fit
@@ -45,30 +47,19 @@ MAX_STEP = 5.0      # prior scales a step may move any coordinate outside a quad
 
 def _evaluate(loglik, z, sizes, loc, prec, with_hessian=True):
     """The objective (log prior + log-likelihood) at z (M, D), and with
-    ``with_hessian`` its gradient and Hessian (one backward pass per row: for a few
-    rows several times faster here than one vectorised pass); None where the
-    likelihood does not depend on z."""
-    M, D = z.shape
+    ``with_hessian`` its gradient and Hessian (the families' :func:`local_fit` and
+    :func:`hessian`); None where the likelihood does not depend on z."""
+    def joint(t):
+        return loglik(list(t.split(sizes, -1)))
+    prior = -0.5 * (prec * (z - loc) ** 2).sum(-1)
     if not with_hessian:
         with torch.no_grad():
-            ll = loglik(list(z.split(sizes, -1)))
-        return ll - 0.5 * (prec * (z - loc) ** 2).sum(-1)
-    with torch.enable_grad():
-        zz = z.detach().clone().requires_grad_(True)
-        ll = loglik(list(zz.split(sizes, -1)))
-        if not torch.is_tensor(ll) or not ll.requires_grad:
-            return None
-        g, = torch.autograd.grad(ll.sum(), zz, create_graph=True)
-        H = torch.zeros(M, D, D, dtype=z.dtype)
-        if g.requires_grad:
-            eye = torch.eye(D, dtype=z.dtype)
-            for k in range(D):
-                r, = torch.autograd.grad(g, zz, eye[k].expand(M, D), retain_graph=k < D - 1,
-                                         allow_unused=True)
-                if r is not None:
-                    H[:, k] = r.detach()
-    obj = ll.detach() - 0.5 * (prec * (z - loc) ** 2).sum(-1)
-    return obj, g.detach() - prec * (z - loc), H
+            return joint(z) + prior
+    fit = local_fit(joint, lambda t: t, z)
+    if fit is None:
+        return None
+    ll, g, hvp = fit
+    return ll + prior, g - prec * (z - loc), hessian(hvp, z, joint=True)
 
 
 def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Tensor],

@@ -10,6 +10,7 @@ produced in order, from the prior of each element given the elements before.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import pyro.distributions as pdist
@@ -161,8 +162,9 @@ class SiteProposal(pdist.TorchDistribution):
             x = env[names[k]].t.to(mode.dtype)
             x = x.expand((M,) + tuple(x.shape[1:])).reshape(M, 1, -1)
             parts[k] = self.net.families[names[k]].unconstrained(x).reshape(M, -1)
+        edges = list(itertools.accumulate(sizes, initial=0))
         cond = conditional_mean(mode, P, torch.cat(parts, -1), [
-            i for k in drawn for i in range(sum(sizes[:k]), sum(sizes[:k + 1]))])
+            i for k in drawn for i in range(edges[k], edges[k + 1])])
         for k, n in enumerate(names):
             if k not in drawn:
                 self.state.hints[n] = cond.split(sizes, -1)[k]
@@ -209,10 +211,11 @@ class SiteProposal(pdist.TorchDistribution):
         if fit is None:
             return facts
         modes, P, usable = fit
-        for n, u in zip(later, modes[1:]):
-            self.state.hints[n] = torch.where(usable.unsqueeze(-1), u, locs[names.index(n)])
-        self.state.block = (names, [t.shape[-1] for t in locs], torch.cat(modes, -1), P)
-        lam, info = site_message(torch.cat(modes, -1), P, locs[0], scales[0], 1, usable)
+        for k in range(1, len(names)):
+            self.state.hints[names[k]] = torch.where(usable.unsqueeze(-1), modes[k], locs[k])
+        mode = torch.cat(modes, -1)
+        self.state.block = (names, [t.shape[-1] for t in locs], mode, P)
+        lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
         return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
 
     def _message(self):

@@ -50,6 +50,9 @@ class LatentInfo:
 
 class ProposalFamily(nn.Module):
     name = ""
+    # whether the site can take part in a joint Laplace fit with others
+    # (:mod:`..marginal`); only a continuous family can
+    joinable = False
 
     def __init__(self, info: LatentInfo, config):
         super().__init__()
