@@ -82,7 +82,9 @@ def main():
               f"{refs[name]['method']})")
         t = time.perf_counter()
         post = m.infer(d["observations"], num_samples=NUM_SAMPLES, seed=0)
-        print(row("amortised", post, ref, trained + time.perf_counter() - t), flush=True)
+        share = (post.mixture or {}).get("program", 0.0)     # the pilot's choice
+        label = f"amortised (program {share:.2f})" if share else "amortised"
+        print(row(label, post, ref, trained + time.perf_counter() - t), flush=True)
         t = time.perf_counter()
         r = m.refine(d["observations"], steps=10_000, max_seconds=refine_s, seed=0)
         post = r.infer(NUM_SAMPLES, seed=1)

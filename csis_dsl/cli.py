@@ -93,6 +93,16 @@ def _number(kind, low, inclusive):
 POSITIVE_INT, COUNT, POSITIVE = _number(int, 1, True), _number(int, 0, True), _number(float, 0, False)
 
 
+def _share(text):
+    """An argparse type: "auto" or a number in [0, 1]."""
+    if text == "auto":
+        return text
+    v = _number(float, 0, True)(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f'must be "auto" or a number in [0, 1], got {text}')
+    return v
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="csis-dsl", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -223,6 +233,11 @@ def _infer_args(i):
                    help="first adapt a copy of the proposal to these observations with N "
                         "importance-weighted updates (infer: default 0; run: automatic "
                         "when the amortised ESS is below 10%% of the samples)")
+    i.add_argument("--program", type=_share, default="auto", metavar="SHARE",
+                   help="the share of the draws from the program's own proposal (priors and "
+                        "informed locations, no network) instead of the trained network: "
+                        "a number in [0, 1], or auto (default: set by a pilot of 256 draws; "
+                        "the summary line says what was used)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     i.add_argument("--plot", help="save posterior marginals to this PNG")
     i.add_argument("--ppc", metavar="FILE.png",
@@ -293,14 +308,15 @@ def _infer(m, a, auto_refine=False):
     if auto_refine and a.refine_steps is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            first = m.infer(obs, num_samples=a.samples, seed=a.infer_seed)
+            first = m.infer(obs, num_samples=a.samples, seed=a.infer_seed,
+                            program=a.program)
         if first.ess < AUTO_REFINE_BELOW * first.num_samples:
             print(f"amortised ESS {first.ess:.1f} of {first.num_samples} is below "
                   f"{AUTO_REFINE_BELOW:.0%}: refining the proposal for these observations "
                   f"({AUTO_REFINE_STEPS} steps)", file=sys.stderr)
             steps = AUTO_REFINE_STEPS
     post = m.infer(obs, num_samples=a.samples, seed=a.infer_seed, refine_steps=steps,
-                   progress=show)
+                   progress=show, program=a.program)
     if a.json:
         print(json.dumps(post.to_dict(), indent=2))
     else:

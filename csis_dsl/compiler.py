@@ -208,20 +208,33 @@ class CompiledModel:
 
     @_on_device
     def infer(self, observations, num_samples=1000, proposal="guide", seed=None,
-              refine_steps=0, progress=False, defensive=0.1, device=None):
+              refine_steps=0, progress=False, defensive=0.1, device=None, program="auto"):
         """Importance sampling with the trained guide (or the prior): a Posterior.
 
         ``refine_steps=N`` first adapts a copy of the proposal to these observations
         (``refine``), then draws the samples from it. ``defensive``: every site
         proposes from (1 - defensive) q + defensive q_broad (q with its scales doubled,
         or the prior of a discrete site), which keeps the weights bounded where q is
-        too narrow. The weights stay exact either way. ``device``: move the model there
-        first (``to``); the Posterior's draws and weights are returned on the CPU."""
+        too narrow. ``program``: the share of the rest drawn from the program's own
+        proposal (the priors, and the informed sites' exact local posteriors, Laplace
+        fits and messages, with no network) instead of the trained network's; "auto"
+        (the default) sets it by a pilot of 256 draws to what gives the most effective
+        samples -- near 0 where the network learned these observations' posterior, more
+        where they are unlike its training simulations and it extrapolates
+        (``Posterior.mixture`` says what was used; a refined proposal, ``refine_steps``,
+        is used without it). The weights stay exact either way.
+        ``device``: move the model there first (``to``); the Posterior's draws and
+        weights are returned on the CPU."""
         from .engine.posterior import importance
         num_samples = opt.integer("num_samples", num_samples, 1)
         seed = opt.optional_integer("seed", seed)
         refine_steps = opt.integer("refine_steps", refine_steps, 0)
         defensive = opt.number("defensive", defensive, low_open=False, high=1.0, high_open=True)
+        if program != "auto":
+            try:
+                program = opt.number("program", program, low_open=False, high=1.0)
+            except OptionError as err:
+                raise OptionError(f'{err} (or "auto")') from None
         if proposal not in ("guide", "prior"):
             raise OptionError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
         if proposal == "guide":
@@ -231,7 +244,7 @@ class CompiledModel:
                                progress=progress).infer(num_samples, seed=seed,
                                                         defensive=defensive)
         return importance(self, observations, num_samples, proposal, seed,
-                          defensive=defensive)
+                          defensive=defensive, program=program)
 
     @_on_device
     def refine(self, observations, steps=200, draws=256, lr=1e-3, seed=None,

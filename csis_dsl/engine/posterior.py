@@ -1,6 +1,7 @@
 """Vectorised importance sampling and the weighted posterior it returns."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Dict, Optional
@@ -12,6 +13,60 @@ from .diagnostics import far_observations, k_threshold, pareto_k
 from .seeding import seeded
 
 
+COMPONENTS = ("network", "program", "broad")
+PILOT = 256          # draws of the pilot that sets the program's share (``infer``)
+SHARES = 21          # the program shares it compares: 0, 0.05, ..., 1
+
+
+def component(net, name: str):
+    """The context in which the guide proposes from one component of a mixture:
+    ``"network"`` the trained proposal; ``"program"`` the program's own (every family's
+    output at its initial bias: the prior, or an informed site's local posterior, at its
+    own width); ``"broad"`` the trained one with every scale doubled (discrete sites:
+    their prior)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(net.defensive_mixing(1.0 if name == "broad" else 0.0))
+    if name == "program":
+        stack.enter_context(net.networkless())
+    elif name not in COMPONENTS:
+        raise ValueError(f"no mixture component {name!r}; there are {COMPONENTS}")
+    return stack
+
+
+def mixture_draws(guide, obs, B: int, shares: Dict[str, float]):
+    """B draws from the whole-trace mixture sum_c shares[c] q_c (shares > 0 normalised),
+    log q of the mixture at each, and log q_c of each component used (name -> (B,)).
+    The weights p / q_mix are bounded by p / (share_c q_c) for every component."""
+    net = guide.net
+    used = [c for c in COMPONENTS if shares.get(c, 0.0) > 0]
+    if not used:
+        raise ValueError("a mixture needs a component with a positive share")
+    if len(used) == 1:
+        with component(net, used[0]):
+            values, log_q = guide.propose(obs, B)
+        return values, log_q, {used[0]: log_q}
+    total = sum(shares[c] for c in used)
+    probs = torch.tensor([shares[c] / total for c in used], dtype=torch.float64)
+    pick = torch.multinomial(probs, B, replacement=True)
+    order = torch.argsort(pick, stable=True)
+    parts, at = [], 0
+    for k, n in enumerate(torch.bincount(pick, minlength=len(used)).tolist()):
+        if n:
+            with component(net, used[k]):
+                parts.append(guide.propose(obs.take(order[at:at + n]), n)[0])
+            at += n
+    drawn = {k: torch.cat([q[k] for q in parts], 0) for k in parts[0]}
+    values = {k: torch.empty_like(v).index_copy_(0, order.to(v.device), v)
+              for k, v in drawn.items()}
+    each = {}
+    for c in used:
+        with component(net, c):
+            each[c] = guide.log_q(obs, values, B)
+    log_q = torch.logsumexp(torch.stack([each[c] + math.log(shares[c] / total)
+                                         for c in used]), 0)
+    return values, log_q, each
+
+
 def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
     """B draws from a defensive proposal, and log q of the mixture at each.
 
@@ -20,27 +75,56 @@ def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
     weights are then bounded by p / (weight q_broad) whatever the dimension. ``"site"``:
     each site mixes on its own (cheaper: one pass; but in many dimensions almost every
     trace has some broad site)."""
-    net = guide.net
     if not weight:
         return guide.propose(obs, B)
     if mixing == "site":
-        with net.defensive_mixing(weight):
+        with guide.net.defensive_mixing(weight):
             return guide.propose(obs, B)
     if mixing != "trace":
         raise ValueError(f"mixing must be 'trace' or 'site', got {mixing!r}")
-    broad = torch.rand(B) < weight
-    order = torch.cat([torch.nonzero(~broad).reshape(-1), torch.nonzero(broad).reshape(-1)])
-    parts = []
-    for idx, w in ((order[:int((~broad).sum())], 0.0), (order[int((~broad).sum()):], 1.0)):
-        if len(idx):
-            with net.defensive_mixing(w):
-                parts.append(guide.propose(obs.take(idx), len(idx))[0])
-    drawn = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
-    values = {k: torch.empty_like(v).index_copy_(0, order, v) for k, v in drawn.items()}
-    log_q = guide.log_q(obs, values, B)
-    with net.defensive_mixing(1.0):
-        log_broad = guide.log_q(obs, values, B)
-    return values, torch.logaddexp(log_q + math.log1p(-weight), log_broad + math.log(weight))
+    values, log_q, _ = mixture_draws(guide, obs, B, {"network": 1.0 - weight, "broad": weight})
+    return values, log_q
+
+
+def shares_of(program: float, defensive: float) -> Dict[str, float]:
+    """The mixture infer draws from: the broad component at ``defensive``, the rest
+    split between the trained network and the program's own proposal."""
+    rest = 1.0 - defensive
+    return {"network": rest * (1.0 - program), "program": rest * program,
+            "broad": defensive}
+
+
+@torch.no_grad()
+def choose_program_share(model, guide, obs, defensive: float, n: int = PILOT) -> float:
+    """The share of the program's own proposal that minimises the second moment of
+    the importance weights (so maximises the expected ESS) on these observations,
+    estimated from a pilot of n draws from an even mixture. Where the training
+    simulations were unlike these observations the trained network extrapolates and
+    can be far worse than the proposal the program gives by itself (exact local
+    posteriors, Laplace fits, messages), and the pilot then moves the draws there;
+    otherwise the share stays at or near 0. The second moment is convex in the shares
+    (He & Owen 2014), and one share is compared on a grid; of those within 5% of the
+    least, the smallest is taken."""
+    pilot = shares_of(0.5, defensive)
+    values, log_pilot, each = mixture_draws(guide, obs, n, pilot)
+    log_latent, log_obs, _ = model.pyro_model.score(n, obs, values)
+    log_p = (log_latent + log_obs).double()
+    ok = torch.isfinite(log_p) & torch.isfinite(log_pilot)
+    if not bool(ok.any()):
+        return 0.0
+    beta = torch.linspace(0.0, 1.0, SHARES, dtype=torch.float64, device=log_p.device)
+    rest = 1.0 - defensive
+    terms = [torch.log(rest * (1.0 - beta)).unsqueeze(1) + each["network"].double()[ok],
+             torch.log(rest * beta).unsqueeze(1) + each["program"].double()[ok]]
+    if "broad" in each:
+        terms.append((math.log(defensive) + each["broad"].double()[ok]).expand_as(terms[0]))
+    log_q = torch.logsumexp(torch.stack(terms), 0)                 # (shares, draws)
+    log_second = torch.logsumexp(2 * log_p[ok] - log_q - log_pilot.double()[ok], -1)
+    log_second = torch.nan_to_num(log_second, nan=math.inf)
+    # the curve is flat near its minimum and the pilot is noisy: the smallest share
+    # within 5% of the best estimate (a share the network does not need costs ESS)
+    near = log_second <= log_second.min() + math.log(1.05)
+    return float(beta[int(torch.nonzero(near)[0])])
 
 
 def masked(x: torch.Tensor, exists: Optional[torch.Tensor]) -> torch.Tensor:
@@ -92,20 +176,34 @@ def systematic(weights: torch.Tensor, n: int, generator=None) -> torch.Tensor:
 
 def importance(model, observations, num_samples=1000, proposal="guide",
                seed: Optional[int] = None, guide=None, refinement=None,
-               defensive: float = 0.0, mixing: str = "trace") -> "Posterior":
+               defensive: float = 0.0, mixing: str = "trace",
+               program=0.0) -> "Posterior":
     """Importance sampling in one vectorised pass (no Pyro trace): log weights
     log p(latents, observations) - log q(latents | observations), with ``guide`` (the
     model's unless given, e.g. a refined copy) or the prior as the proposal. With
     ``defensive`` > 0 every site proposes from (1 - defensive) q + defensive q_broad,
-    and q in the weights is that mixture's density."""
+    and q in the weights is that mixture's density. ``program`` (whole-trace mixing
+    only): the share of the rest drawn from the program's own proposal instead of the
+    trained network's, or ``"auto"``, set by a pilot (:func:`choose_program_share`)."""
     obs = Observations.of(model.checked, observations, require_all=True)
     if proposal not in ("guide", "prior"):
         raise ValueError(f"proposal must be 'guide' or 'prior', got {proposal!r}")
     guide = guide if guide is not None else (model.guide if proposal == "guide" else None)
     B = int(num_samples)
+    shares = None
     with torch.no_grad(), seeded(seed):
         if proposal == "guide":
-            values, log_q = defensive_draws(guide, obs, B, defensive, mixing)
+            if program == "auto":
+                program = choose_program_share(model, guide, obs, defensive) \
+                    if mixing == "trace" else 0.0
+            if program and mixing != "trace":
+                raise ValueError("a share of the program's own proposal needs whole-trace "
+                                 "mixing (mixing='trace')")
+            if program or mixing == "trace":
+                shares = shares_of(float(program), defensive)
+                values, log_q, _ = mixture_draws(guide, obs, B, shares)
+            else:
+                values, log_q = defensive_draws(guide, obs, B, defensive, mixing)
             log_latent, log_obs, env = model.pyro_model.score(B, obs, values)
             log_w = log_latent + log_obs - log_q
         else:
@@ -114,7 +212,8 @@ def importance(model, observations, num_samples=1000, proposal="guide",
               for n in model.latents + model.deterministic}
     exists = {n: env.exists.get(n) for n in values}
     far = far_observations(guide, obs) if guide is not None and refinement is None else []
-    return Posterior(model, values, exists, log_w, obs, proposal, refinement, far)
+    return Posterior(model, values, exists, log_w, obs, proposal, refinement, far,
+                     {c: w for c, w in shares.items() if w > 0} if shares else None)
 
 
 class Posterior:
@@ -123,8 +222,11 @@ class Posterior:
     ``log_evidence``; ``refinement`` when the proposal was refined for them."""
 
     def __init__(self, model, values, exists, log_weights, observations, proposal,
-                 refinement=None, far=()):
+                 refinement=None, far=(), mixture=None):
         self.model = model
+        # the whole-trace mixture the draws came from (component -> share; see
+        # mixture_draws), None for a plain proposal
+        self.mixture = mixture
         # the draws are kept on the CPU, wherever the model ran: a Posterior is for
         # analysis (numpy, ArviZ, plots)
         self._values = {n: v.cpu() for n, v in values.items()}
@@ -274,6 +376,8 @@ class Posterior:
     def summary(self, max_elements: int = 10) -> str:
         how = self.proposal + (f", refined {len(self.refinement.ess)} steps"
                                if self.refinement is not None else "")
+        if self.mixture and len(self.mixture) > 1:
+            how += ": " + ", ".join(f"{c} {w:.2f}" for c, w in self.mixture.items())
         rows = [f"posterior of {self.model.name}: {self.num_samples} samples "
                 f"(proposal: {how}), ESS {self.ess:.1f}, Pareto k {self.pareto_k:.2f}, "
                 f"log evidence {self.log_evidence:.3f}",
@@ -304,7 +408,7 @@ class Posterior:
                "pareto_k": num(self.pareto_k),
                "refine_steps": len(self.refinement.ess) if self.refinement else 0,
                "log_evidence": num(self.log_evidence), "proposal": self.proposal,
-               "latents": {}}
+               "mixture": self.mixture, "latents": {}}
         for name in self.latents:
             q = self.quantile(name, [0.05, 0.5, 0.95])
             d = {"mean": self.mean(name).tolist(), "std": self.std(name).tolist(),

@@ -62,10 +62,66 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
     """Whether observed child ``o`` of a latent site can tell its proposal how each
     candidate value explains the data when the site is proposed: one plain statement
     (``y[i] ~ ...`` in ``for i in range(N)``), reading nothing defined after the site,
-    aligned with the site's instances (or any child, for a site with one instance). Whether
-    the site's family can use it (a scalar, a vector with full-covariance components, a
-    finite value) is the family's to say."""
-    return plain(checked, plan, info, o) and not later_reads(checked, order, info.name, o)
+    aligned with the site's instances (or any child, for a site with one instance), or
+    reading them through a data index (:func:`gathered`). Whether the site's family can
+    use it (a scalar, a vector with full-covariance components, a finite value) is the
+    family's to say."""
+    return (plain(checked, plan, info, o) or gathered(checked, plan, info, o) is not None) \
+        and not later_reads(checked, order, info.name, o)
+
+
+def structure(e):
+    """An expression's shape, spans left out: equal for the same expression written
+    twice."""
+    if isinstance(e, A.Node):
+        return (type(e).__name__,) + tuple(structure(getattr(e, f)) for f in e.__dataclass_fields__
+                                           if f not in ("span", "func_span", "name_span"))
+    if isinstance(e, (list, tuple)):
+        return tuple(structure(x) for x in e)
+    return e
+
+
+def gathered(checked: Checked, plan: Plan, info, o: str) -> Optional[A.Expr]:
+    """The index ``e`` through which observed ``o`` reads a plate site's instances, where
+    it reads them in no other way -- ``y[n] ~ Normal(a[g[n]] + b * x[n], s)``, the group
+    effects ``a`` of a hierarchical regression, ``g`` data: ``o`` one statement in one
+    static loop from 0, written ``y[n]``; every read of the site ``site[e, ...]`` with the
+    same ``e``, which reads only data and the loop variable. Instance j of the site is
+    then informed by the observations n with e(n) = j (a segment sum of their log
+    densities: the instances stay independent given what was drawn before). None
+    otherwise, and for the aligned case ``a[n]`` (:func:`plain`)."""
+    site = checked.vars[info.name]
+    if not info.plate or len(info.inst_shape) != 1 or len(site.stmts) != 1 or \
+            any(not l.static or l.lo != 0 for l in site.loops):
+        return None
+    v = checked.vars[o]
+    s = v.stmts[0]
+    if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
+        return None
+    loops = plan.loops_of(s)
+    if len(loops) != 1 or not loops[0].static or loops[0].lo != 0:
+        return None
+    idx = s.target.indices if isinstance(s.target, A.Index) else []
+    if [getattr(i, "id", None) for i in idx] != [loops[0].var]:
+        return None
+    reads, names = [], 0
+    for arg in list(s.dist.call.args) + [b for b in s.dist.trunc or () if b is not None]:
+        for e in A.walk_expr(arg):
+            if isinstance(e, A.Name) and e.id == info.name:
+                names += 1
+            elif isinstance(e, A.Index) and isinstance(e.base, A.Name) and \
+                    e.base.id == info.name and e.indices:
+                reads.append(e.indices[0])
+    if not reads or names != len(reads) or len({structure(e) for e in reads}) != 1:
+        return None
+    e = reads[0]
+    if isinstance(e, A.Name) and e.id == loops[0].var:
+        return None
+    for n in A.walk_expr(e):
+        if isinstance(n, A.Name) and n.id != loops[0].var and \
+                (n.id not in checked.vars or checked.vars[n.id].kind != "arg"):
+            return None
+    return e
 
 
 def later_reads(checked: Checked, order, name: str, o: str) -> set:
@@ -182,6 +238,15 @@ class SiteInputs(nn.Module):
                                       if graph.has_edge(info.name, o)
                                       and informs(checked, plan, order, info, o)]
                           for info in infos} if config.informed else {}
+        # informing observations that read a plate site through a data index: name ->
+        # {observed: the index expression} (:func:`gathered`)
+        self.gathers = {}
+        for info in infos:
+            found = {o: gathered(checked, plan, info, o)
+                     for o in self.informing.get(info.name, [])}
+            found = {o: e for o, e in found.items() if e is not None}
+            if found:
+                self.gathers[info.name] = found
         # observations shared with latents proposed later, and those latents: the
         # site's marginal is fitted with them (:mod:`.marginal`)
         self.ahead = {}

@@ -36,7 +36,7 @@ from .context import SiteInputs
 from .embedding import ByName, ObservationEmbedding, zero_linear
 from .families import LatentInfo, make_family
 from .families.base import DIST_IDS
-from .families.base import Rows
+from .families.base import OutputLayer, Rows
 
 
 @dataclass
@@ -222,6 +222,22 @@ class ProposalNetwork(nn.Module):
             yield
         finally:
             self.defensive = saved
+
+    @contextlib.contextmanager
+    def networkless(self, on: bool = True):
+        """Meanwhile every family proposes from the program alone (its output layer
+        gives its initial bias, whatever the hidden state): the prior, or an informed
+        site's exact local posterior, Laplace fit or message, at its own width -- the
+        proposal before any training, with no random output weights."""
+        layers = [m for m in self.modules() if isinstance(m, OutputLayer)]
+        saved = [m.networkless for m in layers]
+        for m in layers:
+            m.networkless = on
+        try:
+            yield
+        finally:
+            for m, s in zip(layers, saved):
+                m.networkless = s
 
     # ---------------------------------------------------------------- refinement
     def add_adapters(self):

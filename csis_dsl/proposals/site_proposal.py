@@ -62,6 +62,9 @@ class SiteProposal(pdist.TorchDistribution):
         self.runtime = runtime
         self.informing = net.inputs.informing.get(info.name, []) \
             if runtime is not None and state.observations is not None else []
+        # informing observations that read the instances through a data index
+        self.gathers = net.inputs.gathers.get(info.name, {}) if self.informing else {}
+        self._gather_index = {}
         # observations shared with latents proposed later (and those latents)
         self.ahead = net.inputs.ahead.get(info.name) \
             if runtime is not None and state.observations is not None else None
@@ -240,7 +243,7 @@ class SiteProposal(pdist.TorchDistribution):
 
     def _single_loop_informing(self) -> bool:
         rt = self.runtime
-        return len(self.info.inst_shape) == 1 and all(
+        return len(self.info.inst_shape) == 1 and not self.gathers and all(
             len(rt.plan.loops_of(rt.checked.vars[o].stmts[0])) == 1 for o in self.informing)
 
     def _loglik(self, cand, x=None, j=None, keep=None):
@@ -262,9 +265,27 @@ class SiteProposal(pdist.TorchDistribution):
             s = rt.checked.vars[name].stmts[0]
             fixed = {0: keep} if keep is not None else None if j is None else {0: j}
             lp = rt.stmt_log_prob(s, self.state.observations[name], {l.name: stored}, fixed)
+            if name in self.gathers:            # observation n informs instance e(n)
+                at, valid = self._gathered(name)
+                lp = lp.reshape(M, -1).masked_fill(~valid, 0.0)
+                total = total + lp.new_zeros(M, l.n).index_add(1, at, lp)
+                continue
             total = total + lp.reshape(M, -1).sum(-1, keepdim=True) if l.n == 1 or \
                 j is not None else total + lp.reshape(M, cand.shape[1])
         return total
+
+    def _gathered(self, o):
+        """The instance each observation of ``o`` reads (N,), clamped into range, and
+        where it was in range (N,) bool (:func:`.context.gathered`)."""
+        if o not in self._gather_index:
+            rt = self.runtime
+            loops = rt.plan.loops_of(rt.checked.vars[o].stmts[0])
+            N = loops[0].size
+            e = rt.evaluator(loops)(self.gathers[o]).t
+            e = e.expand(e.shape[:1] + (N,)).reshape(-1)[-N:].long()
+            valid = (e >= 0) & (e < self.info.n)
+            self._gather_index[o] = (e.clamp(0, self.info.n - 1), valid)
+        return self._gather_index[o]
 
     def _family_facts(self, x, j):
         l, M = self.info, self.state.M

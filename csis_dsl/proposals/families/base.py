@@ -144,10 +144,35 @@ def _log1m(p: float) -> float:
     return -math.inf if p >= 1.0 else math.log1p(-p)
 
 
+class OutputLayer(nn.Linear):
+    """A family's output layer, its weights small at the start and its bias ``bias``
+    (what places the untrained proposal). It keeps that bias: while ``networkless`` is
+    set it gives it whatever its input, so the family proposes from the program alone
+    -- the prior, or an informed site's exact local posterior, Laplace fit or message
+    at its own width -- which inference mixes in where the trained network is
+    extrapolating (:func:`csis_dsl.engine.posterior.mixture_draws`)."""
+
+    networkless = False
+
+    def __init__(self, hidden: int, width: int, bias: Optional[torch.Tensor] = None):
+        super().__init__(hidden, width)
+        with torch.no_grad():
+            self.weight.mul_(0.1)
+            self.bias.copy_(torch.zeros(width) if bias is None else bias.reshape(width))
+        self.register_buffer("initial_bias", self.bias.detach().clone(), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.networkless:
+            return self.initial_bias.expand(tuple(h.shape[:-1]) + (self.out_features,))
+        return super().forward(h)
+
+
 def linear(layer: nn.Linear, h) -> torch.Tensor:
     """layer(h) for a hidden tensor (rows, H) or factored :class:`Rows`."""
     if not isinstance(h, Rows):
         return layer(h)
+    if getattr(layer, "networkless", False):
+        return layer.initial_bias.expand(h.shape[0], -1)
     y = F.linear(h.shared, layer.weight, layer.bias).unsqueeze(1)
     for x, W in h.terms:
         y = y + F.linear(x, layer.weight @ W)

@@ -25,7 +25,8 @@ from torch.distributions.transforms import (ComposeTransform, IndependentTransfo
 from ...catalogue.distributions import Categorical
 from ...catalogue.supports import is_dependent
 from ..lookahead import gaussian_messages
-from .base import _log1m, linear, place, Proposal, ProposalFamily, affine_match, moments
+from .base import (_log1m, affine_match, linear, moments, OutputLayer, place, Proposal,
+                   ProposalFamily)
 
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
@@ -112,25 +113,22 @@ class MixtureHead(nn.Module):
             self.raw_df = nn.Parameter(torch.full((k,), 2.0))
         self.n_tril = unconstrained_dim * (unconstrained_dim - 1) // 2 if self.full else 0
         self.per = 1 + 2 * unconstrained_dim + self.n_tril
-        self.out = nn.Linear(hidden, k * self.per)
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            b = self.out.bias.view(k, self.per)
-            b.zero_()
-            if self.full:
-                # every component the base Gaussian (the prior, or the Laplace
-                # approximation of an informed site) at the start: in several
-                # dimensions a spread of components would mostly miss; the random
-                # output weights set them apart
-                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.e - 1)
-            else:
-                # components spread over the base Gaussian's +-1 sd, each narrower, the
-                # mixture's variance the base's (an informed site's Laplace
-                # approximation is then proposed at its own width before training)
-                grid = torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1)
-                b[:, 1:1 + unconstrained_dim] = grid.unsqueeze(-1)
-                width = math.sqrt(1.0 - float(grid.pow(2).mean()))
-                b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.expm1(width))
+        b = torch.zeros(k, self.per)
+        if self.full:
+            # every component the base Gaussian (the prior, or the Laplace
+            # approximation of an informed site) at the start: in several
+            # dimensions a spread of components would mostly miss; the random
+            # output weights set them apart
+            b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.e - 1)
+        else:
+            # components spread over the base Gaussian's +-1 sd, each narrower, the
+            # mixture's variance the base's (an informed site's Laplace
+            # approximation is then proposed at its own width before training)
+            grid = torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1)
+            b[:, 1:1 + unconstrained_dim] = grid.unsqueeze(-1)
+            width = math.sqrt(1.0 - float(grid.pow(2).mean()))
+            b[:, 1 + unconstrained_dim:1 + 2 * unconstrained_dim] = math.log(math.expm1(width))
+        self.out = OutputLayer(hidden, k * self.per, b)
         if self.full:
             d = unconstrained_dim
             idx = torch.tril_indices(d, d, -1)

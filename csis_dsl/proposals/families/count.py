@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ...catalogue.distributions import Categorical
-from .base import _log1m, linear, Proposal, ProposalFamily, affine_match, moments
+from .base import (_log1m, affine_match, linear, moments, OutputLayer, Proposal,
+                   ProposalFamily)
 
 
 class DiscretizedLogisticMixture(Proposal):
@@ -47,12 +47,9 @@ class CountProposal(ProposalFamily):
         super().__init__(info, config)
         k, de = config.count_components, info.de
         self.k = k
-        self.out = nn.Linear(config.hidden, de * k * 3)
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            b = self.out.bias.view(de, k, 3)
-            b.zero_()
-            b[..., 1] = torch.linspace(-1.0, 1.0, k) if k > 1 else 0.0
+        b = torch.zeros(de, k, 3)
+        b[..., 1] = torch.linspace(-1.0, 1.0, k) if k > 1 else 0.0
+        self.out = OutputLayer(config.hidden, de * k * 3, b)
         self.register_buffer("mean", torch.zeros(info.n, de))
         self.register_buffer("std", torch.ones(info.n, de))
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Independent, constraints
 
 from ...catalogue.distributions import Categorical
 from ..lookahead import discrete_messages
-from .base import _log1m, linear, place, Proposal, ProposalFamily
+from .base import _log1m, linear, OutputLayer, place, Proposal, ProposalFamily
 
 
 class CategoricalProposal(Proposal):
@@ -40,10 +39,7 @@ class FiniteProposal(ProposalFamily):
         sup = info.support
         self.lo = 0 if sup is constraints.boolean else int(sup.lower_bound)
         self.k = 2 if sup is constraints.boolean else int(sup.upper_bound) - self.lo + 1
-        self.out = nn.Linear(config.hidden, info.de * self.k)
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            self.out.bias.zero_()
+        self.out = OutputLayer(config.hidden, info.de * self.k)
 
     @property
     def feat_dim(self):

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 
 from ...catalogue.distributions import _Multinomial
-from .base import _log1m, linear, Proposal, ProposalFamily
+from .base import _log1m, linear, OutputLayer, Proposal, ProposalFamily
 
 
 class MultinomialProposal(Proposal):
@@ -41,10 +40,7 @@ class MultinomialFamily(ProposalFamily):
 
     def __init__(self, info, config):
         super().__init__(info, config)
-        self.out = nn.Linear(config.hidden, info.de)
-        with torch.no_grad():
-            self.out.weight.mul_(0.1)
-            self.out.bias.zero_()
+        self.out = OutputLayer(config.hidden, info.de)
         self.register_buffer("total", torch.ones(info.n))
         self.register_buffer("share", torch.full((info.n, info.de), 1.0 / info.de))
 
