@@ -172,6 +172,51 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
     return list(informing) + obs, lat
 
 
+def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
+                quadratic):
+    """For a top-level scalar site (a hyperparameter), the group effects proposed after
+    it that can be integrated out exactly when it is proposed (:mod:`.collapse`), and
+    the observations of the collapsed density: ``(observations, effects)``, or None.
+
+    The effects are every latent after the site that reads it in its prior or that an
+    observation of the site reads; each must be a statement in a plate whose
+    observations locate it exactly (informed, a quadratic likelihood: Gaussian given the
+    rest), whose prior reads nothing after the site, and whose observed children are all
+    informing; no observation may read two of them, nor any other latent after the site.
+    Eight schools' ``tau`` (``theta[j] ~ Normal(mu, tau)``, ``y[j] ~ Normal(theta[j],
+    sigma[j])``) and Grunfeld's ``sigma`` (the firm effects ``ab``) qualify; ``mu`` before
+    ``tau`` does not (``theta``'s prior reads the later ``tau``)."""
+    fam = families[info.name]
+    if info.n != 1 or info.de != 1 or not fam.joinable or not fam.informable \
+            or not top_level(checked, plan, info.name):
+        return None
+    me = order[info.name]
+    kids = set(graph.successors(info.name))
+    effects = {c for c in kids if checked.vars[c].kind == "latent" and order[c] > me}
+    observed = [o for o in plan.observed if o in kids]
+    for o in observed:
+        effects |= {r for r in later_reads(checked, order, info.name, o)
+                    if checked.vars[r].kind == "latent"}
+    if not effects:
+        return None
+    for z in effects:
+        v = checked.vars[z]
+        kid_obs = [o for o in plan.observed if graph.has_edge(z, o)]
+        if v.kind != "latent" or len(v.stmts) != 1 or not families[z].info.plate \
+                or not informing.get(z) or not quadratic.get(z) \
+                or sorted(kid_obs) != sorted(informing[z]):
+            return None
+        if any(checked.vars[r].kind not in ("arg",) and order.get(r, -1) > me
+               for r in v.reads | v.control):
+            return None
+        observed += [o for o in kid_obs if o not in observed]
+    for o in observed:
+        later = later_reads(checked, order, info.name, o)
+        if not later <= effects or len(later) > 1:
+            return None
+    return observed, sorted(effects, key=order.get)
+
+
 def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families) -> bool:
     """Whether latent ``r``, proposed after ``name``, can join its joint Laplace fit."""
     v = checked.vars[r]
@@ -261,6 +306,17 @@ class SiteInputs(nn.Module):
         # them: their local log-likelihood is a quadratic (one Newton step is exact)
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)
                           for name, obs in self.informing.items()}
+        # hyperparameters located with their group effects integrated out
+        # (:mod:`.collapse`): name -> (observations, effects)
+        self.collapse = {}
+        if config.informed:
+            for info in infos:
+                if info.name in self.ahead:
+                    continue
+                found = collapsible(checked, plan, graph, order, info, families,
+                                    self.informing, self.quadratic)
+                if found is not None:
+                    self.collapse[info.name] = found
         for c in self.det_names:
             v = checked.vars[c]
             size = int(math.prod(v.type.shape)) if v.type.shape else 1

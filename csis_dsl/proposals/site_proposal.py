@@ -22,6 +22,8 @@ from ..catalogue.supports import is_dependent
 from ..errors import ModelRuntimeError
 from .families import LatentInfo
 from .families.base import place
+from .collapse import collapsed_message
+from .informing import gather_index, informing_loglik
 from .marginal import REFIT_STEPS, STEPS, conditional_mean, joint_mode, site_message
 from .network import ProposalNetwork, first_flags, positions
 
@@ -67,6 +69,9 @@ class SiteProposal(pdist.TorchDistribution):
         self._gather_index = {}
         # observations shared with latents proposed later (and those latents)
         self.ahead = net.inputs.ahead.get(info.name) \
+            if runtime is not None and state.observations is not None else None
+        # group effects proposed later, integrated out exactly (:mod:`.collapse`)
+        self.collapse = net.inputs.collapse.get(info.name) \
             if runtime is not None and state.observations is not None else None
         self.family = net.families[info.name]
         self.present = present            # (M, n) bool or None
@@ -128,6 +133,8 @@ class SiteProposal(pdist.TorchDistribution):
                 self._facts = self.family.facts(self.prior, M, l.n)
                 if self.ahead is not None:
                     self._facts = self._marginal(self._facts)
+                elif self.collapse is not None:
+                    self._facts = self._collapsed(self._facts)
                 elif self.informing:
                     self._facts = self.family.inform(self._facts, self._loglik,
                                                      start=self._hint())
@@ -221,6 +228,20 @@ class SiteProposal(pdist.TorchDistribution):
         lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
         return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
 
+    def _collapsed(self, facts):
+        """The facts moved by the site's marginal posterior with the group effects
+        proposed after it integrated out (:mod:`.collapse`), as a Gaussian message; its
+        own informed location where that cannot be evaluated."""
+        M = self.state.M
+        hint = self._hint()
+        msg = collapsed_message(self, *self.collapse, facts[0].reshape(M, 1),
+                                facts[1].reshape(M, 1),
+                                None if hint is None else hint.reshape(M, 1))
+        if msg is None:
+            return self.family.inform(facts, self._loglik) if self.informing else facts
+        lam, info = msg
+        return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
+
     def _message(self):
         """The look-ahead messages of a first-order chain (:mod:`.lookahead`), computed
         once per site (the family's ``lookahead``), or None."""
@@ -260,31 +281,17 @@ class SiteProposal(pdist.TorchDistribution):
         else:
             arr = cand
         stored = Stored(arr.reshape((M,) + l.inst_shape + l.elem_shape))
-        total = 0.0
-        for name in self.informing:
-            s = rt.checked.vars[name].stmts[0]
-            fixed = {0: keep} if keep is not None else None if j is None else {0: j}
-            lp = rt.stmt_log_prob(s, self.state.observations[name], {l.name: stored}, fixed)
-            if name in self.gathers:            # observation n informs instance e(n)
-                at, valid = self._gathered(name)
-                lp = lp.reshape(M, -1).masked_fill(~valid, 0.0)
-                total = total + lp.new_zeros(M, l.n).index_add(1, at, lp)
-                continue
-            total = total + lp.reshape(M, -1).sum(-1, keepdim=True) if l.n == 1 or \
-                j is not None else total + lp.reshape(M, cand.shape[1])
-        return total
+        fixed = {0: keep} if keep is not None else None if j is None else {0: j}
+        gathered = {o: self._gathered(o) for o in self.gathers}
+        return informing_loglik(rt, self.informing, self.state.observations, {l.name: stored},
+                                M, cand.shape[1], l.n, gathered, fixed,
+                                whole=l.n == 1 or j is not None)
 
     def _gathered(self, o):
-        """The instance each observation of ``o`` reads (N,), clamped into range, and
-        where it was in range (N,) bool (:func:`.context.gathered`)."""
+        """The instance each observation of ``o`` reads, and where it was in range
+        (:func:`.informing.gather_index`), once per site."""
         if o not in self._gather_index:
-            rt = self.runtime
-            loops = rt.plan.loops_of(rt.checked.vars[o].stmts[0])
-            N = loops[0].size
-            e = rt.evaluator(loops)(self.gathers[o]).t
-            e = e.expand(e.shape[:1] + (N,)).reshape(-1)[-N:].long()
-            valid = (e >= 0) & (e < self.info.n)
-            self._gather_index[o] = (e.clamp(0, self.info.n - 1), valid)
+            self._gather_index[o] = gather_index(self.runtime, o, self.gathers[o], self.info.n)
         return self._gather_index[o]
 
     def _family_facts(self, x, j):

@@ -1,0 +1,109 @@
+"""Hyperparameters located with their group effects integrated out (Besag's identity at
+the effects' exact conditional mode): which sites qualify, and, before any training, the
+group scale of a hierarchical normal model and the noise of a varying-intercept
+regression against their exact marginal posteriors by quadrature."""
+import math
+
+import torch
+
+import csis_dsl
+from conftest import ROOT
+
+SCHOOLS = """
+model schools {
+    arg int J;
+    arg real[J] sigma;
+    arg real mu = 2.0;
+
+    tau ~ HalfNormal(5.0);
+    for j in range(J) {
+        theta[j] ~ Normal(mu, tau);
+        observe y[j] ~ Normal(theta[j], sigma[j]);
+    }
+}
+"""
+
+VARYING = """
+model varying {
+    arg int N;
+    arg int J;
+    arg int[N] g;
+
+    sigma_y ~ HalfNormal(2.0);
+    for j in range(J) {
+        a[j] ~ Normal(0.0, 3.0);
+    }
+    for n in range(N) {
+        observe y[n] ~ Normal(a[g[n]], sigma_y);
+    }
+}
+"""
+
+
+def quadrature(log_density, lo, hi, n=20001):
+    """Posterior mean and sd of a scalar on a fine grid."""
+    x = torch.linspace(lo, hi, n, dtype=torch.float64)
+    lp = log_density(x)
+    w = torch.softmax(lp, 0)
+    mean = (w * x).sum()
+    return float(mean), float(((w * (x - mean) ** 2).sum()).sqrt())
+
+
+def test_which_sites_are_collapsed():
+    import json
+    d = json.loads((ROOT / "bench" / "real" / "eight_schools.json").read_text())
+    m = csis_dsl.compile(ROOT / "bench" / "real" / "eight_schools.ppl", args=d["args"])
+    # tau, with theta integrated out; mu is not (theta's prior reads tau, drawn later)
+    assert m.guide.net.inputs.collapse == {"tau": (["y"], ["theta"])}
+    d = json.loads((ROOT / "specs" / "grunfeld.json").read_text())
+    m = csis_dsl.compile(ROOT / "specs" / "grunfeld.ppl", args=d["args"])
+    assert m.guide.net.inputs.collapse == {"sigma": (["y"], ["ab"])}
+    m = csis_dsl.compile(ROOT / "specs" / "gaussian.ppl")
+    assert m.guide.net.inputs.collapse == {}
+
+
+def test_a_group_scale_is_its_marginal_posterior_before_training():
+    J = 30
+    g = torch.Generator().manual_seed(0)
+    sigma = 0.5 + torch.rand(J, generator=g, dtype=torch.float64)
+    theta = 2.0 + 1.5 * torch.randn(J, generator=g, dtype=torch.float64)
+    y = theta + sigma * torch.randn(J, generator=g, dtype=torch.float64)
+    m = csis_dsl.compile_string(SCHOOLS, args={"J": J, "sigma": sigma.tolist()})
+    m.guide.fit_statistics()
+    post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=1.0, defensive=0.0)
+
+    def log_marginal(tau):          # p(tau | y), theta integrated out exactly
+        s2 = tau.unsqueeze(1) ** 2 + sigma ** 2
+        ll = (-0.5 * (y - 2.0) ** 2 / s2 - 0.5 * torch.log(2 * math.pi * s2)).sum(1)
+        return ll - 0.5 * (tau / 5.0) ** 2
+    mean, sd = quadrature(log_marginal, 1e-4, 10.0)
+    assert post.ess > 0.6 * post.num_samples
+    assert abs(float(post.mean("tau")) - mean) < 0.1 * sd
+    assert abs(float(post.std("tau")) / sd - 1) < 0.1
+
+
+def test_the_noise_of_a_varying_intercept_regression_before_training():
+    """sigma_y is read by every observation together with the group intercepts drawn
+    after it: located by its marginal posterior, the intercepts integrated out."""
+    N, J = 120, 12
+    gen = torch.Generator().manual_seed(1)
+    groups = torch.arange(N) % J
+    a = 3.0 * torch.randn(J, generator=gen, dtype=torch.float64)
+    y = a[groups] + 0.8 * torch.randn(N, generator=gen, dtype=torch.float64)
+    m = csis_dsl.compile_string(VARYING, args={"N": N, "J": J, "g": groups.tolist()})
+    assert m.guide.net.inputs.collapse == {"sigma_y": (["y"], ["a"])}
+    m.guide.fit_statistics()
+    post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=1.0, defensive=0.0)
+    counts = torch.bincount(groups, minlength=J).double()
+    sums = torch.zeros(J, dtype=torch.float64).index_add(0, groups, y)
+
+    def log_marginal(s):            # each a[j] ~ N(0, 9) integrated out in closed form
+        s = s.unsqueeze(1)
+        prec = 1 / 9.0 + counts / s ** 2
+        quad = (y ** 2).sum() / s[:, 0] ** 2 - ((sums / s ** 2) ** 2 / prec).sum(1)
+        logdet = (N * torch.log(s[:, 0] ** 2) + (torch.log(9.0 * prec)).sum(1))
+        return -0.5 * quad - 0.5 * logdet - 0.5 * (s[:, 0] / 2.0) ** 2
+    mean, sd = quadrature(log_marginal, 0.2, 3.0)
+    assert post.ess > 0.8 * post.num_samples
+    assert abs(float(post.mean("sigma_y")) - mean) < 0.1 * sd
+    assert abs(float(post.std("sigma_y")) / sd - 1) < 0.1
