@@ -53,11 +53,13 @@ def test_which_sites_are_collapsed():
     import json
     d = json.loads((ROOT / "bench" / "real" / "eight_schools.json").read_text())
     m = csis_dsl.compile(ROOT / "bench" / "real" / "eight_schools.ppl", args=d["args"])
-    # tau, with theta integrated out; mu is not (theta's prior reads tau, drawn later)
-    assert m.guide.net.inputs.collapse == {"tau": (["y"], ["theta"])}
+    # mu with tau (theta's prior reads both), then tau, theta integrated out
+    assert m.guide.net.inputs.collapse == {"mu": (["y"], ["theta"], ["tau"]),
+                                           "tau": (["y"], ["theta"], [])}
     d = json.loads((ROOT / "specs" / "grunfeld.json").read_text())
     m = csis_dsl.compile(ROOT / "specs" / "grunfeld.ppl", args=d["args"])
-    assert m.guide.net.inputs.collapse == {"sigma": (["y"], ["ab"])}
+    # mu and tau are vectors: only sigma
+    assert m.guide.net.inputs.collapse == {"sigma": (["y"], ["ab"], [])}
     m = csis_dsl.compile(ROOT / "specs" / "gaussian.ppl")
     assert m.guide.net.inputs.collapse == {}
 
@@ -91,7 +93,7 @@ def test_the_noise_of_a_varying_intercept_regression_before_training():
     a = 3.0 * torch.randn(J, generator=gen, dtype=torch.float64)
     y = a[groups] + 0.8 * torch.randn(N, generator=gen, dtype=torch.float64)
     m = csis_dsl.compile_string(VARYING, args={"N": N, "J": J, "g": groups.tolist()})
-    assert m.guide.net.inputs.collapse == {"sigma_y": (["y"], ["a"])}
+    assert m.guide.net.inputs.collapse == {"sigma_y": (["y"], ["a"], [])}
     m.guide.fit_statistics()
     post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=1.0, defensive=0.0)
     counts = torch.bincount(groups, minlength=J).double()
@@ -107,3 +109,31 @@ def test_the_noise_of_a_varying_intercept_regression_before_training():
     assert post.ess > 0.8 * post.num_samples
     assert abs(float(post.mean("sigma_y")) - mean) < 0.1 * sd
     assert abs(float(post.std("sigma_y")) / sd - 1) < 0.1
+
+
+def test_a_hierarchical_mean_and_scale_before_training():
+    """mu is fitted jointly with tau (drawn after it, read by theta's prior), theta
+    integrated out: both against quadrature over (mu, tau)."""
+    J = 30
+    g = torch.Generator().manual_seed(4)
+    sigma = 0.5 + torch.rand(J, generator=g, dtype=torch.float64)
+    y = 3.0 + 1.5 * torch.randn(J, generator=g, dtype=torch.float64) + \
+        sigma * torch.randn(J, generator=g, dtype=torch.float64)
+    src = SCHOOLS.replace("    arg real mu = 2.0;\n\n    tau", "\n    mu ~ Normal(0.0, 5.0);\n    tau")
+    m = csis_dsl.compile_string(src, args={"J": J, "sigma": sigma.tolist()})
+    assert m.guide.net.inputs.collapse["mu"] == (["y"], ["theta"], ["tau"])
+    m.guide.fit_statistics()
+    post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=1.0, defensive=0.0)
+    mu = torch.linspace(0.0, 6.0, 601, dtype=torch.float64)
+    tau = torch.linspace(1e-3, 6.0, 600, dtype=torch.float64)
+    M, T = torch.meshgrid(mu, tau, indexing="ij")
+    s2 = T.unsqueeze(-1) ** 2 + sigma ** 2
+    lp = (-0.5 * (y - M.unsqueeze(-1)) ** 2 / s2 - 0.5 * torch.log(s2)).sum(-1) \
+        - 0.5 * (M / 5.0) ** 2 - 0.5 * (T / 5.0) ** 2
+    w = torch.softmax(lp.reshape(-1), 0).reshape(lp.shape)
+    for name, grid in (("mu", M), ("tau", T)):
+        mean = float((w * grid).sum())
+        sd = float((w * (grid - mean) ** 2).sum()) ** 0.5
+        assert abs(float(post.mean(name)) - mean) < 0.1 * sd, name
+        assert abs(float(post.std(name)) / sd - 1) < 0.1, name
+    assert post.ess > 0.6 * post.num_samples

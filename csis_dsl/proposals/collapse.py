@@ -16,10 +16,13 @@ mode z*:
 
 q the effects' informed proposal location (their exact conditional: the family's
 Laplace step, :meth:`~.families.continuous.ContinuousProposal.inform`). This module
-evaluates it at candidate values of the site, finds its mode in the site's
-unconstrained value by Newton steps on finite differences (each a few evaluations, no
-differentiation through the inner fit), and hands the family the Gaussian it gives as a
-message -- the form of the marginal locations (:mod:`.marginal`). Where the effects'
+evaluates it at candidate values of the site -- and of the later scalar hyperparameters
+the effects' priors read (eight schools' ``tau`` when ``mu`` is proposed), which are
+fitted jointly -- finds the mode in their unconstrained values by saddle-free Newton
+steps on finite differences (a few evaluations each, no differentiation through the
+inner fit), and hands the family the site's marginal of the Gaussian it gives as a
+message -- the form of the marginal locations (:mod:`.marginal`), whose hints the
+later hyperparameters then start from. Where the effects'
 prior has correlations the proposal's location leaves out (a MultivariateNormal with a
 full scale), the identity is approximate: it only locates the proposal, whose own
 density is what the weights use, so they stay exact.
@@ -35,7 +38,8 @@ from ..errors import ModelRuntimeError
 from .informing import gather_index, informing_loglik
 from .marginal import site_message
 
-STEPS = 4          # Newton steps at most (each two evaluations and a line search)
+STEPS = 4          # Newton steps at most (each 2D + D(D - 1) / 2 evaluations and a
+                   # line search, D the sites fitted jointly)
 HALVINGS = 2       # step halvings tried by each step's line search
 MAX_STEP = 3.0     # prior scales one step may move
 
@@ -45,8 +49,11 @@ class Collapsed:
     value: ``sp`` the site's :class:`~.site_proposal.SiteProposal`, ``observed`` and
     ``effects`` the static choice (:func:`.context.collapsible`)."""
 
-    def __init__(self, sp, observed, effects):
+    def __init__(self, sp, observed, effects, later=()):
         self.sp, self.effects = sp, effects
+        # the site, then the later hyperparameters fitted jointly with it
+        self.names = [sp.info.name] + list(later)
+        self.fams = [sp.net.families[n] for n in self.names]
         net, rt = sp.net, sp.runtime
         self.informing = {z: net.inputs.informing[z] for z in effects}
         self.direct = [o for o in observed
@@ -56,12 +63,15 @@ class Collapsed:
                          for z in effects}
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        """log p(observations | site = transform(u), what was drawn before) with the
-        effects integrated out, (M,), for u (M, 1)."""
+        """log p(observations | the site and the later hyperparameters at
+        transform(u), what was drawn before) with the effects integrated out, (M,), for
+        u (M, D) (one column each)."""
         sp = self.sp
         rt, M, net, obs = sp.runtime, sp.state.M, sp.net, sp.state.observations
-        x = sp.family.transform(u.reshape(M, 1, 1)).reshape((M,) + tuple(sp.info.elem_shape))
-        overlay = {sp.info.name: Stored(x)}
+        overlay = {}
+        for k, (n, fam) in enumerate(zip(self.names, self.fams)):
+            x = fam.transform(u[:, k].reshape(M, 1, 1))
+            overlay[n] = Stored(x.reshape((M,) + tuple(fam.info.elem_shape)))
         total = torch.zeros(M, dtype=u.dtype)
         for o in self.direct:
             lp = rt.stmt_log_prob(rt.checked.vars[o].stmts[0], obs[o], overlay)
@@ -103,61 +113,97 @@ class Collapsed:
                 - log_q.reshape(M, -1).sum(-1))
 
 
+def _curvature(objective, u, f0, h):
+    """Central differences of the objective at u (M, D): gradient (M, D) and Hessian
+    (M, D, D), steps h (M, D); 1 + 2D + D(D - 1) / 2 evaluations less the one given."""
+    M, D = u.shape
+    eye = torch.eye(D, dtype=u.dtype)
+    plus, minus = [], []
+    for i in range(D):
+        e = eye[i] * h
+        plus.append(objective(u + e))
+        minus.append(objective(u - e))
+    g = torch.stack([(plus[i] - minus[i]) / (2 * h[:, i]) for i in range(D)], -1)
+    H = torch.zeros(M, D, D, dtype=u.dtype)
+    for i in range(D):
+        H[:, i, i] = (plus[i] - 2 * f0 + minus[i]) / h[:, i] ** 2
+        for j in range(i):
+            fij = objective(u + eye[i] * h + eye[j] * h)
+            H[:, i, j] = H[:, j, i] = (fij - plus[i] - plus[j] + f0) / (h[:, i] * h[:, j])
+    return g, H
+
+
+def _precision(H, prec0):
+    """The saddle-free precision of a Hessian (M, D, D): its eigenvalues' magnitudes,
+    at least a thousandth and at most 10^6 times the prior's (finite differences at a
+    kink, or float noise, can claim any curvature), and where it was concave."""
+    lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
+    floor = 1e-3 * prec0.min(-1, keepdim=True).values
+    concave = (lam > 0).all(-1)
+    lam = lam.abs().clamp(min=floor, max=1e6 * prec0.max(-1, keepdim=True).values)
+    return (V * lam.unsqueeze(-2)) @ V.transpose(-1, -2), concave
+
+
 @torch.no_grad()
-def collapsed_message(sp, observed, effects, loc0, scale0, start=None):
+def collapsed_message(sp, observed, effects, loc0, scale0, start=None, later=(),
+                      later_facts=()):
     """The Gaussian message (precision, information), (M, 1) each, that moves the site's
     prior N(loc0, scale0^2) (unconstrained, (M, 1)) to the Laplace approximation of its
-    collapsed marginal posterior; None where it cannot be evaluated."""
+    collapsed marginal posterior, the later hyperparameters ``later`` (their priors'
+    (loc, scale) in ``later_facts``) integrated out too by the joint fit; with the fit
+    (mode (M, D), precision (M, D, D)) for their hints. None where it cannot be
+    evaluated."""
     rt = sp.runtime
     saved = (rt.invalid.clone(), rt.problem)
     try:
-        F = Collapsed(sp, observed, effects)
-        prec0 = scale0 ** -2
+        F = Collapsed(sp, observed, effects, later)
+        loc = torch.cat([loc0] + [f[0] for f in later_facts], -1)       # (M, D)
+        scale = torch.cat([scale0] + [f[1] for f in later_facts], -1)
+        prec0 = scale ** -2
 
         def objective(u):
-            f = F(u).reshape(loc0.shape) - 0.5 * prec0 * (u - loc0) ** 2
+            f = F(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
             return torch.nan_to_num(f, nan=-math.inf)
-        u = loc0.clone() if start is None else torch.where(torch.isfinite(start), start, loc0)
-        h = 0.1 * scale0
+        u = loc.clone()
+        if start is not None:
+            u[:, :1] = torch.where(torch.isfinite(start), start, loc0)
+        h = 0.1 * scale
         f0 = objective(u)
-        H = None
+        converged = torch.zeros(u.shape[0], dtype=torch.bool)
         for _ in range(STEPS):
-            fp, fm = objective(u + h), objective(u - h)
-            g, H = (fp - fm) / (2 * h), (fp - 2 * f0 + fm) / h ** 2
-            ok = torch.isfinite(g) & torch.isfinite(H)
-            concave = ok & (H < 0)
-            step = torch.where(concave, -g / H.clamp(max=-1e-12), torch.sign(g) * scale0)
-            step = torch.where(ok, step, torch.zeros_like(step))
-            step = step.clamp(-MAX_STEP * scale0, MAX_STEP * scale0)
+            g, H = _curvature(objective, u, f0, h)
+            ok = torch.isfinite(g).all(-1) & torch.isfinite(H).flatten(1).all(-1)
+            g = torch.where(ok.unsqueeze(-1), g, torch.zeros_like(g))
+            H = torch.where(ok[:, None, None], H, -torch.diag_embed(prec0))
+            P, concave = _precision(H, prec0)
+            step = torch.linalg.solve(P, g.unsqueeze(-1)).squeeze(-1)
+            step = step / (step.abs() / (MAX_STEP * scale)).amax(-1, keepdim=True).clamp(min=1.0)
             moved = torch.zeros_like(ok)
             for _ in range(HALVINGS + 1):
-                todo = ~moved & (step != 0)
+                todo = ~moved & (step != 0).any(-1)
                 if not bool(todo.any()):
                     break
                 f1 = objective(u + step)
                 better = todo & (f1 > f0)
-                u = torch.where(better, u + step, u)
+                u = torch.where(better.unsqueeze(-1), u + step, u)
                 f0 = torch.where(better, f1, f0)
                 moved = moved | better
-                step = torch.where(moved, step, 0.5 * step)
+                step = torch.where(moved.unsqueeze(-1), step, 0.5 * step)
             # the next differences at the scale of the posterior found
-            sd = torch.where(concave, (-H).clamp(min=1e-12).rsqrt(), scale0)
-            h = torch.minimum(0.1 * scale0, 0.5 * sd).clamp(min=1e-3 * scale0)
-            converged = ~moved | (step.abs() < 0.1 * sd)
+            sd = torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1).clamp(min=1e-30).sqrt()
+            h = torch.minimum(0.1 * scale, 0.5 * sd).clamp(min=1e-3 * scale)
+            converged = ~moved | (step.abs() < 0.1 * sd).all(-1)
             if bool(converged.all()):
                 break
-        else:
-            converged = torch.zeros_like(u, dtype=torch.bool)
         if not bool(converged.all()):
             # the curvature where the steps ended (after a small last step, the one
             # measured before it serves)
-            fp, fm = objective(u + h), objective(u - h)
-            H = (fp - 2 * f0 + fm) / h ** 2
-        usable = torch.isfinite(H) & (H < 0) & torch.isfinite(u) & torch.isfinite(f0)
-        # no narrower than a thousandth of the prior scale (finite differences at a
-        # kink, or float noise, can claim any curvature)
-        P = torch.where(usable, (-H).clamp(max=1e6 * prec0), prec0).reshape(-1, 1, 1)
-        return site_message(u, P, loc0, scale0, 1, usable.reshape(-1))
+            g, H = _curvature(objective, u, f0, h)
+            P, concave = _precision(H, prec0)
+        usable = concave & torch.isfinite(u).all(-1) & torch.isfinite(f0)
+        P = torch.where(usable[:, None, None], P, torch.diag_embed(prec0))
+        lam, info = site_message(u, P, loc0, scale0, 1, usable)
+        return lam, info, (u, P, usable)
     except (ModelRuntimeError, RuntimeError, ValueError):
         return None
     finally:

@@ -173,48 +173,71 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
 
 
 def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
-                quadratic):
+                quadratic, max_joint: int = 3):
     """For a top-level scalar site (a hyperparameter), the group effects proposed after
-    it that can be integrated out exactly when it is proposed (:mod:`.collapse`), and
-    the observations of the collapsed density: ``(observations, effects)``, or None.
+    it that can be integrated out exactly when it is proposed (:mod:`.collapse`), the
+    later hyperparameters to fit jointly with it, and the observations of the collapsed
+    density: ``(observations, effects, later)``, or None.
 
-    The effects are every latent after the site that reads it in its prior or that an
-    observation of the site reads; each must be a statement in a plate whose
-    observations locate it exactly (informed, a quadratic likelihood: Gaussian given the
-    rest), whose prior reads nothing after the site, and whose observed children are all
-    informing; no observation may read two of them, nor any other latent after the site.
-    Eight schools' ``tau`` (``theta[j] ~ Normal(mu, tau)``, ``y[j] ~ Normal(theta[j],
-    sigma[j])``) and Grunfeld's ``sigma`` (the firm effects ``ab``) qualify; ``mu`` before
-    ``tau`` does not (``theta``'s prior reads the later ``tau``)."""
+    The effects are the latents after the site that read it (or a later hyperparameter)
+    in their prior, or that an observation of theirs reads; each must be a statement in
+    a plate whose observations locate it exactly (informed, a quadratic likelihood:
+    Gaussian given the rest), with all its observed children informing. The later
+    hyperparameters are top-level scalars after the site that an effect's prior or an
+    observation reads, whose own priors read nothing drawn after the site; at most
+    ``max_joint`` - 1 of them. No observation may read two effects, nor any other latent
+    after the site. Eight schools' ``mu`` (with ``tau``) and ``tau``, Grunfeld's
+    ``sigma`` qualify; Grunfeld's ``mu`` (a vector) does not."""
     fam = families[info.name]
     if info.n != 1 or info.de != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
         return None
     me = order[info.name]
-    kids = set(graph.successors(info.name))
-    effects = {c for c in kids if checked.vars[c].kind == "latent" and order[c] > me}
-    observed = [o for o in plan.observed if o in kids]
-    for o in observed:
-        effects |= {r for r in later_reads(checked, order, info.name, o)
-                    if checked.vars[r].kind == "latent"}
-    if not effects:
+
+    def after(r):
+        return checked.vars[r].kind == "latent" and order[r] > me
+
+    def hyper(r):
+        return families[r].info.n == 1 and families[r].info.de == 1 and \
+            integrable(checked, plan, order, info.name, r, families)
+    effects, later, observed = set(), [], []
+    todo, seen = [info.name], set()
+    while todo:                 # the site and its later hyperparameters, one at a time
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        found = {c for c in graph.successors(name) if after(c)}
+        for o in plan.observed:
+            if graph.has_edge(name, o) and o not in observed:
+                observed.append(o)
+                found |= {r for r in later_reads(checked, order, info.name, o) if after(r)}
+        for z in sorted(found - effects - set(later), key=order.get):
+            if hyper(z):
+                later.append(z)
+                todo.append(z)
+                continue
+            v = checked.vars[z]
+            kid_obs = [o for o in plan.observed if graph.has_edge(z, o)]
+            if len(v.stmts) != 1 or not families[z].info.plate or not informing.get(z) \
+                    or not quadratic.get(z) or sorted(kid_obs) != sorted(informing[z]):
+                return None
+            effects.add(z)
+            observed += [o for o in kid_obs if o not in observed]
+            for r in v.reads | v.control:       # a later hyperparameter of its prior
+                if checked.vars[r].kind != "arg" and order.get(r, -1) > me:
+                    if r in effects or not after(r) or not hyper(r):
+                        return None
+                    if r not in later:
+                        later.append(r)
+                        todo.append(r)
+    if not effects or 1 + len(later) > max_joint:
         return None
-    for z in effects:
-        v = checked.vars[z]
-        kid_obs = [o for o in plan.observed if graph.has_edge(z, o)]
-        if v.kind != "latent" or len(v.stmts) != 1 or not families[z].info.plate \
-                or not informing.get(z) or not quadratic.get(z) \
-                or sorted(kid_obs) != sorted(informing[z]):
-            return None
-        if any(checked.vars[r].kind not in ("arg",) and order.get(r, -1) > me
-               for r in v.reads | v.control):
-            return None
-        observed += [o for o in kid_obs if o not in observed]
     for o in observed:
-        later = later_reads(checked, order, info.name, o)
-        if not later <= effects or len(later) > 1:
+        reads = later_reads(checked, order, info.name, o)
+        if not reads <= effects | set(later) or len(reads & effects) > 1:
             return None
-    return observed, sorted(effects, key=order.get)
+    return observed, sorted(effects, key=order.get), sorted(later, key=order.get)
 
 
 def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families) -> bool:

@@ -230,16 +230,35 @@ class SiteProposal(pdist.TorchDistribution):
 
     def _collapsed(self, facts):
         """The facts moved by the site's marginal posterior with the group effects
-        proposed after it integrated out (:mod:`.collapse`), as a Gaussian message; its
-        own informed location where that cannot be evaluated."""
-        M = self.state.M
-        hint = self._hint()
-        msg = collapsed_message(self, *self.collapse, facts[0].reshape(M, 1),
-                                facts[1].reshape(M, 1),
-                                None if hint is None else hint.reshape(M, 1))
+        proposed after it integrated out, and the later hyperparameters it is fitted
+        with (:mod:`.collapse`), as a Gaussian message; its own informed location where
+        that cannot be evaluated. The joint fit's Gaussian gives those hyperparameters
+        their hints (:meth:`_condition_hints`)."""
+        observed, effects, later = self.collapse
+        rt, M, net = self.runtime, self.state.M, self.net
+        self._condition_hints()
+        hint = self.state.hints.get(self.info.name)
+        later_facts = []
+        try:
+            for r in later:
+                v = rt.checked.vars[r]
+                d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
+                f = net.families[r].facts(d, M, 1)
+                later_facts.append((f[0].reshape(M, 1), f[1].reshape(M, 1)))
+        except (ModelRuntimeError, RuntimeError, ValueError):
+            later_facts = None
+        msg = None if later_facts is None else collapsed_message(
+            self, observed, effects, facts[0].reshape(M, 1), facts[1].reshape(M, 1),
+            None if hint is None else hint.reshape(M, 1), later, later_facts)
         if msg is None:
             return self.family.inform(facts, self._loglik) if self.informing else facts
-        lam, info = msg
+        lam, info, (mode, P, usable) = msg
+        if later:
+            names = [self.info.name] + list(later)
+            for k, r in enumerate(later, 1):
+                self.state.hints[r] = torch.where(usable.unsqueeze(-1), mode[:, k:k + 1],
+                                                  later_facts[k - 1][0])
+            self.state.block = (names, [1] * len(names), mode, P)
         return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
 
     def _message(self):
