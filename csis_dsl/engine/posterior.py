@@ -199,7 +199,7 @@ def importance(model, observations, num_samples=1000, proposal="guide",
             if program and mixing != "trace":
                 raise ValueError("a share of the program's own proposal needs whole-trace "
                                  "mixing (mixing='trace')")
-            if program or mixing == "trace":
+            if mixing == "trace":
                 shares = shares_of(float(program), defensive)
                 values, log_q, _ = mixture_draws(guide, obs, B, shares)
             else:

@@ -90,7 +90,8 @@ class Collapsed:
         st = v.stmts[0]
         loops = rt.plan.loops_of(st)
         if rt.active_mask(st, loops, None, overlay) is not None:
-            raise ValueError("a guarded effect")        # (collapsible() keeps them out)
+            raise ValueError("an effect under a guard")    # not integrated: the
+                                                           # site's own location instead
         d = rt.dist_for(st, loops, None, None, overlay, elem_shape=v.elem_shape)
         shape = (M,) + tuple(info.inst_shape) + tuple(info.elem_shape)
 

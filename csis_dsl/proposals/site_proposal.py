@@ -192,12 +192,9 @@ class SiteProposal(pdist.TorchDistribution):
         locs, scales = [facts[0].reshape(M, -1)], [facts[1].reshape(M, -1)]
         saved = (rt.invalid, rt.problem)
         try:
-            for r in later:
-                v = rt.checked.vars[r]
-                d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
-                f = net.families[r].facts(d, M, 1)
-                locs.append(f[0].reshape(M, -1))
-                scales.append(f[1].reshape(M, -1))
+            for loc, scale in self._later_priors(later):
+                locs.append(loc)
+                scales.append(scale)
             shapes = [(M,) + tuple(net.by_name[n].elem_shape) for n in names]
             stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs]
 
@@ -221,12 +218,31 @@ class SiteProposal(pdist.TorchDistribution):
         if fit is None:
             return facts
         modes, P, usable = fit
-        for k in range(1, len(names)):
-            self.state.hints[names[k]] = torch.where(usable.unsqueeze(-1), modes[k], locs[k])
         mode = torch.cat(modes, -1)
-        self.state.block = (names, [t.shape[-1] for t in locs], mode, P)
+        self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
         lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
         return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
+
+    def _later_priors(self, later):
+        """The (location, scale), (M, udim) each, of the priors of the top-level latents
+        ``later`` (read only what is drawn before this site), in their families'
+        unconstrained space."""
+        rt, M, out = self.runtime, self.state.M, []
+        for r in later:
+            v = rt.checked.vars[r]
+            d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
+            f = self.net.families[r].facts(d, M, 1)
+            out.append((f[0].reshape(M, -1), f[1].reshape(M, -1)))
+        return out
+
+    def _keep_fit(self, names, sizes, mode, P, usable, locs):
+        """A joint fit of this site and the later ``names[1:]``: their modes as hints
+        (their prior locations ``locs`` where it was not usable), and the fit kept to be
+        conditioned on what is drawn next (:meth:`_condition_hints`)."""
+        parts = mode.split(sizes, -1)
+        for k in range(1, len(names)):
+            self.state.hints[names[k]] = torch.where(usable.unsqueeze(-1), parts[k], locs[k])
+        self.state.block = (names, sizes, mode, P)
 
     def _collapsed(self, facts):
         """The facts moved by the site's marginal posterior with the group effects
@@ -235,18 +251,15 @@ class SiteProposal(pdist.TorchDistribution):
         that cannot be evaluated. The joint fit's Gaussian gives those hyperparameters
         their hints (:meth:`_condition_hints`)."""
         observed, effects, later = self.collapse
-        rt, M, net = self.runtime, self.state.M, self.net
-        self._condition_hints()
-        hint = self.state.hints.get(self.info.name)
-        later_facts = []
+        rt, M = self.runtime, self.state.M
+        hint = self._hint()
+        saved = (rt.invalid, rt.problem)
         try:
-            for r in later:
-                v = rt.checked.vars[r]
-                d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
-                f = net.families[r].facts(d, M, 1)
-                later_facts.append((f[0].reshape(M, 1), f[1].reshape(M, 1)))
+            later_facts = self._later_priors(later)
         except (ModelRuntimeError, RuntimeError, ValueError):
             later_facts = None
+        finally:
+            rt.invalid, rt.problem = saved
         msg = None if later_facts is None else collapsed_message(
             self, observed, effects, facts[0].reshape(M, 1), facts[1].reshape(M, 1),
             None if hint is None else hint.reshape(M, 1), later, later_facts)
@@ -254,11 +267,8 @@ class SiteProposal(pdist.TorchDistribution):
             return self.family.inform(facts, self._loglik) if self.informing else facts
         lam, info, (mode, P, usable) = msg
         if later:
-            names = [self.info.name] + list(later)
-            for k, r in enumerate(later, 1):
-                self.state.hints[r] = torch.where(usable.unsqueeze(-1), mode[:, k:k + 1],
-                                                  later_facts[k - 1][0])
-            self.state.block = (names, [1] * len(names), mode, P)
+            self._keep_fit([self.info.name] + list(later), [1] * (1 + len(later)), mode, P,
+                           usable, [facts[0].reshape(M, 1)] + [f[0] for f in later_facts])
         return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
 
     def _message(self):
