@@ -30,8 +30,8 @@ def test_which_sites_are_fitted_with_later_latents():
     m = regression(False, [1.0, 2.0, 3.0])
     ahead = m.guide.net.inputs.ahead
     # the coefficients are a quadratic block given sigma; sigma is not
-    assert ahead["intercept"] == (["y"], ["slope", "sigma"], [True, True, False])
-    assert ahead["slope"] == (["y"], ["sigma"], [True, False])
+    assert ahead["intercept"] == (["y"], ["slope", "sigma"], [True, True, False], [])
+    assert ahead["slope"] == (["y"], ["sigma"], [True, False], [])
     assert "sigma" not in ahead               # its observations read nothing after it
     # a later latent whose prior reads the site is not integrated out (it is not known
     # when the site is proposed)
@@ -52,7 +52,7 @@ def test_which_sites_are_fitted_with_later_latents():
     m = csis_dsl.compile_string(open(ROOT / "bench" / "real" / "pima.ppl").read(),
                                 args={"N": 2, "glu": [1.0, 2.0], "bmi": [1.0, 2.0],
                                       "age": [1.0, 2.0]})
-    obs, later, exact = m.guide.net.inputs.ahead["intercept"]
+    obs, later, exact, _ = m.guide.net.inputs.ahead["intercept"]
     assert later == ["b_glu", "b_bmi", "b_age"] and not any(exact)
 
 

@@ -31,6 +31,7 @@ from ..frontend import ast as A
 from ..frontend.checked import Checked
 from ..middle.affine import quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
+from .summed import summable
 
 WHOLE_MAX = 256        # the widest context read whole
 
@@ -142,34 +143,46 @@ def top_level(checked: Checked, plan: Plan, name: str) -> bool:
 
 def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
           max_dim: int = 16):
-    """The observations a top-level scalar site shares with latents proposed after it,
-    and those latents, when all of them can be integrated out by a joint Laplace
-    approximation (:mod:`.marginal`): top-level continuous latents located in an
-    unconstrained space of their own size, whose priors read only data and what is
-    drawn before the site (so they are known when it is proposed), of at most
-    ``max_dim`` elements together. Returns (observations, latents); the observations
-    include the site's own informing ones (the joint fit reads them all)."""
+    """The observations a top-level site shares with latents proposed after it, and
+    those latents, when all of them can be integrated out when it is proposed
+    (:mod:`.marginal`): top-level continuous latents, joined in a Laplace fit, whose
+    priors read only data and what is drawn before the site (so they are known when it
+    is proposed), of at most ``max_dim`` unconstrained elements with the site; and
+    discrete allocations in a plate, each read by its own observations only, summed out
+    exactly (:mod:`.summed`: a mixture's components given its weights, locations and
+    scales). The site: a scalar, a vector or a simplex, its family located in its
+    unconstrained space. Returns (observations, latents joined, latents summed); the
+    observations include the site's own informing ones (the fit reads them all)."""
     fam = families[info.name]
-    if info.n != 1 or info.de != 1 or not fam.joinable or not fam.informable \
-            or not top_level(checked, plan, info.name):
-        return [], []
-    obs, lat = [], []
+    if info.n != 1 or not fam.joinable or not top_level(checked, plan, info.name):
+        return [], [], []
+    obs, lat, summed = [], [], []
+    # the observations read by the site, or by a discrete latent after it that reads it
+    # (a mixture's weights, read through the allocations)
+    through = [r for r in graph.successors(info.name) if checked.vars[r].kind == "latent"
+               and order[r] > order[info.name] and families[r].name == "finite"]
     for o in plan.observed:
-        if not graph.has_edge(info.name, o) or not plain(checked, plan, info, o):
+        if not (graph.has_edge(info.name, o) or any(graph.has_edge(r, o) for r in through)) \
+                or not plain(checked, plan, info, o):
             continue
         later = later_reads(checked, order, info.name, o)
         if not later:
             continue
-        if not all(integrable(checked, plan, order, info.name, r, families) for r in later):
+        joined = [r for r in sorted(later, key=order.get)
+                  if integrable(checked, plan, order, info.name, r, families)]
+        rest = [summable(checked, plan, graph, order, info.name, r, families, lat + joined)
+                for r in sorted(set(later) - set(joined), key=order.get)]
+        if any(s is None for s in rest):
             continue
-        new = [r for r in sorted(later, key=order.get) if r not in lat]
-        if sum(families[r].udim for r in lat + new) > max_dim:
+        new = [r for r in joined if r not in lat]
+        if fam.udim + sum(families[r].udim for r in lat + new) > max_dim:
             continue
         obs.append(o)
         lat += new
+        summed += [s for s in rest if s not in summed]
     if not obs:
-        return [], []
-    return list(informing) + obs, lat
+        return [], [], []
+    return list(dict.fromkeys(list(informing) + obs)), lat, summed
 
 
 def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
@@ -320,11 +333,13 @@ class SiteInputs(nn.Module):
         self.ahead = {}
         if config.informed:
             for info in infos:
-                obs, lat = ahead(checked, plan, graph, order, info, families,
-                                 self.informing[info.name])
+                obs, lat, summed = ahead(checked, plan, graph, order, info, families,
+                                         self.informing[info.name])
                 if obs:
-                    block = quadratic_block(checked, [info.name] + lat, obs)
-                    self.ahead[info.name] = (obs, lat, [n in block for n in [info.name] + lat])
+                    block = set() if summed else \
+                        quadratic_block(checked, [info.name] + lat, obs)
+                    self.ahead[info.name] = (obs, lat, [n in block for n in [info.name] + lat],
+                                             summed)
         # sites whose informing observations are Gaussian with a location affine in
         # them: their local log-likelihood is a quadratic (one Newton step is exact)
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)

@@ -25,7 +25,22 @@ from .families.base import place
 from .collapse import collapsed_message
 from .informing import gather_index, informing_loglik
 from .marginal import REFIT_STEPS, STEPS, conditional_mean, joint_mode, site_message
+from .summed import summed_loglik
 from .network import ProposalNetwork, first_flags, positions
+
+
+def _exchangeable(fams, locs, scales) -> bool:
+    """Whether the components of a mixture in a joint fit are exchangeable under their
+    priors: no vector on the real line or (0, inf) among the fit's latents has elements
+    with different prior locations or scales (``real[K] mu ~ Normal(0, 5)``). Their
+    posterior is then symmetric under relabelling -- K! modes, and the fit's start, at
+    the symmetric point, a saddle -- which one Gaussian cannot locate; the network alone
+    proposes them. Components told apart by their priors (``Normal([1.5, 5.5], 1)``)
+    or by an ordered support are fitted."""
+    vectors = [(l, s) for f, l, s in zip(fams, locs, scales)
+               if l.shape[-1] > 1 and getattr(f, "moments_usable", False)]
+    return bool(vectors) and all(
+        bool((l == l[:, :1]).all()) and bool((s == s[:, :1]).all()) for l, s in vectors)
 
 
 class GuideState:
@@ -185,43 +200,106 @@ class SiteProposal(pdist.TorchDistribution):
         it: a joint Laplace fit with the later latents its observations read
         (:mod:`.marginal`), handed to the family as a Gaussian message. Leaves the
         later latents' modes as hints for their own proposals."""
-        obs, later, exact = self.ahead
+        obs, later, exact, summed = self.ahead
         rt, M, net = self.runtime, self.state.M, self.net
         names = [self.info.name] + list(later)
         fams = [self.family] + [net.families[r] for r in later]
         locs, scales = [facts[0].reshape(M, -1)], [facts[1].reshape(M, -1)]
-        saved = (rt.invalid, rt.problem)
+        saved = (rt.invalid, rt.problem, rt.B)
         try:
             for loc, scale in self._later_priors(later):
                 locs.append(loc)
                 scales.append(scale)
-            shapes = [(M,) + tuple(net.by_name[n].elem_shape) for n in names]
-            stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs]
+            mixture = summed or any(rt.checked.vars[o].dist == "Mixture" for o in obs)
+            if mixture and _exchangeable(fams, locs, scales) and not self._told_apart(obs):
+                return facts
+            in_sums = {o for s in summed for o in s.observed}
+            stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs if o not in in_sums]
+            self._condition_hints()
+            start = [self.state.hints.get(n) for n in names]
+            # rows with the same inputs have the same fit: fitted once (the first site
+            # at inference, where every draw shares the observations)
+            rows, inverse = self._distinct_rows(names, summed, obs, locs, scales, start)
+            R = M if rows is None else rows.numel()
+            observations = self.state.observations if rows is None else {
+                o: t if t.shape[0] == 1 else t[rows] for o, t in self.state.observations.items()}
+            if rows is not None:
+                locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
+                start = [None if t is None else t[rows] for t in start]
+                rt.B, rt.invalid = R, torch.zeros(R, dtype=torch.bool)
+            shapes = [(R,) + tuple(net.by_name[n].elem_shape) for n in names]
 
             def loglik(us):
                 overlay = {n: Stored(fam.transform(u.unsqueeze(1)).reshape(shape))
                            for n, fam, u, shape in zip(names, fams, us, shapes)}
                 total = 0.0
                 for o, st in stmts:
-                    lp = rt.stmt_log_prob(st, self.state.observations[o], overlay)
-                    total = total + lp.reshape(M, -1).sum(-1)
+                    lp = rt.stmt_log_prob(st, observations[o], overlay)
+                    total = total + lp.reshape(R, -1).sum(-1)
+                if summed:          # the allocations after the site, summed out
+                    total = total + summed_loglik(rt, summed, observations, overlay, R)
                 return total
-            self._condition_hints()
-            start = [self.state.hints.get(n) for n in names]
             # from a conditional of an earlier fit, a few steps finish the job
             fit = joint_mode(loglik, locs, scales, start, exact=exact,
                              steps=REFIT_STEPS if start[0] is not None else STEPS)
+            if fit is not None and rows is not None:
+                locs, scales = [t[inverse] for t in locs], [t[inverse] for t in scales]
+                fit = ([t[inverse] for t in fit[0]], fit[1][inverse], fit[2][inverse])
         except (ModelRuntimeError, RuntimeError, ValueError):
             fit = None
         finally:
-            rt.invalid, rt.problem = saved
+            rt.invalid, rt.problem, rt.B = saved
         if fit is None:
             return facts
         modes, P, usable = fit
         mode = torch.cat(modes, -1)
         self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
-        lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
-        return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
+        d = locs[0].shape[-1]
+        if d == 1 and self.family.informable:
+            lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
+            return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
+        # a vector, a simplex, a bounded scalar: placed at the fit's marginal for it
+        cov = torch.linalg.inv_ex(P)[0][:, :d, :d]
+        return self.family.located_at(facts, mode[:, :d], cov, usable)
+
+    def _told_apart(self, obs) -> bool:
+        """Whether a vector drawn before this site that ``obs`` read (a mixture's
+        locations, when its scales are proposed) already tells its components apart."""
+        rt, fams = self.runtime, self.net.families
+        for o in obs:
+            v = rt.checked.vars[o]
+            for r in v.reads | v.control:
+                if r in self.env and rt.checked.vars[r].kind == "latent" and r in fams \
+                        and fams[r].info.de > 1 and getattr(fams[r], "moments_usable", False):
+                    return True
+        return False
+
+    def _distinct_rows(self, names, summed, obs, locs, scales, start):
+        """Where the joint fit's inputs repeat across the M rows -- the statements it
+        evaluates read only data, the fitted latents and the summed ones, and the rows'
+        priors, starts and observations are equal -- the first row of each distinct
+        input (R,) and each row's (M,) place among them; (None, None) where every row
+        is its own (or nearly so: the fit is then run on all rows)."""
+        rt, M = self.runtime, self.state.M
+        own = set(names) | {s.name for s in summed} | set(obs)
+        for n in list(obs) + [s.name for s in summed]:
+            v = rt.checked.vars[n]
+            if any(rt.checked.vars[r].kind != "arg" and r not in own for r in v.reads | v.control):
+                return None, None
+        parts = locs + scales + [t for t in start if t is not None] + [
+            t.reshape(t.shape[0], -1).expand(M, -1).to(locs[0].dtype)
+            for o, t in self.state.observations.items() if o in set(obs) | {
+                k for s in summed for k in s.observed} and t.shape[0] != 1]
+        key = torch.cat([p.reshape(M, -1) for p in parts], -1)
+        if bool((key == key[:1]).all()):
+            return torch.zeros(1, dtype=torch.long), torch.zeros(M, dtype=torch.long)
+        _, inverse = torch.unique(key, dim=0, return_inverse=True)
+        R = int(inverse.max()) + 1
+        if R > M // 2:
+            return None, None
+        first = torch.full((R,), M, dtype=torch.long).scatter_reduce(
+            0, inverse, torch.arange(M), "amin")
+        return first, inverse
 
     def _later_priors(self, later):
         """The (location, scale), (M, udim) each, of the priors of the top-level latents

@@ -346,8 +346,9 @@ class ContinuousProposal(ProposalFamily):
     @property
     def joinable(self) -> bool:
         """Whether this site can take part in a joint Laplace fit with others
-        (:mod:`..marginal`): located in an unconstrained space of its own size."""
-        return self.udim == self.info.de and not self.dependent
+        (:mod:`..marginal`): located in an unconstrained space of its own (not one that
+        depends on other variables), where :meth:`located_at` places it."""
+        return not self.dependent
 
     @staticmethod
     def separable(loglik, transform, u, tol: float = 1e-4):
@@ -491,6 +492,33 @@ class ContinuousProposal(ProposalFamily):
             loc = torch.where(ok, new_loc, loc)
             scale = torch.where(ok, new_prec.rsqrt(), scale)
         return (loc.detach(), scale.detach()) + tuple(facts[2:])
+
+    def located_at(self, facts, loc, cov, usable):
+        """The facts of a site with one instance placed at the Gaussian N(loc, cov) of
+        its unconstrained value (loc (M, udim), cov (M, udim, udim)): a joint fit's
+        marginal for it (:mod:`..marginal`), which already includes its prior. A vector
+        whose components have a full covariance is placed in the whitened coordinates
+        of that Gaussian (as :meth:`inform` places a jointly informed one); otherwise
+        each element at its marginal mean and sd. Unchanged where not ``usable`` (M,)."""
+        if self.dependent:
+            return facts
+        M = loc.shape[0]
+        loc0, scale0 = facts[0].reshape(M, -1), facts[1].reshape(M, -1)
+        sd = cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
+        ok = usable & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1) & (sd > 0).all(-1)
+        joint = self.info.de > 1 and self.head.full
+        if joint:
+            prec = torch.linalg.inv_ex(cov)[0]
+            L, bad = torch.linalg.cholesky_ex(0.5 * (prec + prec.transpose(-1, -2)))
+            ok = ok & (bad == 0) & torch.isfinite(L).flatten(1).all(-1)
+        okv = ok.unsqueeze(-1)
+        new_loc = torch.where(okv, loc, loc0).reshape(facts[0].shape)
+        new_sd = torch.where(okv, sd, scale0).reshape(facts[1].shape)
+        if not joint:
+            return (new_loc.detach(), new_sd.detach()) + tuple(facts[2:])
+        L = torch.where(okv.unsqueeze(-1), L, torch.diag_embed(1 / scale0))
+        return (new_loc.detach(), new_sd.detach(), facts[2], facts[3],
+                L.reshape(facts[0].shape + (L.shape[-1],)).detach())
 
     def lookahead(self, loglik, pieces, M):
         """Gaussian messages from the later observations of a chain, by a backward
