@@ -31,7 +31,7 @@ from ..frontend import ast as A
 from ..frontend.checked import Checked
 from ..middle.affine import quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
-from .summed import summable
+from .summed import Summed
 
 WHOLE_MAX = 256        # the widest context read whole
 
@@ -105,15 +105,9 @@ def gathered(checked: Checked, plan: Plan, info, o: str) -> Optional[A.Expr]:
     idx = s.target.indices if isinstance(s.target, A.Index) else []
     if [getattr(i, "id", None) for i in idx] != [loops[0].var]:
         return None
-    reads, names = [], 0
-    for arg in list(s.dist.call.args) + [b for b in s.dist.trunc or () if b is not None]:
-        for e in A.walk_expr(arg):
-            if isinstance(e, A.Name) and e.id == info.name:
-                names += 1
-            elif isinstance(e, A.Index) and isinstance(e.base, A.Name) and \
-                    e.base.id == info.name and e.indices:
-                reads.append(e.indices[0])
-    if not reads or names != len(reads) or len({structure(e) for e in reads}) != 1:
+    reads, only = indexed_reads(s, info.name)
+    reads = [e[0] for e in reads]
+    if not reads or not only or len({structure(e) for e in reads}) != 1:
         return None
     e = reads[0]
     if isinstance(e, A.Name) and e.id == loops[0].var:
@@ -123,6 +117,59 @@ def gathered(checked: Checked, plan: Plan, info, o: str) -> Optional[A.Expr]:
                 (n.id not in checked.vars or checked.vars[n.id].kind != "arg"):
             return None
     return e
+
+
+def summable(checked: Checked, plan: Plan, graph, order, site: str, r: str, families,
+             joined) -> Optional[Summed]:
+    """``r`` as a :class:`~.summed.Summed` where it can be summed out of ``site``'s joint
+    fit (:mod:`.summed`): a scalar with a finite support, one statement in static loops
+    and no branch, proposed after the site, whose prior reads only data, what is drawn
+    before the site, the site and the latents ``joined`` in the fit; whose children are
+    all observations that read it at their own index (:func:`read_aligned`: ``y[n]``
+    reading ``c[n]``) and nothing else proposed after the site but the joined latents.
+    None otherwise."""
+    v = checked.vars[r]
+    if v.kind != "latent":
+        return None
+    fam = families[r]
+    if fam.name != "finite" or fam.info.de != 1 or not fam.info.plate or len(v.stmts) != 1 \
+            or order[r] <= order[site]:
+        return None
+    place = plan.placement.get(v.stmts[0])
+    if place is None or place.guards or any(not l.static for l in place.loops):
+        return None
+    known = set(joined) | {r}
+    kids = sorted(graph.successors(r), key=str)
+    if later_reads(checked, order, site, r) - known or not kids or any(
+            k not in plan.observed or not read_aligned(checked, plan, families[r].info, k)
+            or later_reads(checked, order, site, k) - known for k in kids):
+        return None
+    return Summed(r, tuple(float(fam.lo + k) for k in range(fam.k)), tuple(kids))
+
+
+def read_aligned(checked: Checked, plan: Plan, info, o: str) -> bool:
+    """Whether observed ``o``, aligned with the site's instances (:func:`plain`), reads
+    the site only as ``site[i, ...]`` at its own index."""
+    if info.n == 1 or not plain(checked, plan, info, o):
+        return False
+    s = checked.vars[o].stmts[0]
+    own = [l.var for l in plan.loops_of(s)]
+    reads, only = indexed_reads(s, info.name)
+    return bool(reads) and only and all([getattr(i, "id", None) for i in e] == own for e in reads)
+
+
+def indexed_reads(s, name: str):
+    """The index lists through which sample statement ``s``'s distribution reads
+    ``name`` (``name[e, ...]``), and whether it reads it in no other way."""
+    names, reads = 0, []
+    for arg in list(s.dist.call.args) + [b for b in s.dist.trunc or () if b is not None]:
+        for e in A.walk_expr(arg):
+            if isinstance(e, A.Name) and e.id == name:
+                names += 1
+            elif isinstance(e, A.Index) and isinstance(e.base, A.Name) and \
+                    e.base.id == name and e.indices:
+                reads.append(e.indices)
+    return reads, names == len(reads)
 
 
 def later_reads(checked: Checked, order, name: str, o: str) -> set:

@@ -472,12 +472,7 @@ class ContinuousProposal(ProposalFamily):
                 return facts
             new_loc, L = fit
             sd = torch.cholesky_inverse(L).diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
-            ok = torch.isfinite(new_loc).all(-1) & torch.isfinite(sd).all(-1) & (sd > 0).all(-1)
-            okv = ok.unsqueeze(-1)
-            loc = torch.where(okv, new_loc, loc)
-            L = torch.where(okv.unsqueeze(-1), L, torch.diag_embed(1 / scale))
-            scale = torch.where(okv, sd, scale)
-            return (loc.detach(), scale.detach(), facts[2], facts[3], L.detach())
+            return self._whitened(facts, new_loc, sd, L, torch.ones_like(sd[..., 0], dtype=torch.bool))
         if fit is not None:
             new_loc, prec = fit
             ok = torch.isfinite(new_loc) & torch.isfinite(prec) & (prec > 0)
@@ -502,23 +497,31 @@ class ContinuousProposal(ProposalFamily):
         each element at its marginal mean and sd. Unchanged where not ``usable`` (M,)."""
         if self.dependent:
             return facts
-        M = loc.shape[0]
-        loc0, scale0 = facts[0].reshape(M, -1), facts[1].reshape(M, -1)
-        sd = cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
-        ok = usable & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1) & (sd > 0).all(-1)
-        joint = self.info.de > 1 and self.head.full
-        if joint:
-            prec = torch.linalg.inv_ex(cov)[0]
-            L, bad = torch.linalg.cholesky_ex(0.5 * (prec + prec.transpose(-1, -2)))
-            ok = ok & (bad == 0) & torch.isfinite(L).flatten(1).all(-1)
+        shape = facts[0].shape                                      # (M, 1, udim)
+        loc, sd = loc.reshape(shape), cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt().reshape(shape)
+        usable = usable.reshape(shape[:-1])
+        if not (self.info.de > 1 and self.head.full):
+            ok = (usable & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1)
+                  & (sd > 0).all(-1)).unsqueeze(-1)
+            return (torch.where(ok, loc, facts[0]).detach(),
+                    torch.where(ok, sd, facts[1]).detach()) + tuple(facts[2:])
+        prec = torch.linalg.inv_ex(cov)[0]
+        L, bad = torch.linalg.cholesky_ex(0.5 * (prec + prec.transpose(-1, -2)))
+        L = L.reshape(shape + (shape[-1],))
+        return self._whitened(facts, loc, sd, L, usable & (bad == 0).reshape(usable.shape))
+
+    def _whitened(self, facts, loc, sd, L, ok):
+        """The facts of a Gaussian in unconstrained space given by its location and the
+        Cholesky factor L of its precision (sd its marginal sds), all (M, m, ...): the
+        components are then placed in its whitened coordinates (:class:`Unwhiten`).
+        Where not ``ok`` (M, m), or not finite, the prior's location and scale."""
+        loc0, scale0 = facts[:2]
+        ok = ok & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1) & (sd > 0).all(-1) \
+            & torch.isfinite(L).flatten(-2).all(-1)
         okv = ok.unsqueeze(-1)
-        new_loc = torch.where(okv, loc, loc0).reshape(facts[0].shape)
-        new_sd = torch.where(okv, sd, scale0).reshape(facts[1].shape)
-        if not joint:
-            return (new_loc.detach(), new_sd.detach()) + tuple(facts[2:])
         L = torch.where(okv.unsqueeze(-1), L, torch.diag_embed(1 / scale0))
-        return (new_loc.detach(), new_sd.detach(), facts[2], facts[3],
-                L.reshape(facts[0].shape + (L.shape[-1],)).detach())
+        return (torch.where(okv, loc, loc0).detach(), torch.where(okv, sd, scale0).detach(),
+                facts[2], facts[3], L.detach())
 
     def lookahead(self, loglik, pieces, M):
         """Gaussian messages from the later observations of a chain, by a backward
