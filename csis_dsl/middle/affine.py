@@ -91,7 +91,12 @@ def gaussian_in(checked: Checked, site, observed: str) -> bool:
     names = {site} if isinstance(site, str) else set(site)
     if len(v.stmts) != 1 or not isinstance(v.stmts[0], A.Sample) or names & v.control:
         return False
-    s = v.stmts[0]
+    return gaussian_stmt(v.stmts[0], site)
+
+
+def gaussian_stmt(s: A.Sample, site) -> bool:
+    """Whether sample statement ``s``'s log density is a quadratic in ``site`` (as
+    :func:`gaussian_in`, its guards left to the caller)."""
     loc = GAUSSIAN.get(s.dist.call.func)
     if loc is None or s.dist.trunc is not None:
         return False
@@ -106,12 +111,12 @@ def quadratic_likelihood(checked: Checked, site: str, observed) -> bool:
     """Whether the local log-likelihood of latent ``site`` from the statements
     ``observed`` is a quadratic in its unconstrained value: the site is real (the
     identity is its unconstrained map) and every statement is :func:`gaussian_in` it."""
-    if not observed or not _on_the_line(checked, site):
+    if not observed or not on_the_line(checked, site):
         return False
     return all(gaussian_in(checked, site, o) for o in observed)
 
 
-def _on_the_line(checked: Checked, name: str) -> bool:
+def on_the_line(checked: Checked, name: str) -> bool:
     """A latent whose value is its unconstrained value (real, not ordered)."""
     v = checked.vars[name]
     return not v.ordered and v.support in (constraints.real, constraints.real_vector)
@@ -122,7 +127,7 @@ def quadratic_block(checked: Checked, names, observed) -> list:
     ``observed`` is jointly a quadratic (each real, and every statement
     :func:`gaussian_in` all of them together: regression coefficients given the noise
     scale); empty where the whole set of such candidates is not."""
-    cand = [n for n in names if _on_the_line(checked, n)
+    cand = [n for n in names if on_the_line(checked, n)
             and all(gaussian_in(checked, n, o) for o in observed)]
     if cand and all(gaussian_in(checked, frozenset(cand), o) for o in observed):
         return cand

@@ -29,8 +29,10 @@ import torch.nn as nn
 
 from ..frontend import ast as A
 from ..frontend.checked import Checked
-from ..middle.affine import quadratic_block, quadratic_likelihood
+from ..middle.affine import gaussian_in, gaussian_stmt, on_the_line, quadratic_block, \
+    quadratic_likelihood
 from ..middle.plan import Plan
+from .chains import Chain
 from .summed import Summed
 
 WHOLE_MAX = 256        # the widest context read whole
@@ -147,6 +149,49 @@ def summable(checked: Checked, plan: Plan, graph, order, site: str, r: str, fami
     return Summed(r, tuple(float(fam.lo + k) for k in range(fam.k)), tuple(kids))
 
 
+def chainable(checked: Checked, plan: Plan, graph, order, site: str, r: str, families,
+              joined) -> Optional[Chain]:
+    """``r`` as a :class:`~.chains.Chain` where it can be summed out of ``site``'s joint
+    fit (:mod:`.chains`): a family produced in order, proposed after the site, of scalar
+    elements each reading only the element before (a first-order chain: lag 1, no
+    companion family), its statements in static loops without branches covering every
+    element once; its statements read only data, what is drawn before the site, the
+    site and the latents ``joined``; its children are all observations that read it at
+    their own index (:func:`read_aligned`) and nothing else proposed after the site but
+    the joined latents. Finite values (a hidden Markov model), or a linear-Gaussian
+    chain (:func:`~csis_dsl.middle.affine.gaussian_stmt` in the element before, on the
+    real line, its observations Gaussian in it). None otherwise."""
+    v = checked.vars[r]
+    if v.kind != "latent" or order[r] <= order[site]:
+        return None
+    fam = families[r]
+    info = fam.info
+    if info.plate or info.de != 1 or len(info.inst_shape) != 1 or info.lag != 1 \
+            or plan.group_of.get(r, [r]) != [r]:
+        return None
+    pieces, covered = plan.pieces.get(r, []), []
+    for p in pieces:
+        place = plan.placement.get(p.stmt)
+        if not isinstance(p.stmt, A.Sample) or place is None or place.guards or \
+                any(not l.static for l in place.loops):
+            return None
+        covered += list(range(*p.elements))
+    if sorted(covered) != list(range(info.n)):
+        return None
+    known = set(joined) | {r}
+    kids = sorted(set(graph.successors(r)) - {r}, key=str)
+    if later_reads(checked, order, site, r) - known or not kids or any(
+            k not in plan.observed or not read_aligned(checked, plan, info, k)
+            or later_reads(checked, order, site, k) - known for k in kids):
+        return None
+    if fam.name == "finite":
+        return Chain(r, tuple(float(fam.lo + k) for k in range(fam.k)), tuple(kids))
+    if on_the_line(checked, r) and all(gaussian_stmt(p.stmt, r) for p in pieces) and \
+            all(gaussian_in(checked, r, k) for k in kids):
+        return Chain(r, None, tuple(kids))
+    return None
+
+
 def read_aligned(checked: Checked, plan: Plan, info, o: str) -> bool:
     """Whether observed ``o``, aligned with the site's instances (:func:`plain`), reads
     the site only as ``site[i, ...]`` at its own index."""
@@ -188,47 +233,76 @@ def top_level(checked: Checked, plan: Plan, name: str) -> bool:
     return place is not None and not place.loops and not place.guards
 
 
+def few(checked: Checked, plan: Plan, name: str, families, max_dim: int = 16) -> bool:
+    """A latent that can be one block of a joint fit: top-level, or one statement in
+    static loops without branches whose instances (a plate: ``P[k] ~ Dirichlet(...)``
+    for the K rows of a transition matrix) have at most ``max_dim`` unconstrained
+    elements in all."""
+    if top_level(checked, plan, name):
+        return True
+    v, fam = checked.vars[name], families[name]
+    if not fam.joinable or len(v.stmts) != 1 or not fam.info.plate or \
+            fam.info.n * fam.udim > max_dim:
+        return False
+    place = plan.placement.get(v.stmts[0])
+    return place is not None and not place.guards and all(l.static for l in place.loops)
+
+
 def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
           max_dim: int = 16):
-    """The observations a top-level site shares with latents proposed after it, and
-    those latents, when all of them can be integrated out when it is proposed
-    (:mod:`.marginal`): top-level continuous latents, joined in a Laplace fit, whose
-    priors read only data and what is drawn before the site (so they are known when it
-    is proposed), of at most ``max_dim`` unconstrained elements with the site; and
-    discrete allocations in a plate, each read by its own observations only, summed out
-    exactly (:mod:`.summed`: a mixture's components given its weights, locations and
-    scales). The site: a scalar, a vector or a simplex, its family located in its
-    unconstrained space. Returns (observations, latents joined, latents summed); the
-    observations include the site's own informing ones (the fit reads them all)."""
+    """The observations a site shares with latents proposed after it, and those
+    latents, when all of them can be integrated out when it is proposed
+    (:mod:`.marginal`): continuous latents of few elements (:func:`few`), joined in a
+    Laplace fit, whose priors read only data and what is drawn before the site (so they
+    are known when it is proposed), of at most ``max_dim`` unconstrained elements with
+    the site; discrete allocations in a plate, each read by its own observations only,
+    summed out exactly (:mod:`.summed`: a mixture's components given its weights,
+    locations and scales); and first-order chains summed out by a filter
+    (:mod:`.chains`: a hidden Markov model's states, a state-space model's levels). The
+    site: a scalar, a vector, a simplex, or a plate of a few of them (a transition
+    matrix's rows), located in its family's unconstrained space. Returns (observations,
+    latents joined, latents summed); the observations include the site's own informing
+    ones (the fit reads them all)."""
     fam = families[info.name]
-    if info.n != 1 or not fam.joinable or not top_level(checked, plan, info.name):
+    if not fam.joinable or not few(checked, plan, info.name, families, max_dim):
         return [], [], []
     obs, lat, summed = [], [], []
-    # the observations read by the site, or by a discrete latent after it that reads it
-    # (a mixture's weights, read through the allocations)
+    # the observations read by the site, or by a discrete latent or a chain after it
+    # that reads it (a mixture's weights, read through the allocations; a state-space
+    # model's scales, through its states)
     through = [r for r in graph.successors(info.name) if checked.vars[r].kind == "latent"
-               and order[r] > order[info.name] and families[r].name == "finite"]
+               and order[r] > order[info.name]
+               and (families[r].name == "finite" or not families[r].info.plate)]
     for o in plan.observed:
         if not (graph.has_edge(info.name, o) or any(graph.has_edge(r, o) for r in through)) \
-                or not plain(checked, plan, info, o):
+                or not simple(checked, plan, o):
             continue
         later = later_reads(checked, order, info.name, o)
         if not later:
             continue
         joined = [r for r in sorted(later, key=order.get)
                   if integrable(checked, plan, order, info.name, r, families)]
+        # what the latents to sum out read after the site (a hidden Markov model's
+        # transition matrix) joins the fit too
+        extra = {p for r in later if r not in joined
+                 for p in later_reads(checked, order, info.name, r)} - set(later)
+        if not all(integrable(checked, plan, order, info.name, p, families, plates=True)
+                   for p in extra):
+            continue
+        joined += sorted(extra, key=order.get)
         rest = [summable(checked, plan, graph, order, info.name, r, families, lat + joined)
+                or chainable(checked, plan, graph, order, info.name, r, families, lat + joined)
                 for r in sorted(set(later) - set(joined), key=order.get)]
         if any(s is None for s in rest):
             continue
         new = [r for r in joined if r not in lat]
-        if fam.udim + sum(families[r].udim for r in lat + new) > max_dim:
+        if sum(families[r].info.n * families[r].udim for r in [info.name] + lat + new) > max_dim:
             continue
         obs.append(o)
         lat += new
         summed += [s for s in rest if s not in summed]
-    if not obs:
-        return [], [], []
+    if not obs or not summed and not top_level(checked, plan, info.name):
+        return [], [], []       # a plate's instances: only for what is summed out
     return list(dict.fromkeys(list(informing) + obs)), lat, summed
 
 
@@ -300,18 +374,22 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
     return observed, sorted(effects, key=order.get), sorted(later, key=order.get)
 
 
-def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families) -> bool:
-    """Whether latent ``r``, proposed after ``name``, can join its joint Laplace fit."""
+def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families,
+               plates: bool = False) -> bool:
+    """Whether latent ``r``, proposed after ``name``, can join its joint Laplace fit:
+    top-level, or with ``plates`` a plate of few instances (:func:`few`: what a summed
+    chain reads, a transition matrix's rows)."""
     v = checked.vars[r]
-    if v.kind != "latent" or not top_level(checked, plan, r) \
-            or not families[r].joinable:
+    if v.kind != "latent" or not families[r].joinable or not (
+            few(checked, plan, r, families) if plates else top_level(checked, plan, r)):
         return False
     return all(checked.vars[p].kind == "arg" or order[p] < order[name]
                for p in v.reads | v.control)
 
 
-def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
-    """One plain statement, aligned with the site's instances (see :func:`informs`)."""
+def simple(checked: Checked, plan: Plan, o: str) -> bool:
+    """One sample statement in static loops from 0, written ``y[i, j]`` with its loops'
+    variables."""
     v = checked.vars[o]
     s = v.stmts[0]
     if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
@@ -320,8 +398,15 @@ def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
     if any(not l.static or l.lo != 0 for l in loops):
         return False
     idx = s.target.indices if isinstance(s.target, A.Index) else []
-    if [getattr(i, "id", None) for i in idx] != [l.var for l in loops]:
+    return [getattr(i, "id", None) for i in idx] == [l.var for l in loops]
+
+
+def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
+    """One plain statement (:func:`simple`), aligned with the site's instances (see
+    :func:`informs`)."""
+    if not simple(checked, plan, o):
         return False
+    v = checked.vars[o]
     site = checked.vars[info.name]
     if info.n > 1:
         return tuple(v.family_dims) == info.inst_shape and all(

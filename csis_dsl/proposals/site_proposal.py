@@ -184,9 +184,10 @@ class SiteProposal(pdist.TorchDistribution):
             return
         parts = list(mode.split(sizes, -1))
         for k in drawn:
+            fam = self.net.families[names[k]]
             x = env[names[k]].t.to(mode.dtype)
-            x = x.expand((M,) + tuple(x.shape[1:])).reshape(M, 1, -1)
-            parts[k] = self.net.families[names[k]].unconstrained(x).reshape(M, -1)
+            x = x.expand((M,) + tuple(x.shape[1:])).reshape(M, fam.info.n, -1)
+            parts[k] = fam.unconstrained(x).reshape(M, -1)
         edges = list(itertools.accumulate(sizes, initial=0))
         cond = conditional_mean(mode, P, torch.cat(parts, -1), [
             i for k in drawn for i in range(edges[k], edges[k + 1])])
@@ -227,17 +228,19 @@ class SiteProposal(pdist.TorchDistribution):
                 locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
                 start = [None if t is None else t[rows] for t in start]
                 rt.B, rt.invalid = R, torch.zeros(R, dtype=torch.bool)
-            shapes = [(R,) + tuple(net.by_name[n].elem_shape) for n in names]
+            shapes = [(R,) + tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
+                      for n in names]
 
             def loglik(us):
-                overlay = {n: Stored(fam.transform(u.unsqueeze(1)).reshape(shape))
+                overlay = {n: Stored(fam.transform(u.reshape(R, fam.info.n, -1)).reshape(shape))
                            for n, fam, u, shape in zip(names, fams, us, shapes)}
                 total = 0.0
                 for o, st in stmts:
                     lp = rt.stmt_log_prob(st, observations[o], overlay)
                     total = total + lp.reshape(R, -1).sum(-1)
-                if summed:          # the allocations after the site, summed out
-                    total = total + summed_loglik(rt, summed, observations, overlay, R)
+                if summed:          # the allocations or chains after the site, summed out
+                    total = total + summed_loglik(rt, summed, observations, overlay, R,
+                                                  net.families)
                 return total
             # from a conditional of an earlier fit, a few steps finish the job
             fit = joint_mode(loglik, locs, scales, start, exact=exact,
@@ -255,10 +258,11 @@ class SiteProposal(pdist.TorchDistribution):
         mode = torch.cat(modes, -1)
         self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
         d = locs[0].shape[-1]
-        if d == 1 and self.family.informable:
+        if d == 1 and self.info.n == 1 and self.family.informable:
             lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
             return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
-        # a vector, a simplex, a bounded scalar: placed at the fit's marginal for it
+        # a vector, a simplex, a bounded scalar, a plate's instances: placed at the fit's
+        # marginal for each
         cov = torch.linalg.inv_ex(P)[0][:, :d, :d]
         return self.family.located_at(facts, mode[:, :d], cov, usable)
 
@@ -302,14 +306,15 @@ class SiteProposal(pdist.TorchDistribution):
         return first, inverse
 
     def _later_priors(self, later):
-        """The (location, scale), (M, udim) each, of the priors of the top-level latents
-        ``later`` (read only what is drawn before this site), in their families'
-        unconstrained space."""
+        """The (location, scale), (M, n udim) each, of the priors of the latents
+        ``later`` (of one statement, read only what is drawn before this site), in their
+        families' unconstrained space, a plate's n instances one after the other."""
         rt, M, out = self.runtime, self.state.M, []
         for r in later:
             v = rt.checked.vars[r]
-            d = rt.dist_for(v.stmts[0], [], None, elem_shape=v.elem_shape)
-            f = self.net.families[r].facts(d, M, 1)
+            loops = rt.plan.loops_of(v.stmts[0])
+            d = rt.dist_for(v.stmts[0], loops, None, elem_shape=v.elem_shape)
+            f = self.net.families[r].facts(d, M, self.net.families[r].info.n)
             out.append((f[0].reshape(M, -1), f[1].reshape(M, -1)))
         return out
 

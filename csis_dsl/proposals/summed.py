@@ -27,7 +27,8 @@ other log-likelihood. Which latents can be summed so is chosen from the
 program (:func:`.context.summable`); this module evaluates that sum
 (:func:`summed_loglik`); the allocations
 themselves are then proposed from their exact local posteriors given the drawn globals
-(:meth:`~.families.finite.FiniteProposal.inform`).
+(:meth:`~.families.finite.FiniteProposal.inform`). A chain of latents summed out the
+same way, by a filter's forward pass, is :mod:`.chains`.
 """
 from __future__ import annotations
 
@@ -46,24 +47,29 @@ class Summed:
     values: Tuple[float, ...]       # its support
     observed: Tuple[str, ...]       # its children, all observed, aligned with it
 
-
-def summed_loglik(rt, summed: List[Summed], observations, overlay, M: int) -> torch.Tensor:
-    """log p(the observations of ``summed`` | overlay) with those latents summed out,
-    (M,): per instance, log sum over the values of the latent's prior times its
-    observations' density; summed over the instances and the latents."""
-    total = torch.zeros(M)
-    for s in summed:
-        st = rt.checked.vars[s.name].stmts[0]
-        v = rt.checked.vars[s.name]
+    def loglik(self, rt, observations, overlay, M: int, family=None) -> torch.Tensor:
+        """log p(its observations | overlay) with the latent summed out, (M,): per
+        instance, log sum over its values of its prior times its observations' density;
+        summed over the instances."""
+        st = rt.checked.vars[self.name].stmts[0]
+        v = rt.checked.vars[self.name]
         shape = (1,) + tuple(v.family_dims) + tuple(v.elem_shape)
         terms = []
-        for val in s.values:
+        for val in self.values:
             x = torch.full(shape, val)
-            here = {**overlay, s.name: Stored(x)}
+            here = {**overlay, self.name: Stored(x)}
             lp = rt.stmt_log_prob(st, x, here).reshape(M, -1)
-            for o in s.observed:
+            for o in self.observed:
                 ost = rt.checked.vars[o].stmts[0]
                 lp = lp + rt.stmt_log_prob(ost, observations[o], here).reshape(M, lp.shape[1], -1).sum(-1)
             terms.append(lp)
-        total = total + torch.logsumexp(torch.stack(terms, 0), 0).sum(-1)
+        return torch.logsumexp(torch.stack(terms, 0), 0).sum(-1)
+
+
+def summed_loglik(rt, summed: List, observations, overlay, M: int, families) -> torch.Tensor:
+    """log p(the observations of ``summed`` | overlay) with those latents summed out,
+    (M,): each a :class:`Summed` allocation or a :class:`~.chains.Chain`."""
+    total = torch.zeros(M)
+    for s in summed:
+        total = total + s.loglik(rt, observations, overlay, M, families[s.name])
     return total

@@ -489,26 +489,29 @@ class ContinuousProposal(ProposalFamily):
         return (loc.detach(), scale.detach()) + tuple(facts[2:])
 
     def located_at(self, facts, loc, cov, usable):
-        """The facts of a site with one instance placed at the Gaussian N(loc, cov) of
-        its unconstrained value (loc (M, udim), cov (M, udim, udim)): a joint fit's
-        marginal for it (:mod:`..marginal`), which already includes its prior. A vector
-        whose components have a full covariance is placed in the whitened coordinates
-        of that Gaussian (as :meth:`inform` places a jointly informed one); otherwise
-        each element at its marginal mean and sd. Unchanged where not ``usable`` (M,)."""
+        """The facts of a site placed at the Gaussian N(loc, cov) of its unconstrained
+        value (loc (M, n udim), cov (M, n udim, n udim), its n instances one after the
+        other): a joint fit's marginal for it (:mod:`..marginal`), which already
+        includes its prior. A vector whose components have a full covariance is placed
+        in the whitened coordinates of each instance's block of that Gaussian (as
+        :meth:`inform` places a jointly informed one); otherwise each element at its
+        marginal mean and sd. Unchanged where not ``usable`` (M,)."""
         if self.dependent:
             return facts
-        shape = facts[0].shape                                      # (M, 1, udim)
+        shape = facts[0].shape                                      # (M, n, udim)
+        M, n, k = shape
         loc, sd = loc.reshape(shape), cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt().reshape(shape)
-        usable = usable.reshape(shape[:-1])
+        usable = usable.reshape(M, 1).expand(M, n)
         if not (self.info.de > 1 and self.head.full):
             ok = (usable & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1)
                   & (sd > 0).all(-1)).unsqueeze(-1)
             return (torch.where(ok, loc, facts[0]).detach(),
                     torch.where(ok, sd, facts[1]).detach()) + tuple(facts[2:])
-        prec = torch.linalg.inv_ex(cov)[0]
+        idx = torch.arange(n * k).reshape(n, k)
+        block = cov[:, idx.unsqueeze(-1), idx.unsqueeze(-2)]        # (M, n, udim, udim)
+        prec = torch.linalg.inv_ex(block)[0]
         L, bad = torch.linalg.cholesky_ex(0.5 * (prec + prec.transpose(-1, -2)))
-        L = L.reshape(shape + (shape[-1],))
-        return self._whitened(facts, loc, sd, L, usable & (bad == 0).reshape(usable.shape))
+        return self._whitened(facts, loc, sd, L, usable & (bad == 0))
 
     def _whitened(self, facts, loc, sd, L, ok):
         """The facts of a Gaussian in unconstrained space given by its location and the
