@@ -187,6 +187,10 @@ class Evaluator:
                                         f"(size {size})", e.indices[k].span)
             it = it.clamp(0, size - 1)
         rest = base.t.shape[P + 1:]
+        if base.m is None and idx.m is None:
+            view = _read_along(base.t, it, P)
+            if view is not None:
+                return Val(view, None, P)
         prefix = torch.broadcast_shapes(base.t.shape[:P], it.shape[:P])
         t = base.t.expand(prefix + base.t.shape[P:])
         ix = it.reshape(it.shape[:P] + (1,) + (1,) * len(rest)).expand(prefix + (1,) + rest)
@@ -200,6 +204,22 @@ class Evaluator:
             im = idx.m.reshape(idx.m.shape + (1,) * len(rest))
             m = im if m is None else (m & im)
         return Val(out, m, P)
+
+
+def _read_along(t: torch.Tensor, it: torch.Tensor, P: int) -> Optional[torch.Tensor]:
+    """``a[i]`` with ``i`` a loop's variable running over the whole of ``a``'s first
+    dim (t (..., 1 at the loop's dim, ..., n, *rest), it 0 .. n - 1 along that dim): that
+    dim moved into the loop's place, a view -- not a gather of the array broadcast over
+    the loop, whose gradient is loop x array (272 x 272 per trace for ``mu[n]``). None
+    for any other index."""
+    dims = [d for d in range(P) if it.shape[d] != 1]
+    if len(dims) != 1 or dims[0] == 0 or it.dim() != P:
+        return None
+    d, n = dims[0], it.shape[dims[0]]
+    if t.shape[P] != n or t.shape[d] != 1 or \
+            not torch.equal(it.reshape(-1), torch.arange(n, device=it.device)):
+        return None
+    return t.movedim(P, d).squeeze(d + 1)
 
 
 def eval_static(e: A.Expr, args: Dict[str, torch.Tensor], t: Type) -> torch.Tensor:

@@ -353,10 +353,19 @@ class Runtime:
             return
         loops = self.plan.loops_of(s)
         active = self.active_mask(s, loops)
-        t = self.evaluator(loops, active, where=self.where(s, name))(s.value).t
+        self.store(v, self.assigned(s, active), active, merge=len(v.stmts) > 1)
+
+    def assigned(self, s: A.Assign, active=None, overlay=None) -> torch.Tensor:
+        """The value of assignment ``s`` over its loops, (B, *loop sizes, *element),
+        evaluated with ``overlay`` replacing stored variables (what a joint fit
+        recomputes from the values it holds)."""
+        name = A.target_name(s.target)
+        v: Var = self.checked.vars[name]
+        loops = self.plan.loops_of(s)
+        t = self.evaluator(loops, active, where=self.where(s, name), overlay=overlay)(s.value).t
         if v.type.base == "real":
             t = float_of(t)
         shape = (self.B,) + tuple(l.size for l in loops) + tuple(v.elem_shape)
         t = t.expand(torch.broadcast_shapes(t.shape, (1,) * (1 + len(loops)) + tuple(v.elem_shape)))
         t = t.expand((self.B,) + t.shape[1:]) if t.shape[0] == 1 else t
-        self.store(v, t.expand(shape), active, merge=len(v.stmts) > 1)
+        return t.expand(shape)

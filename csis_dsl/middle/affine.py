@@ -33,20 +33,24 @@ BILINEAR = {"dot"}
 GAUSSIAN = {"Normal": 0, "MultivariateNormal": 0}
 
 
-def degree(e: A.Expr, name) -> Optional[int]:
+def degree(e: A.Expr, name, defs=None) -> Optional[int]:
     """``name``: one variable, or a set of them (the degree jointly in all: a product of
-    two of them is not affine)."""
+    two of them is not affine). ``defs``: deterministic values read through their
+    definitions, name -> its value expression (``mu`` of ``mu = X @ beta``, or of
+    ``mu[n] = a + b * x[n]`` read as ``mu[n]``)."""
     if isinstance(e, (A.Num, A.Bool, A.Whole)):
         return 0
     if isinstance(e, A.Name):
+        if defs and e.id in defs:
+            return degree(defs[e.id], name, defs)
         return 1 if (e.id == name if isinstance(name, str) else e.id in name) else 0
     if isinstance(e, A.Keyword):
-        return degree(e.value, name)
+        return degree(e.value, name, defs)
     if isinstance(e, A.Unary):
-        d = degree(e.operand, name)
+        d = degree(e.operand, name, defs)
         return d if e.op == "-" else (0 if d == 0 else None)
     if isinstance(e, A.Binary):
-        a, b = degree(e.left, name), degree(e.right, name)
+        a, b = degree(e.left, name, defs), degree(e.right, name, defs)
         if a is None or b is None:
             return None
         if e.op in ("+", "-"):
@@ -57,19 +61,19 @@ def degree(e: A.Expr, name) -> Optional[int]:
             return a if b == 0 else None
         return 0 if a == b == 0 else None            # ^, comparisons, logic
     if isinstance(e, A.Cond):
-        if degree(e.test, name) != 0:
+        if degree(e.test, name, defs) != 0:
             return None
-        a, b = degree(e.then, name), degree(e.orelse, name)
+        a, b = degree(e.then, name, defs), degree(e.orelse, name, defs)
         return None if a is None or b is None else max(a, b)
     if isinstance(e, A.Index):
-        if any(degree(i, name) != 0 for i in e.indices):
+        if any(degree(i, name, defs) != 0 for i in e.indices):
             return None
-        return degree(e.base, name)
+        return degree(e.base, name, defs)
     if isinstance(e, A.Vector):
-        ds = [degree(i, name) for i in e.items]
+        ds = [degree(i, name, defs) for i in e.items]
         return None if any(d is None for d in ds) else max(ds, default=0)
     if isinstance(e, A.Call):
-        ds = [degree(a, name) for a in e.args]
+        ds = [degree(a, name, defs) for a in e.args]
         if any(d is None for d in ds):
             return None
         if all(d == 0 for d in ds):
@@ -82,6 +86,36 @@ def degree(e: A.Expr, name) -> Optional[int]:
     return None
 
 
+# increasing functions of one argument: a link of an affine function keeps the
+# likelihood's single mode (a GLM's) -- unlike x ^ 2 or abs(x), whose sign symmetry
+# makes a posterior with mirrored modes that one Gaussian fit cannot locate
+MONOTONE = {"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sigmoid", "logit", "softplus"}
+
+
+def monotone(e: A.Expr, name, defs=None) -> bool:
+    """Whether ``e`` is affine in ``name`` (:func:`degree` at most 1), or an increasing
+    function of one argument (``MONOTONE``) of such an expression, shifted or scaled by
+    what does not read ``name``."""
+    d = degree(e, name, defs)
+    if d is not None:
+        return True
+    if isinstance(e, A.Name) and defs and e.id in defs:
+        return monotone(defs[e.id], name, defs)
+    if isinstance(e, A.Index) and all(degree(i, name, defs) == 0 for i in e.indices):
+        return monotone(e.base, name, defs)
+    if isinstance(e, A.Unary) and e.op == "-":
+        return monotone(e.operand, name, defs)
+    if isinstance(e, A.Call) and e.func in MONOTONE and len(e.args) == 1:
+        return monotone(e.args[0], name, defs)
+    if isinstance(e, A.Binary) and e.op in ("+", "-", "*", "/"):
+        a, b = degree(e.left, name, defs), degree(e.right, name, defs)
+        if b == 0:
+            return monotone(e.left, name, defs)
+        if a == 0 and e.op != "/":
+            return monotone(e.right, name, defs)
+    return False
+
+
 def gaussian_in(checked: Checked, site, observed: str) -> bool:
     """Whether the log density of observed statement ``observed`` is a quadratic in the
     value of ``site`` (a name, or a set of names: jointly in them): a Gaussian without
@@ -91,17 +125,25 @@ def gaussian_in(checked: Checked, site, observed: str) -> bool:
     names = {site} if isinstance(site, str) else set(site)
     if len(v.stmts) != 1 or not isinstance(v.stmts[0], A.Sample) or names & v.control:
         return False
-    return gaussian_stmt(v.stmts[0], site)
+    return gaussian_stmt(v.stmts[0], site, definitions(checked))
 
 
-def gaussian_stmt(s: A.Sample, site) -> bool:
+def definitions(checked: Checked) -> dict:
+    """The deterministic values of one assignment (not produced in order), read through
+    their definitions by :func:`degree`: name -> value expression."""
+    return {n: v.stmts[0].value for n, v in checked.vars.items()
+            if v.kind == "deterministic" and len(v.stmts) == 1 and not v.is_family
+            and isinstance(v.stmts[0], A.Assign)}
+
+
+def gaussian_stmt(s: A.Sample, site, defs=None) -> bool:
     """Whether sample statement ``s``'s log density is a quadratic in ``site`` (as
     :func:`gaussian_in`, its guards left to the caller)."""
     loc = GAUSSIAN.get(s.dist.call.func)
     if loc is None or s.dist.trunc is not None:
         return False
     for k, a in enumerate(s.dist.call.args):
-        d = degree(a, site)
+        d = degree(a, site, defs)
         if d is None or (k != loc and d != 0):
             return False
     return True

@@ -167,12 +167,34 @@ def proposal_order(checked) -> Tuple[List[A.Stmt], List[str]]:
             if moved:
                 break
             defined |= _defines(checked, a)
+    body = _early(checked, body)
     rank = {}
     for k, s in enumerate(body):
         for n in _defines(checked, s):
             rank.setdefault(n, k)
     names = sorted(checked.order, key=lambda n: (rank.get(n, -1), checked.order.index(n)))
     return body, names
+
+
+def _early(checked, body) -> List[A.Stmt]:
+    """``body`` with each top-level statement that defines only deterministic values
+    (each of one statement, not a family produced in order: ``real[N] mu = X @ beta``,
+    or a loop of ``mu[n] = ...``) moved up to just after the last statement defining
+    what they read: a value is computed as soon as it can be, so an observation that
+    reads it (``y ~ Normal(mu, sigma)``) informs the sites proposed after its inputs
+    (``sigma``) rather than waiting for the value's place in the program."""
+    out = []
+    for s in body:
+        defs = _defines(checked, s)
+        vs = [checked.vars[n] for n in defs]
+        if not vs or any(v.kind != "deterministic" or len(v.stmts) != 1 or v.is_family
+                         for v in vs):
+            out.append(s)
+            continue
+        reads = set().union(*(v.reads | v.control for v in vs)) - defs
+        at = max([k + 1 for k, t in enumerate(out) if _defines(checked, t) & reads], default=0)
+        out.insert(at, s)
+    return out
 
 
 def _defines(checked, s) -> set:

@@ -29,8 +29,8 @@ import torch.nn as nn
 
 from ..frontend import ast as A
 from ..frontend.checked import Checked
-from ..middle.affine import gaussian_in, gaussian_stmt, on_the_line, quadratic_block, \
-    quadratic_likelihood
+from ..middle.affine import gaussian_in, gaussian_stmt, monotone, on_the_line, \
+    quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
 from .chains import Chain
 from .summed import Summed
@@ -217,6 +217,42 @@ def indexed_reads(s, name: str):
     return reads, names == len(reads)
 
 
+def derived(checked: Checked, plan: Plan, order, site: str, later):
+    """What an observation reads after ``site`` (``later``) with its deterministic
+    values traced back to what they read -- ``real[N] mu = X @ beta; y ~ Normal(mu,
+    sigma)``, Stan's transformed parameters -- so that a joint fit recomputes them from
+    the values it holds: (the latents read, directly or through them; the deterministic
+    values in the order to compute them), or None where one cannot be recomputed (more
+    than one statement, a family produced in order, a branch, a dynamic loop, or not
+    written whole or ``mu[i, j] = ...`` with its loops' variables), or whose definition
+    is not :func:`~csis_dsl.middle.affine.monotone` in the latents (``s = theta ^ 2``
+    mirrors the posterior into modes one fit cannot locate)."""
+    later, dets = set(later), []
+    latents = {n for n, v in checked.vars.items() if v.kind == "latent"}
+    todo = [r for r in later if checked.vars[r].kind == "deterministic"]
+    while todo:
+        d = todo.pop()
+        if d in dets:
+            continue
+        v = checked.vars[d]
+        s = v.stmts[0]
+        if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Assign) or \
+                d in plan.group_of:
+            return None
+        place, loops = plan.placement.get(s), plan.loops_of(s)
+        idx = s.target.indices if isinstance(s.target, A.Index) else []
+        if place is None or place.guards or any(not l.static or l.lo != 0 for l in loops) \
+                or [getattr(i, "id", None) for i in idx] != [l.var for l in loops] \
+                or not monotone(s.value, latents):
+            return None
+        dets.append(d)
+        for r in later_reads(checked, order, site, d):
+            later.add(r)
+            if checked.vars[r].kind == "deterministic":
+                todo.append(r)
+    return {r for r in later if checked.vars[r].kind == "latent"}, sorted(dets, key=order.get)
+
+
 def later_reads(checked: Checked, order, name: str, o: str) -> set:
     """What ``o`` reads (besides data) that the guide produces after ``name``."""
     v = checked.vars[o]
@@ -260,26 +296,37 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
     locations and scales); and first-order chains summed out by a filter
     (:mod:`.chains`: a hidden Markov model's states, a state-space model's levels). The
     site: a scalar, a vector, a simplex, or a plate of a few of them (a transition
-    matrix's rows), located in its family's unconstrained space. Returns (observations,
-    latents joined, latents summed); the observations include the site's own informing
-    ones (the fit reads them all)."""
+    matrix's rows), located in its family's unconstrained space. Deterministic values
+    the observations read after the site are recomputed in the fit (:func:`derived`).
+    Returns (observations, latents joined, latents summed, deterministic values
+    recomputed); the observations include the site's own informing ones (the fit reads
+    them all)."""
     fam = families[info.name]
     if not fam.joinable or not few(checked, plan, info.name, families, max_dim):
-        return [], [], []
-    obs, lat, summed = [], [], []
+        return [], [], [], []
+    obs, lat, summed, dets = [], [], [], []
     # the observations read by the site, or by a discrete latent or a chain after it
     # that reads it (a mixture's weights, read through the allocations; a state-space
     # model's scales, through its states)
     through = [r for r in graph.successors(info.name) if checked.vars[r].kind == "latent"
                and order[r] > order[info.name]
                and (families[r].name == "finite" or not families[r].info.plate)]
+    # ... or by a deterministic value computed from it (``mu = X @ beta``)
+    todo = [info.name]
+    while todo:
+        for r in graph.successors(todo.pop()):
+            if checked.vars[r].kind == "deterministic" and r not in through:
+                through.append(r)
+                todo.append(r)
     for o in plan.observed:
         if not (graph.has_edge(info.name, o) or any(graph.has_edge(r, o) for r in through)) \
                 or not simple(checked, plan, o):
             continue
         later = later_reads(checked, order, info.name, o)
-        if not later:
+        found = derived(checked, plan, order, info.name, later) if later else None
+        if found is None:
             continue
+        later, recomputed = found
         joined = [r for r in sorted(later, key=order.get)
                   if integrable(checked, plan, order, info.name, r, families)]
         # what the latents to sum out read after the site (a hidden Markov model's
@@ -301,9 +348,11 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
         obs.append(o)
         lat += new
         summed += [s for s in rest if s not in summed]
+        dets += [d for d in recomputed if d not in dets]
     if not obs or not summed and not top_level(checked, plan, info.name):
-        return [], [], []       # a plate's instances: only for what is summed out
-    return list(dict.fromkeys(list(informing) + obs)), lat, summed
+        return [], [], [], []       # a plate's instances: only for what is summed out
+    return (list(dict.fromkeys(list(informing) + obs)), lat, summed,
+            sorted(dets, key=order.get))
 
 
 def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
@@ -465,13 +514,13 @@ class SiteInputs(nn.Module):
         self.ahead = {}
         if config.informed:
             for info in infos:
-                obs, lat, summed = ahead(checked, plan, graph, order, info, families,
-                                         self.informing[info.name])
+                obs, lat, summed, dets = ahead(checked, plan, graph, order, info, families,
+                                               self.informing[info.name])
                 if obs:
                     block = set() if summed else \
                         quadratic_block(checked, [info.name] + lat, obs)
                     self.ahead[info.name] = (obs, lat, [n in block for n in [info.name] + lat],
-                                             summed)
+                                             summed, dets)
         # sites whose informing observations are Gaussian with a location affine in
         # them: their local log-likelihood is a quadratic (one Newton step is exact)
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)

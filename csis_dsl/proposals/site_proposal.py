@@ -201,7 +201,7 @@ class SiteProposal(pdist.TorchDistribution):
         it: a joint Laplace fit with the later latents its observations read
         (:mod:`.marginal`), handed to the family as a Gaussian message. Leaves the
         later latents' modes as hints for their own proposals."""
-        obs, later, exact, summed = self.ahead
+        obs, later, exact, summed, dets = self.ahead
         rt, M, net = self.runtime, self.state.M, self.net
         names = [self.info.name] + list(later)
         fams = [self.family] + [net.families[r] for r in later]
@@ -220,7 +220,7 @@ class SiteProposal(pdist.TorchDistribution):
             start = [self.state.hints.get(n) for n in names]
             # rows with the same inputs have the same fit: fitted once (the first site
             # at inference, where every draw shares the observations)
-            rows, inverse = self._distinct_rows(names, summed, obs, locs, scales, start)
+            rows, inverse = self._distinct_rows(names, summed, obs, dets, locs, scales, start)
             R = M if rows is None else rows.numel()
             observations = self.state.observations if rows is None else {
                 o: t if t.shape[0] == 1 else t[rows] for o, t in self.state.observations.items()}
@@ -234,6 +234,9 @@ class SiteProposal(pdist.TorchDistribution):
             def loglik(us):
                 overlay = {n: Stored(fam.transform(u.reshape(R, fam.info.n, -1)).reshape(shape))
                            for n, fam, u, shape in zip(names, fams, us, shapes)}
+                for dname in dets:      # the deterministic values they read, recomputed
+                    overlay[dname] = Stored(rt.assigned(rt.checked.vars[dname].stmts[0],
+                                                        overlay=overlay))
                 total = 0.0
                 for o, st in stmts:
                     lp = rt.stmt_log_prob(st, observations[o], overlay)
@@ -278,15 +281,16 @@ class SiteProposal(pdist.TorchDistribution):
                     return True
         return False
 
-    def _distinct_rows(self, names, summed, obs, locs, scales, start):
+    def _distinct_rows(self, names, summed, obs, dets, locs, scales, start):
         """Where the joint fit's inputs repeat across the M rows -- the statements it
-        evaluates read only data, the fitted latents and the summed ones, and the rows'
-        priors, starts and observations are equal -- the first row of each distinct
-        input (R,) and each row's (M,) place among them; (None, None) where every row
-        is its own (or nearly so: the fit is then run on all rows)."""
+        evaluates read only data, the fitted latents, the summed ones and the
+        deterministic values it recomputes, and the rows' priors, starts and
+        observations are equal -- the first row of each distinct input (R,) and each
+        row's (M,) place among them; (None, None) where every row is its own (or nearly
+        so: the fit is then run on all rows)."""
         rt, M = self.runtime, self.state.M
-        own = set(names) | {s.name for s in summed} | set(obs)
-        for n in list(obs) + [s.name for s in summed]:
+        own = set(names) | {s.name for s in summed} | set(obs) | set(dets)
+        for n in list(obs) + [s.name for s in summed] + list(dets):
             v = rt.checked.vars[n]
             if any(rt.checked.vars[r].kind != "arg" and r not in own for r in v.reads | v.control):
                 return None, None
