@@ -99,7 +99,8 @@ class Collapsed:
             stored = Stored(cand.reshape(shape))
             return informing_loglik(rt, self.informing[z], obs, {**overlay, z: stored}, M,
                                     cand.shape[1], info.n, self.gathered[z],
-                                    whole=info.n == 1)
+                                    whole=info.n == 1,
+                                    recompute=net.inputs.recompute.get(z, ()))
         fitted = fam.inform(fam.facts(d, M, info.n), loglik)
         mode = fitted[0]                                        # (M, n, de): the real line
         if len(fitted) > 4:                                     # joint: precision factor L

@@ -61,16 +61,58 @@ def blanket(graph, name: str) -> set:
     return out
 
 
-def informs(checked: Checked, plan: Plan, order, info, o: str) -> bool:
+def informs(checked: Checked, plan: Plan, order, info, o: str) -> Optional[List[str]]:
     """Whether observed child ``o`` of a latent site can tell its proposal how each
     candidate value explains the data when the site is proposed: one plain statement
     (``y[i] ~ ...`` in ``for i in range(N)``), reading nothing defined after the site,
     aligned with the site's instances (or any child, for a site with one instance), or
     reading them through a data index (:func:`gathered`). Whether the site's family can
     use it (a scalar, a vector with full-covariance components, a finite value) is the
-    family's to say."""
-    return (plain(checked, plan, info, o) or gathered(checked, plan, info, o) is not None) \
-        and not later_reads(checked, order, info.name, o)
+    family's to say.
+
+    Returns None where it cannot, else the deterministic values between them that the
+    proposal recomputes at each candidate (empty where ``o`` reads the site itself):
+    ``theta[j] = mu + tau * eta[j]; y[j] ~ Normal(theta[j], sigma[j])``, the
+    non-centred hierarchical model, where each value reads what is drawn before the site
+    and the site (at its own index, for a plate: :func:`derived`, :func:`read_own`)."""
+    later = later_reads(checked, order, info.name, o)
+    if not later:
+        return [] if plain(checked, plan, info, o) or \
+            gathered(checked, plan, info, o) is not None else None
+    found = derived(checked, plan, order, info.name, later)
+    if found is None or found[0] or not plain(checked, plan, info, o):
+        return None
+    dets = found[1]
+    if info.n > 1:      # each read at its own index, down to the site
+        stmts = [checked.vars[o].stmts[0]] + [checked.vars[d].stmts[0] for d in dets]
+        for st in stmts:
+            for r in dets + [info.name]:
+                if r in checked.vars[A.target_name(st.target)].reads and \
+                        not read_own(checked, plan, st, r):
+                    return None
+        if any(tuple(checked.vars[d].family_dims) != info.inst_shape for d in dets):
+            return None
+    return dets
+
+
+def read_own(checked: Checked, plan: Plan, s, name: str) -> bool:
+    """Whether statement ``s`` reads ``name`` only as ``name[i, ...]`` with its own loops'
+    variables."""
+    own = [l.var for l in plan.loops_of(s)]
+    reads, only = indexed_reads(s, name)
+    return bool(reads) and only and all([getattr(i, "id", None) for i in e] == own
+                                        for e in reads)
+
+
+def through_values(checked: Checked, graph, name: str) -> List[str]:
+    """The deterministic values computed from ``name``, directly or through others."""
+    out, todo = [], [name]
+    while todo:
+        for r in graph.successors(todo.pop()):
+            if checked.vars[r].kind == "deterministic" and r not in out:
+                out.append(r)
+                todo.append(r)
+    return out
 
 
 def structure(e):
@@ -197,17 +239,17 @@ def read_aligned(checked: Checked, plan: Plan, info, o: str) -> bool:
     the site only as ``site[i, ...]`` at its own index."""
     if info.n == 1 or not plain(checked, plan, info, o):
         return False
-    s = checked.vars[o].stmts[0]
-    own = [l.var for l in plan.loops_of(s)]
-    reads, only = indexed_reads(s, info.name)
-    return bool(reads) and only and all([getattr(i, "id", None) for i in e] == own for e in reads)
+    return read_own(checked, plan, checked.vars[o].stmts[0], info.name)
 
 
 def indexed_reads(s, name: str):
-    """The index lists through which sample statement ``s``'s distribution reads
-    ``name`` (``name[e, ...]``), and whether it reads it in no other way."""
+    """The index lists through which sample statement ``s``'s distribution (or
+    assignment ``s``'s value) reads ``name`` (``name[e, ...]``), and whether it reads it
+    in no other way."""
     names, reads = 0, []
-    for arg in list(s.dist.call.args) + [b for b in s.dist.trunc or () if b is not None]:
+    exprs = [s.value] if isinstance(s, A.Assign) else \
+        list(s.dist.call.args) + [b for b in s.dist.trunc or () if b is not None]
+    for arg in exprs:
         for e in A.walk_expr(arg):
             if isinstance(e, A.Name) and e.id == name:
                 names += 1
@@ -225,10 +267,9 @@ def derived(checked: Checked, plan: Plan, order, site: str, later):
     values in the order to compute them), or None where one cannot be recomputed (more
     than one statement, a family produced in order, a branch, a dynamic loop, or not
     written whole or ``mu[i, j] = ...`` with its loops' variables), or whose definition
-    is not :func:`~csis_dsl.middle.affine.monotone` in the latents (``s = theta ^ 2``
-    mirrors the posterior into modes one fit cannot locate)."""
+    is not :func:`~csis_dsl.middle.affine.monotone` in the site and those latents
+    (``s = theta ^ 2`` mirrors the posterior into modes one fit cannot locate)."""
     later, dets = set(later), []
-    latents = {n for n, v in checked.vars.items() if v.kind == "latent"}
     todo = [r for r in later if checked.vars[r].kind == "deterministic"]
     while todo:
         d = todo.pop()
@@ -242,15 +283,17 @@ def derived(checked: Checked, plan: Plan, order, site: str, later):
         place, loops = plan.placement.get(s), plan.loops_of(s)
         idx = s.target.indices if isinstance(s.target, A.Index) else []
         if place is None or place.guards or any(not l.static or l.lo != 0 for l in loops) \
-                or [getattr(i, "id", None) for i in idx] != [l.var for l in loops] \
-                or not monotone(s.value, latents):
+                or [getattr(i, "id", None) for i in idx] != [l.var for l in loops]:
             return None
         dets.append(d)
         for r in later_reads(checked, order, site, d):
             later.add(r)
             if checked.vars[r].kind == "deterministic":
                 todo.append(r)
-    return {r for r in later if checked.vars[r].kind == "latent"}, sorted(dets, key=order.get)
+    varied = {site} | {r for r in later if checked.vars[r].kind == "latent"}
+    if not all(monotone(checked.vars[d].stmts[0].value, varied) for d in dets):
+        return None
+    return varied - {site}, sorted(dets, key=order.get)
 
 
 def later_reads(checked: Checked, order, name: str, o: str) -> set:
@@ -312,12 +355,7 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
                and order[r] > order[info.name]
                and (families[r].name == "finite" or not families[r].info.plate)]
     # ... or by a deterministic value computed from it (``mu = X @ beta``)
-    todo = [info.name]
-    while todo:
-        for r in graph.successors(todo.pop()):
-            if checked.vars[r].kind == "deterministic" and r not in through:
-                through.append(r)
-                todo.append(r)
+    through += through_values(checked, graph, info.name)
     for o in plan.observed:
         if not (graph.has_edge(info.name, o) or any(graph.has_edge(r, o) for r in through)) \
                 or not simple(checked, plan, o):
@@ -496,10 +534,17 @@ class SiteInputs(nn.Module):
                      and graph.has_edge(info.name, o) and obs_shape[o][:k] == info.inst_shape]
             self.aligned[info.name] = names
             self.align_width[info.name] = sum(int(math.prod(obs_shape[o][k:])) for o in names)
-        self.informing = {info.name: [o for o in plan.observed
-                                      if graph.has_edge(info.name, o)
-                                      and informs(checked, plan, order, info, o)]
-                          for info in infos} if config.informed else {}
+        # informing observations, and the deterministic values between them and the
+        # site that its proposal recomputes at each candidate: name -> [names]
+        self.informing, self.recompute = {}, {}
+        for info in infos if config.informed else []:
+            values = through_values(checked, graph, info.name)
+            found = {o: informs(checked, plan, order, info, o) for o in plan.observed
+                     if graph.has_edge(info.name, o) or any(graph.has_edge(d, o) for d in values)}
+            self.informing[info.name] = [o for o, d in found.items() if d is not None]
+            dets = {d for o, ds in found.items() if ds for d in ds}
+            if dets:
+                self.recompute[info.name] = sorted(dets, key=order.get)
         # informing observations that read a plate site through a data index: name ->
         # {observed: the index expression} (:func:`gathered`)
         self.gathers = {}

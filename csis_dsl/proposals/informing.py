@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..backend.values import Stored
+
 
 def gather_index(rt, o: str, expr, n: int):
     """The instance each observation of ``o`` reads through the data index ``expr``
@@ -18,11 +20,17 @@ def gather_index(rt, o: str, expr, n: int):
 
 
 def informing_loglik(rt, names, observations, overlay, M: int, m: int, n: int,
-                     gathered=None, fixed=None, whole: bool = False) -> torch.Tensor:
+                     gathered=None, fixed=None, whole: bool = False,
+                     recompute=()) -> torch.Tensor:
     """The log density of observations ``names`` with ``overlay`` replacing stored
     variables: per instance (M, m), or summed (M, 1) where ``whole``. ``gathered``:
     observed name -> (index, valid) of those read through a data index, whose
-    observation k counts for instance index[k] of the n."""
+    observation k counts for instance index[k] of the n. ``recompute``: deterministic
+    values between the overlay and the observations, recomputed from it in order."""
+    if recompute:
+        overlay = dict(overlay)
+        for d in recompute:
+            overlay[d] = Stored(rt.assigned(rt.checked.vars[d].stmts[0], overlay=overlay))
     total = 0.0
     for name in names:
         s = rt.checked.vars[name].stmts[0]

@@ -401,7 +401,8 @@ class SiteProposal(pdist.TorchDistribution):
         gathered = {o: self._gathered(o) for o in self.gathers}
         return informing_loglik(rt, self.informing, self.state.observations, {l.name: stored},
                                 M, cand.shape[1], l.n, gathered, fixed,
-                                whole=l.n == 1 or j is not None)
+                                whole=l.n == 1 or j is not None,
+                                recompute=self.net.inputs.recompute.get(l.name, ()))
 
     def _gathered(self, o):
         """The instance each observation of ``o`` reads, and where it was in range
