@@ -86,11 +86,24 @@ def _moments(lp, grids):
     return out
 
 
-def _grids(coarse, lows):
-    """Fine grids over +- 7 sds of a coarse pass, kept above ``lows``."""
-    d = torch.float64
-    return [torch.linspace(max(m - 7 * s, lo), m + 7 * s, 81, dtype=d)
-            for (m, s), lo in zip(coarse, lows)]
+def _quadrature(reference, a, b):
+    """Posterior means and sds of two positive scalars whose log density is
+    ``reference(A, B)`` on a grid: a coarse pass over (a, b), then fine grids over
+    +- 7 of its sds, kept above 0."""
+    def moments(a, b):
+        A, B = torch.meshgrid(a, b, indexing="ij")
+        return _moments(reference(A, B), (A, B))
+    coarse = moments(a, b)
+    return moments(*[torch.linspace(max(m - 7 * s, 1e-4), m + 7 * s, 81, dtype=torch.float64)
+                     for m, s in coarse])
+
+
+def _untrained(src, T, y):
+    """The posterior of ``src`` for observations ``y`` from the program's proposal
+    alone (no network, no defensive component)."""
+    m = csis_dsl.compile_string(src, args={"T": T})
+    m.guide.fit_statistics()
+    return m.infer({"y": y.tolist()}, num_samples=3000, seed=0, program=1.0, defensive=0.0)
 
 
 def _check(post, names, ref, ess_min):
@@ -119,15 +132,9 @@ def test_a_local_level_model_before_training():
         ll = torch.distributions.MultivariateNormal(torch.zeros(T, dtype=d), cov).log_prob(y)
         return ll - 0.5 * sl ** 2 - 0.5 * (so / 2) ** 2
 
-    def moments(a, b):
-        A, B = torch.meshgrid(a, b, indexing="ij")
-        return _moments(reference(A, B), (A, B))
-    coarse = moments(torch.linspace(0.01, 2.0, 60, dtype=d), torch.linspace(0.05, 3.0, 60, dtype=d))
-    ref = moments(*_grids(coarse, (1e-4, 1e-4)))
-    m = csis_dsl.compile_string(LEVEL, args={"T": T})
-    m.guide.fit_statistics()
-    post = m.infer({"y": y.tolist()}, num_samples=3000, seed=0, program=1.0, defensive=0.0)
-    _check(post, ["sigma_level", "sigma_obs"], ref, 0.6)
+    ref = _quadrature(reference, torch.linspace(0.01, 2.0, 60, dtype=d),
+                      torch.linspace(0.05, 3.0, 60, dtype=d))
+    _check(_untrained(LEVEL, T, y), ["sigma_level", "sigma_obs"], ref, 0.6)
 
 
 def test_a_hidden_markov_model_before_training():
@@ -148,17 +155,9 @@ def test_a_hidden_markov_model_before_training():
         prior = torch.distributions.Gamma(torch.tensor([2.0, 8.0], dtype=d), 1.0)
         return lp + prior.log_prob(rates).sum(-1)
 
-    def moments(a, b):
-        A, B = torch.meshgrid(a, b, indexing="ij")
-        return _moments(reference(A, B), (A, B))
-    coarse = moments(torch.linspace(0.05, 8.0, 40, dtype=d), torch.linspace(0.5, 16.0, 40, dtype=d))
-    ref = moments(*_grids(coarse, (1e-3, 1e-3)))
-    m = csis_dsl.compile_string(HMM, args={"T": T})
-    m.guide.fit_statistics()
-    post = m.infer({"y": y.tolist()}, num_samples=3000, seed=0, program=1.0, defensive=0.0)
-    got = post.values("rate")
-    assert got.shape[-1] == 2
-    _check(_Split(post), ["rate0", "rate1"], ref, 0.6)
+    ref = _quadrature(reference, torch.linspace(0.05, 8.0, 40, dtype=d),
+                      torch.linspace(0.5, 16.0, 40, dtype=d))
+    _check(_Split(_untrained(HMM, T, y)), ["rate0", "rate1"], ref, 0.6)
 
 
 HMM_P = """
@@ -207,10 +206,7 @@ def test_a_transition_matrix_before_training():
         return _moments(reference(A.flatten(), B.flatten()).reshape(A.shape), (A, B))
     grid = torch.linspace(0.0025, 0.9975, 200, dtype=d)
     ref = moments(grid, grid)
-    m = csis_dsl.compile_string(HMM_P, args={"T": T})
-    m.guide.fit_statistics()
-    post = m.infer({"y": y.tolist()}, num_samples=3000, seed=0, program=1.0, defensive=0.0)
-    _check(_Diagonal(post), ["P0", "P1"], ref, 0.7)
+    _check(_Diagonal(_untrained(HMM_P, T, y)), ["P0", "P1"], ref, 0.7)
 
 
 class _Diagonal:
