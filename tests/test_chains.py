@@ -106,9 +106,11 @@ def _untrained(src, T, y):
     return m.infer({"y": y.tolist()}, num_samples=3000, seed=0, program=1.0, defensive=0.0)
 
 
-def _check(post, names, ref, ess_min):
+def _check(post, got, ref, ess_min):
+    """ESS/N above ``ess_min``; ``got``, (mean, sd) per scalar, within 0.15 reference sd
+    and 15% of the reference's (mean, sd) ``ref``."""
     assert post.ess > ess_min * post.num_samples, post.ess
-    got = [(float(post.mean(n)), float(post.std(n))) for n in names]
+    got = [(float(m), float(sd)) for m, sd in got]
     for (gm, gs), (rm, rs) in zip(got, ref):
         assert abs(gm - rm) < 0.15 * rs, (got, ref)
         assert abs(gs / rs - 1) < 0.15, (got, ref)
@@ -134,7 +136,8 @@ def test_a_local_level_model_before_training():
 
     ref = _quadrature(reference, torch.linspace(0.01, 2.0, 60, dtype=d),
                       torch.linspace(0.05, 3.0, 60, dtype=d))
-    _check(_untrained(LEVEL, T, y), ["sigma_level", "sigma_obs"], ref, 0.6)
+    post = _untrained(LEVEL, T, y)
+    _check(post, [(post.mean(n), post.std(n)) for n in ("sigma_level", "sigma_obs")], ref, 0.6)
 
 
 def test_a_hidden_markov_model_before_training():
@@ -157,7 +160,8 @@ def test_a_hidden_markov_model_before_training():
 
     ref = _quadrature(reference, torch.linspace(0.05, 8.0, 40, dtype=d),
                       torch.linspace(0.5, 16.0, 40, dtype=d))
-    _check(_Split(_untrained(HMM, T, y)), ["rate0", "rate1"], ref, 0.6)
+    post = _untrained(HMM, T, y)
+    _check(post, [(post.mean("rate")[k], post.std("rate")[k]) for k in (0, 1)], ref, 0.6)
 
 
 HMM_P = """
@@ -206,35 +210,8 @@ def test_a_transition_matrix_before_training():
         return _moments(reference(A.flatten(), B.flatten()).reshape(A.shape), (A, B))
     grid = torch.linspace(0.0025, 0.9975, 200, dtype=d)
     ref = moments(grid, grid)
-    _check(_Diagonal(_untrained(HMM_P, T, y)), ["P0", "P1"], ref, 0.7)
-
-
-class _Diagonal:
-    """A posterior's transition matrix ``P`` seen as its two diagonal elements."""
-
-    def __init__(self, post):
-        self.post, self.ess, self.num_samples = post, post.ess, post.num_samples
-
-    def mean(self, name):
-        k = int(name[-1])
-        return self.post.mean("P")[k, k]
-
-    def std(self, name):
-        k = int(name[-1])
-        return self.post.std("P")[k, k]
-
-
-class _Split:
-    """A posterior's vector ``rate`` seen as two scalars."""
-
-    def __init__(self, post):
-        self.post, self.ess, self.num_samples = post, post.ess, post.num_samples
-
-    def mean(self, name):
-        return self.post.mean("rate")[int(name[-1])]
-
-    def std(self, name):
-        return self.post.std("rate")[int(name[-1])]
+    post = _untrained(HMM_P, T, y)
+    _check(post, [(post.mean("P")[k, k], post.std("P")[k, k]) for k in (0, 1)], ref, 0.7)
 
 
 def test_the_filter_against_the_whole_series_as_one_gaussian():

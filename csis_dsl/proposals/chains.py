@@ -63,10 +63,10 @@ class Chain:
         return _kalman(self, rt, observations, overlay, M, family)
 
 
-def _at(chain: Chain, rt, observations, overlay, path: torch.Tensor):
+def _at(chain: Chain, rt, observations, overlay, path: torch.Tensor, priors: bool = True):
     """The chain at ``path`` (M, n): its observations' log density per element (M, n),
-    and every element's prior given the path before it, as (start, stop, distribution
-    with batch (M, stop - start))."""
+    and (with ``priors``) every element's prior given the path before it, as (start,
+    stop, distribution with batch (M, stop - start))."""
     v = rt.checked.vars[chain.name]
     M, n = path.shape
     here = {**overlay, chain.name: Stored(path, torch.ones(M, n, dtype=torch.bool))}
@@ -74,12 +74,9 @@ def _at(chain: Chain, rt, observations, overlay, path: torch.Tensor):
     for o in chain.observed:
         st = rt.checked.vars[o].stmts[0]
         ll = ll + rt.stmt_log_prob(st, observations[o], here).reshape(M, n, -1).sum(-1)
-    priors = []
-    for p in rt.plan.pieces[chain.name]:
-        d = rt.dist_for(p.stmt, p.loops, None, None, here, elem_shape=v.elem_shape)
-        a, b = p.elements
-        priors.append((a, b, d))
-    return ll, priors
+    pieces = rt.plan.pieces[chain.name] if priors else []
+    return ll, [p.elements + (rt.dist_for(p.stmt, p.loops, None, None, here,
+                                          elem_shape=v.elem_shape),) for p in pieces]
 
 
 def _forward(chain: Chain, rt, observations, overlay, M: int) -> torch.Tensor:
@@ -120,7 +117,7 @@ def _kalman(chain: Chain, rt, observations, overlay, M: int, family) -> torch.Te
     h = family.stats("std", M, n, 0).reshape(M, n).clamp(min=1e-3)   # at the prior's scale
     f0, priors0 = _at(chain, rt, observations, overlay, r)
     fp, priors1 = _at(chain, rt, observations, overlay, r + h)
-    fm, _ = _at(chain, rt, observations, overlay, r - h)
+    fm, _ = _at(chain, rt, observations, overlay, r - h, priors=False)
     dd = torch.float64
     f0, fp, fm, r, h = (t.to(dd) for t in (f0, fp, fm, r, h))
     # each element's observations: f0 + g (u - r) - lam / 2 (u - r)^2
