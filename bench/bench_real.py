@@ -1,4 +1,4 @@
-"""Real models on their real data (printed, never asserted): six published models with
+"""Real models on their real data (printed, never asserted): eight published models with
 the data shipped in bench/real/, each against a reference posterior you can trust
 (bench/real/references.json: exact quadrature, or long Pyro NUTS runs with R-hat
 checked; see bench/real/references.py).
@@ -28,7 +28,7 @@ warnings.simplefilter("ignore")
 REAL = Path(__file__).resolve().parent / "real"
 MODELS = {      # name: training batch size (long sequential models: cheaper steps)
     "faithful": 512, "glucose": 512, "pima": 512, "eight_schools": 512, "nile": 128,
-    "quakes": 128, "coal": 128,
+    "quakes": 128, "coal": 128, "coal_walk": 128,
 }
 NUM_SAMPLES = 5000
 

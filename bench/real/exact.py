@@ -1,4 +1,4 @@
-"""Exact posteriors of three of the real models, by quadrature over the few parameters
+"""Exact posteriors of the real models, by quadrature over the few parameters
 that are not conditionally Gaussian (independent of csis_dsl: plain torch, float64).
 
 Each function returns {name: (posterior mean, posterior sd)} with tensors of the
@@ -134,3 +134,45 @@ def nile(y, level0=(1000.0, 300.0), level_scale=100.0, obs_scale=200.0):
         return mx, ((w * x ** 2).sum() - mx ** 2).sqrt()
     return {"sigma_level": scalar(SL.reshape(-1)), "sigma_obs": scalar(SO.reshape(-1)),
             "level": (lm, lsd)}
+
+
+def counts_walk(y, scale_sd=0.5, x0=(0.0, 2.0), s_grid=None, x_grid=None, chunk=8):
+    """A Gaussian random walk of log rates x observed through Poisson counts y[t] ~
+    Poisson(exp(x[t])), x[0] ~ N(x0), x[t] ~ N(x[t - 1], s), s ~ HalfNormal(scale_sd):
+    quadrature over s, and for each s the scaled forward-backward algorithm over a fine
+    grid of x (the chain discretised; the transition kernel a matrix). Returns the
+    posterior (mean, sd) of s and of x (T,)."""
+    y = torch.as_tensor(y, dtype=T64)
+    s_grid = torch.linspace(0.01, 2.0, 200, dtype=T64) if s_grid is None else s_grid
+    x_grid = torch.linspace(-6.0, 4.0, 801, dtype=T64) if x_grid is None else x_grid
+    dx = x_grid[1] - x_grid[0]
+    T, G = len(y), len(x_grid)
+    # each count's likelihood on the grid, scaled per step (the scales cancel)
+    ll = torch.distributions.Poisson(x_grid.exp()).log_prob(y[:, None])     # (T, G)
+    lik = (ll - ll.amax(1, keepdim=True)).exp()
+    first = torch.distributions.Normal(*x0).log_prob(x_grid).exp() * dx
+    log_z, marginals = [], []
+    for s in s_grid.split(chunk):
+        K = torch.distributions.Normal(x_grid[:, None], s[:, None, None]).log_prob(x_grid).exp() * dx
+        a = first * lik[0]                                                  # (S, G)
+        a = a.expand(len(s), G)
+        c = [a.sum(-1)]
+        alpha = [a / c[0][:, None]]
+        for t in range(1, T):
+            a = (alpha[-1].unsqueeze(1) @ K).squeeze(1) * lik[t]
+            c.append(a.sum(-1))
+            alpha.append(a / c[-1][:, None])
+        beta = [torch.ones_like(a)]
+        for t in range(T - 1, 0, -1):
+            b = (K @ (lik[t] * beta[0]).unsqueeze(-1)).squeeze(-1) / c[t][:, None]
+            beta.insert(0, b)
+        log_z.append(torch.stack(c, -1).log().sum(-1))
+        p = torch.stack([al * be for al, be in zip(alpha, beta)], 1)        # (S, T, G)
+        marginals.append(p / p.sum(-1, keepdim=True))
+    logprior = -0.5 * (s_grid / scale_sd) ** 2
+    w = _normalise(torch.cat(log_z) + logprior, _trapezoid_weights(s_grid))
+    px = (w[:, None, None] * torch.cat(marginals)).sum(0)                   # (T, G)
+    mx = (px * x_grid).sum(-1)
+    sx = ((px * x_grid ** 2).sum(-1) - mx ** 2).sqrt()
+    ms = (w * s_grid).sum()
+    return {"s": (ms, ((w * s_grid ** 2).sum() - ms ** 2).sqrt()), "x": (mx, sx)}

@@ -1,6 +1,6 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
-* faithful, glucose, eight_schools, nile: exact, by quadrature (exact.py).
+* faithful, glucose, eight_schools, nile, coal_walk: exact, by quadrature (exact.py).
 * pima: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
   hand (a mixture likelihood; the forward algorithm), written here in plain Pyro; the
@@ -153,6 +153,10 @@ EXACT = {name: _exact(name, *how) for name, how in {
     "glucose": ("exact (quadrature over sigma)", exact.glucose, "X", "y"),
     "eight_schools": ("exact (quadrature over tau)", exact.eight_schools, "y", "sigma"),
     "nile": ("exact (Kalman smoother on a grid over the two scales)", exact.nile, "y"),
+    "coal_walk": ("exact (quadrature over sigma, the chain discretised on a grid of "
+                  "1201 log rates)", lambda y: dict(zip(("sigma", "log_rate"), exact.counts_walk(
+                      y, 0.5, (0.0, 2.0), torch.linspace(0.005, 1.0, 200, dtype=torch.float64),
+                      torch.linspace(-5.0, 3.0, 1201, dtype=torch.float64)).values())), "y"),
 }.items()}
 
 

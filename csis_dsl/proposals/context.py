@@ -228,9 +228,8 @@ def chainable(checked: Checked, plan: Plan, graph, order, site: str, r: str, fam
         return None
     if fam.name == "finite":
         return Chain(r, tuple(float(fam.lo + k) for k in range(fam.k)), tuple(kids))
-    if on_the_line(checked, r) and all(gaussian_stmt(p.stmt, r) for p in pieces) and \
-            all(gaussian_in(checked, r, k) for k in kids):
-        return Chain(r, None, tuple(kids))
+    if on_the_line(checked, r) and all(gaussian_stmt(p.stmt, r) for p in pieces):
+        return Chain(r, None, tuple(kids), all(gaussian_in(checked, r, k) for k in kids))
     return None
 
 

@@ -15,9 +15,11 @@ per element: the backward pass of a smoother.
   of a Kalman smoother, in information form) in the family's unconstrained space, on
   the chain linearised at a reference path (:func:`gaussian_messages`):
 
-  - the reference path: the statistics of prior simulations moved by one Newton step on
-    each element's own likelihood (so that it sits where the data put it, not where
-    prior simulations do);
+  - the reference path: the chain's mode given its data (:func:`~.chains.chain_mode`,
+    Newton's method on the whole chain, each step the Kalman smoother's mean), so
+    that the later observations are expanded where the posterior puts the chain --
+    not at each element's own fit, which one count of zero sends far off; with
+    Gaussian observations, where any expansion is exact, each element's own fit;
   - each element's likelihood as a Gaussian in u: precision ``lam = -d2 loglik``
     (clamped at 0) and information ``lam * ref + d loglik``, at the reference;
   - each transition as u[t + 1] ~ Normal(a[t] u[t] + b[t + 1], s[t + 1]): its prior's
@@ -28,8 +30,9 @@ per element: the backward pass of a smoother.
 
   For a linear-Gaussian chain (a random walk or AR(1) with Gaussian observations) the
   linearisation is exact, and so is the informed proposal: the smoothing conditional
-  given the chain's parameters. Elsewhere it is a Laplace-style approximation the
-  network corrects.
+  given the chain's parameters. Elsewhere (counts with a log link, a stochastic
+  volatility) it is the Laplace approximation at the chain's mode, which the network
+  corrects.
 
 A message only locates the proposal; the proposal's own density is what is scored, so
 the importance weights stay exact either way. Only first-order chains (element t reads
@@ -49,9 +52,56 @@ def gaussian_messages(family, loglik: Callable, transition: Callable, M: int, n:
     ``loglik(x)``: the local log-likelihood (M, n) of every element at values x
     (M, n, 1); ``transition(u)``: the prior (location, scale) of every element in
     unconstrained space, (M, n, 1) each, given the elements before at unconstrained
-    values u (differentiable in u)."""
-    mean, std = family.stats("mean", M, n, 0), family.stats("std", M, n, 0)
-    ref = family.inform((mean, std, mean, std), loglik)[0]
+    values u (differentiable in u). The chain is linearised at its mode
+    (:func:`~.chains.chain_mode`, from the prior simulations' means); a row whose mode
+    was not found gets no message (its elements are proposed from their own data).
+    Where the likelihood is a quadratic in the chain (``family.quadratic``: Gaussian
+    observations), its expansion is exact anywhere: the reference is then each
+    element's own fit, as the transitions are read there."""
+    from .chains import chain_mode
+    from .families.continuous import local_fit
+    ref = family.stats("mean", M, n, 0)
+    if getattr(family, "quadratic", False):
+        ref = family.inform((ref, family.stats("std", M, n, 0)) * 2, loglik)[0]
+        lin = linearised(family, loglik, transition, ref)
+        return None if lin is None else _backward(ref, *lin)
+    lin = linearised(family, loglik, transition, ref)
+    if lin is None:
+        return None
+    _, _, A, b, s2, first = lin
+    dd = torch.float64
+    zero = torch.zeros(M, 1, dtype=dd)
+    A_ = torch.cat([zero, A[..., 0].to(dd)], 1)
+    B_ = torch.cat([first[0][..., 0].to(dd), b[..., 0].to(dd)], 1)
+    s_ = torch.cat([first[1][..., 0].to(dd), s2[..., 0].to(dd).sqrt()], 1)
+    dtype = ref.dtype
+
+    def expand(u):
+        u = u.to(dtype).unsqueeze(-1)
+        ll, g, hvp = local_fit(loglik, family.transform, u)
+        return ll, g[..., 0], -hvp(torch.ones_like(u))[..., 0]
+
+    def value(u):
+        with torch.no_grad():
+            return loglik(family.transform(u.to(dtype).unsqueeze(-1)))
+
+    mode, found = chain_mode(A_, B_, s_, ref[..., 0], expand, value)
+    ref = torch.where(found.reshape(M, 1, 1), mode.to(dtype).unsqueeze(-1), ref)
+    lin = linearised(family, loglik, transition, ref)
+    if lin is None:
+        return None
+    P, e = _backward(ref, *lin)
+    keep = found.reshape(M, 1, 1)
+    return torch.where(keep, P, torch.zeros_like(P)), torch.where(keep, e, torch.zeros_like(e))
+
+
+def linearised(family, loglik: Callable, transition: Callable, ref: torch.Tensor):
+    """The chain at the reference path ref (M, n, 1): every element's local likelihood as
+    a Gaussian factor in u, precision ``lam = -d2 loglik`` (clamped at 0) and information
+    ``eta = lam ref + d loglik``, and every transition as u[t + 1] ~ Normal(A[t] u[t] +
+    b[t], s[t]) (A by automatic differentiation), element 0's prior (location, scale);
+    None where the likelihood does not depend on the chain or its elements do not read
+    each other."""
     cur = family.curvature(loglik, ref)
     if cur is None:
         return None
@@ -67,7 +117,14 @@ def gaussian_messages(family, loglik: Callable, transition: Callable, M: int, n:
     loc, scale = loc.detach(), scale.detach()
     # the transition into element t + 1: u[t + 1] = a[t] u[t] + b[t + 1] + s[t + 1] noise
     b = loc[:, 1:] - a[:, :-1] * ref[:, :-1]
-    A, s2 = a[:, :-1], scale[:, 1:] ** 2
+    return lam, eta, a[:, :-1], b, scale[:, 1:] ** 2, (loc[:, :1], scale[:, :1])
+
+
+def _backward(ref, lam, eta, A, b, s2, first):
+    """The backward information filter on the linearised chain: the message to element
+    t, (P[t], e[t]), the Gaussian integral over u[t + 1] of the transition times element
+    t + 1's likelihood times its own message."""
+    M, n = ref.shape[:2]
     ok = torch.isfinite(A) & torch.isfinite(b) & torch.isfinite(s2) & torch.isfinite(lam[:, 1:]) \
         & torch.isfinite(eta[:, 1:])
     zero = torch.zeros_like(ref[:, 0])        # (M, 1)

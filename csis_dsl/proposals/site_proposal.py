@@ -231,6 +231,8 @@ class SiteProposal(pdist.TorchDistribution):
             shapes = [(R,) + tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
                       for n in names]
 
+            memo = {}
+
             def loglik(us):
                 overlay = {n: Stored(fam.transform(u.reshape(R, fam.info.n, -1)).reshape(shape))
                            for n, fam, u, shape in zip(names, fams, us, shapes)}
@@ -243,7 +245,7 @@ class SiteProposal(pdist.TorchDistribution):
                     total = total + lp.reshape(R, -1).sum(-1)
                 if summed:          # the allocations or chains after the site, summed out
                     total = total + summed_loglik(rt, summed, observations, overlay, R,
-                                                  net.families)
+                                                  net.families, memo)
                 return total
             # from a conditional of an earlier fit, a few steps finish the job
             fit = joint_mode(loglik, locs, scales, start, exact=exact,

@@ -33,7 +33,7 @@ same way, by a filter's forward pass, is :mod:`.chains`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -47,7 +47,7 @@ class Summed:
     values: Tuple[float, ...]       # its support
     observed: Tuple[str, ...]       # its children, all observed, aligned with it
 
-    def loglik(self, rt, observations, overlay, M: int, family=None) -> torch.Tensor:
+    def loglik(self, rt, observations, overlay, M: int, family=None, memo=None) -> torch.Tensor:
         """log p(its observations | overlay) with the latent summed out, (M,): per
         instance, log sum over its values of its prior times its observations' density;
         summed over the instances."""
@@ -66,10 +66,13 @@ class Summed:
         return torch.logsumexp(torch.stack(terms, 0), 0).sum(-1)
 
 
-def summed_loglik(rt, summed: List, observations, overlay, M: int, families) -> torch.Tensor:
+def summed_loglik(rt, summed: List, observations, overlay, M: int, families,
+                  memo: Optional[dict] = None) -> torch.Tensor:
     """log p(the observations of ``summed`` | overlay) with those latents summed out,
-    (M,): each a :class:`Summed` allocation or a :class:`~.chains.Chain`."""
+    (M,): each a :class:`Summed` allocation or a :class:`~.chains.Chain`. ``memo``: a
+    dict kept across the evaluations of one fit (a chain's last mode, where the next
+    evaluation starts looking for its own)."""
     total = torch.zeros(M)
     for s in summed:
-        total = total + s.loglik(rt, observations, overlay, M, families[s.name])
+        total = total + s.loglik(rt, observations, overlay, M, families[s.name], memo)
     return total

@@ -395,6 +395,7 @@ class ContinuousProposal(ProposalFamily):
             return torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1) if joint else g / L
 
         exact = self.quadratic
+        converged = exact
         for it in range(1 if exact else self.newton_steps):
             fit = local_fit(loglik, self.transform, u)
             if fit is None:
@@ -413,6 +414,7 @@ class ContinuousProposal(ProposalFamily):
                 rest = solve(L, g - prior_prec * (u - loc0))
                 done = fine & (obj >= best[1]) & (rest.abs() < 1e-3 * scale0).all(-1)
                 if bool(done.all()):
+                    converged = True
                     break
             H = hessian(hvp, u, joint)
             fine = fine & torch.isfinite(H).flatten(u.dim() - 1).all(-1)
@@ -444,6 +446,8 @@ class ContinuousProposal(ProposalFamily):
                 # kept (an exact step of a quadratic goes all the way)
                 step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
             u = u0 + torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
+        if not converged and best is not None:
+            L = _widened(L, u - best[0], joint, prior)
         if apart is not None:
             keep = apart.unsqueeze(-1)
             return torch.where(keep, u, loc0), torch.where(keep, L, prior)
@@ -587,6 +591,26 @@ class ContinuousProposal(ProposalFamily):
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
                              self.transform, self.info.support)
+
+
+def _widened(L, step, joint: bool, prior):
+    """The precision of a Laplace fit whose Newton steps stopped short of the mode (a
+    likelihood far from quadratic: counts with a log link, far from where they began):
+    the last step, ``step`` (M, m, d), is how far the mode may still be, so the fit is
+    widened to make it at most one standard deviation long -- a proposal confidently in
+    the wrong place has weights and a training loss without bound -- but never wider
+    than the prior. Unchanged where the steps converged. L: the precision per element
+    (``prior``: the prior's), or with ``joint`` its Cholesky factor (``prior``: the
+    prior's, diagonal)."""
+    if joint:
+        z = (L.transpose(-1, -2) @ step.unsqueeze(-1)).squeeze(-1).norm(dim=-1)
+        most = (L.diagonal(dim1=-2, dim2=-1) / prior.diagonal(dim1=-2, dim2=-1)).amin(-1)
+        z = torch.minimum(z, most)
+        z = torch.where(torch.isfinite(z), z, torch.ones_like(z)).clamp(min=1.0)
+        return L / z.reshape(z.shape + (1, 1))
+    z2 = torch.minimum(step ** 2 * L, L / prior)
+    z2 = torch.where(torch.isfinite(z2), z2, torch.ones_like(z2)).clamp(min=1.0)
+    return L / z2
 
 
 def local_fit(loglik, transform, u):
