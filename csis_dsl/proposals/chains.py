@@ -172,7 +172,7 @@ def chain_mode(A, B, s, r, expand, value, steps: int = MODE_STEPS):
         prev = torch.cat([torch.zeros_like(u[:, :1]), u[:, :-1]], 1)
         return (f0.to(dd) - 0.5 * ((u - A * prev - B) / s) ** 2).sum(-1)
 
-    f0, g, lam = (t.to(dd) for t in expand(r))
+    f0, g, lam = (x.to(dd) for x in expand(r))
     obj = objective(r, f0)
     found = torch.zeros(M, dtype=torch.bool)
     for _ in range(steps):
@@ -202,7 +202,7 @@ def chain_mode(A, B, s, r, expand, value, steps: int = MODE_STEPS):
             | (fine & ~moved & (length < 0.5))
         if not bool(moved.any()) or bool((found | ~fine).all()):
             break
-        f0, g, lam = (t.to(dd) for t in expand(r))
+        f0, g, lam = (x.to(dd) for x in expand(r))
         obj = torch.where(moved, objective(r, f0), obj)
     return r, found
 
