@@ -52,6 +52,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..backend.values import Stored
+from .marginal import line_search
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,6 @@ def chain_mode(A, B, s, r, expand, value, steps: int = MODE_STEPS):
     standard deviation)."""
     dd = torch.float64
     A, B, s, r = (t.to(dd) for t in (A, B, s, r))
-    M = r.shape[0]
 
     def objective(u, f0):
         prev = torch.cat([torch.zeros_like(u[:, :1]), u[:, :-1]], 1)
@@ -174,7 +174,7 @@ def chain_mode(A, B, s, r, expand, value, steps: int = MODE_STEPS):
 
     f0, g, lam = (x.to(dd) for x in expand(r))
     obj = objective(r, f0)
-    found = torch.zeros(M, dtype=torch.bool)
+    found = torch.zeros(r.shape[0], dtype=torch.bool)
     for _ in range(steps):
         lam = lam.clamp(min=0.0)
         step = kalman_smoother(A, B, s, r, g, lam) - r
@@ -185,16 +185,9 @@ def chain_mode(A, B, s, r, expand, value, steps: int = MODE_STEPS):
         found = fine & (length < 0.1)
         if bool((found | ~fine).all()):
             break
-        t = torch.where(found | ~fine, torch.zeros(M, dtype=dd), torch.ones(M, dtype=dd))
-        moved = torch.zeros(M, dtype=torch.bool)
-        for _ in range(HALVINGS):
-            trial = r + t.unsqueeze(-1) * step
-            better = ~moved & (t > 0) & (objective(trial, value(trial)) > obj)
-            r = torch.where(better.unsqueeze(-1), trial, r)
-            moved = moved | better
-            t = torch.where(moved, t, 0.5 * t)
-            if bool((moved | (t == 0)).all()):
-                break
+        t, moved = line_search(lambda u: objective(u, value(u)), r, step, obj,
+                               fine & ~found, HALVINGS)
+        r = torch.where(moved.unsqueeze(-1), r + t.unsqueeze(-1) * step, r)
         # a whole step this short lands within 0.1 sd of the mode (Newton's convergence
         # is quadratic there); one too short to improve the objective in its precision
         # starts at the mode

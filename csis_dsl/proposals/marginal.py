@@ -141,16 +141,8 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
         todo = ok & (dec >= 1e-3) & ~stalled
         if not bool(todo.any()):
             break
-        # the line search: the step, halved where it does not improve the objective
-        t = torch.where(todo, torch.ones(M, dtype=z.dtype), torch.zeros(M, dtype=z.dtype))
-        moved = torch.zeros(M, dtype=torch.bool)
-        for _ in range(HALVINGS + 1):
-            trial = _evaluate(loglik, z + t.unsqueeze(-1) * step, sizes, loc, prec, False)
-            good = todo & ~moved & torch.isfinite(trial) & (trial > obj)
-            moved = moved | good
-            t = torch.where(moved, t, 0.5 * t)
-            if bool((moved | ~todo).all()):
-                break
+        t, moved = line_search(lambda x: _evaluate(loglik, x, sizes, loc, prec, False),
+                               z, step, obj, todo, HALVINGS + 1)
         stalled = stalled | (todo & ~moved)
         if not bool(moved.any()):
             break
@@ -165,6 +157,23 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
     if not bool(ok.any()):
         return None
     return list(z.split(sizes, -1)), P, ok
+
+
+def line_search(objective: Callable, z: torch.Tensor, step: torch.Tensor, obj: torch.Tensor,
+                todo: torch.Tensor, tries: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Backtracking per row: the step (M, D) from z, halved up to ``tries`` - 1 times
+    where ``objective`` (M,) does not improve on ``obj``; only rows ``todo``. Returns
+    (the fraction t (M,) of the step taken, where (M,) it improved)."""
+    M = z.shape[0]
+    t = torch.where(todo, torch.ones(M, dtype=z.dtype), torch.zeros(M, dtype=z.dtype))
+    moved = torch.zeros(M, dtype=torch.bool)
+    for _ in range(tries):
+        trial = objective(z + t.unsqueeze(-1) * step)
+        moved = moved | (todo & ~moved & torch.isfinite(trial) & (trial > obj))
+        t = torch.where(moved, t, 0.5 * t)
+        if bool((moved | ~todo).all()):
+            break
+    return t, moved
 
 
 def site_message(mode: torch.Tensor, P: torch.Tensor, loc0: torch.Tensor,
