@@ -135,6 +135,24 @@ def test_rare_illegal_parameters_in_prior_simulations_are_drawn_again():
         bad.simulate(1000, seed=0)
 
 
+def test_draws_a_sampler_gets_wrong_are_drawn_again():
+    """torch's Poisson sampler returns negative counts at rates beyond about 1e19 (here
+    log rate a ~ Normal(0, 16): 0.3% of traces). Such a count is outside the support: the
+    trace has density zero under the model, so simulation draws it again, with a warning
+    that names the statement."""
+    m = csis_dsl.compile_string("model p { a ~ Normal(0.0, 16.0); "
+                                "observe y ~ Poisson(exp(a)); }", name="p.ppl")
+    torch.manual_seed(0)
+    raw = torch.distributions.Poisson(torch.exp(16.0 * torch.randn(50_000))).sample()
+    assert bool((raw < 0).any())                 # what the sampler does by itself
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sims = m.simulate(50_000, seed=0)
+    assert sims["y"].shape == (50_000,) and bool((sims["y"] >= 0).all())
+    assert any("p.ppl:1:34" in str(w.message) and "outside its support" in str(w.message)
+               and "drawn again" in str(w.message) for w in caught)
+
+
 def test_a_wide_vector_read_element_by_element_is_located_element_by_element():
     """real[40] theta (wider than full covariances go) seen element by element: the
     likelihood's Hessian is diagonal, which two Hessian-vector products detect, so each

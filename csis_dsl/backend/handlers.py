@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..catalogue.supports import is_dependent
 from ..frontend import ast as A
 from ..frontend.checked import Loop, Var
 
@@ -54,13 +55,56 @@ class SiteHandler:
         self.observations = observations or {}
 
     def latent(self, site: Site) -> torch.Tensor:
-        return site.fn.sample()
+        return draw(site)
 
     def observed(self, site: Site) -> torch.Tensor:
         x = self.observations.get(site.name)
         if x is None:
-            return site.fn.sample()
+            return draw(site)
         return given(x, site)
+
+
+def draw(site: Site) -> torch.Tensor:
+    """A draw from the site's distribution, checked. torch's samplers fail quietly at
+    extreme parameters (a Poisson at a rate beyond about 1e19 returns negative counts, a
+    Normal whose scale nears float32's largest value returns inf): such a draw is outside
+    the support, so its trace has density zero under the model. It is marked on the
+    interpreter (``zero_density``), which simulation drops and draws again."""
+    x = site.fn.sample()
+    ok = in_support(site.fn, x)
+    if ok is None or site.runtime is None:
+        return x
+    if site.mask is not None and ok.dim() >= site.mask.dim():   # where it runs
+        m = site.mask
+        ok = ok.reshape(ok.shape[:m.dim()] + (-1,)).all(-1) | ~m
+    bad = ~ok.reshape(ok.shape[0], -1).all(1)
+    if bool(bad.any()):
+        elem = in_support(site.fn, x, reduce=False)
+        shown = f" {float(x[~elem][0]):g}" if elem.shape == x.shape else " a value"
+        site.runtime.zero_density(
+            bad, f"{type(site.fn).__name__} drew{shown} for '{site.name}', "
+            "outside its support (its sampler fails at such extreme parameters)", site.stmt)
+    return x
+
+
+def in_support(fn, x: torch.Tensor, reduce: bool = True) -> Optional[torch.Tensor]:
+    """Where ``x`` is finite and, for a discrete distribution, in ``fn``'s support: a
+    bool tensor over the dims the support check keeps; None where there is nothing to
+    check or (``reduce``) all is well, the cheap common case. Supports that depend on
+    other values are checked where those are (the interpreter's parameter checks)."""
+    checks = [torch.isfinite(x)] if x.is_floating_point() else []
+    sup = fn.support
+    if not is_dependent(sup) and getattr(sup, "is_discrete", False):
+        checks.append(sup.check(x))
+    if not checks:
+        return None
+    n = min(c.dim() for c in checks)
+    ok = checks[0].reshape(checks[0].shape[:n] + (-1,)).all(-1)
+    for c in checks[1:]:
+        ok = ok & c.reshape(c.shape[:n] + (-1,)).all(-1)
+    if reduce and bool(ok.all()):
+        return None
+    return ok
 
 
 def given(x: torch.Tensor, site: Site, B: Optional[int] = None) -> torch.Tensor:
@@ -94,7 +138,7 @@ class Scorer(SiteHandler):
     def latent(self, site):
         x = self.values.get(site.name)
         B = self.log_latent.shape[0]
-        x = site.fn.sample() if x is None else \
+        x = draw(site) if x is None else \
             x.expand((B,) + tuple(x.shape[1:])).reshape(site.value_shape(B))
         self.log_latent = self.log_latent + site_log_prob(site, x)
         return x
