@@ -61,6 +61,19 @@ def test_all_errors_reported_together():
     assert len(ei.value.diagnostics) == 3
 
 
+def test_a_built_in_name_used_as_a_variable_is_reported_once_where_it_is_defined():
+    """``arg real[N] floor`` is refused where it is declared; its reads are not reported
+    again as unknown names (no "unknown name 'floor'; did you mean 'floor'?"), and a
+    function read as a variable says to call it."""
+    src = (G + "  arg int N = 3;\n  arg real[N] floor;\n  mu ~ Normal(0.0, 1.0);\n"
+           "  for i in range(N) { observe y[i] ~ Normal(mu + floor[i] + exp, 1.0); }\n}\n")
+    with pytest.raises(csis_dsl.CompileError) as ei:
+        csis_dsl.compile_string(src, name="bad.ppl")
+    msgs = [(d.line, d.col, d.message) for d in ei.value.diagnostics]
+    assert msgs == [(3, 15, "'floor' is a built-in function; choose another name"),
+                    (5, 61, "'exp' is a built-in function, not a variable: call it, exp(...)")]
+
+
 def test_redefinition_points_at_both_places():
     with pytest.raises(csis_dsl.CompileError) as ei:
         csis_dsl.compile_string(G + "  z ~ Normal(0.0, 1.0);\n  z ~ Normal(1.0, 1.0);\n}\n",

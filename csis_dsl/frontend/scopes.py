@@ -37,6 +37,7 @@ class Scope:
         self.current_target: Optional[str] = None     # the variable being defined
         self.max_depth = 0
         self._defined_later = None
+        self.refused: Set[str] = set()     # names whose definition was an error already
 
     # ------------------------------------------------------------------ diagnostics
     def error(self, span, msg, notes=()):
@@ -66,6 +67,13 @@ class Scope:
                         f"{l.lo + 1}, reading {name}[{l.var} - 1]")
             self.error(span, f"'{name}' depends on itself (a cycle): a variable cannot be "
                        f"read in its own definition{hint}")
+            return None
+        if name in self.refused:        # reported where it was defined
+            return None
+        if name in FUNCTIONS or name in DISTRIBUTIONS:
+            what = "function" if name in FUNCTIONS else "distribution"
+            self.error(span, f"'{name}' is a built-in {what}, not a variable: call it, "
+                       f"{name}(...)")
             return None
         later = self.defined_later().get(name)
         if later is not None:
@@ -97,6 +105,7 @@ class Scope:
         if name in FUNCTIONS or name in DISTRIBUTIONS:
             what = "function" if name in FUNCTIONS else "distribution"
             self.error(span, f"'{name}' is a built-in {what}; choose another name")
+            self.refused.add(name)
             return False
         return True
 
