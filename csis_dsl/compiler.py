@@ -222,7 +222,7 @@ class CompiledModel:
         samples -- near 0 where the network learned these observations' posterior, more
         where they are unlike its training simulations and it extrapolates
         (``Posterior.mixture`` says what was used; a refined proposal, ``refine_steps``,
-        is used without it). The weights stay exact either way.
+        is mixed with it the same way). The weights stay exact either way.
         ``device``: move the model there first (``to``); the Posterior's draws and
         weights are returned on the CPU."""
         from .engine.posterior import importance
@@ -242,7 +242,7 @@ class CompiledModel:
         if refine_steps and proposal == "guide":
             return self.refine(observations, steps=refine_steps, seed=seed,
                                progress=progress).infer(num_samples, seed=seed,
-                                                        defensive=defensive)
+                                                        defensive=defensive, program=program)
         return importance(self, observations, num_samples, proposal, seed,
                           defensive=defensive, program=program)
 

@@ -58,8 +58,11 @@ def test_which_sites_are_collapsed():
                                            "tau": (["y"], ["theta"], [])}
     d = json.loads((ROOT / "specs" / "grunfeld.json").read_text())
     m = csis_dsl.compile(ROOT / "specs" / "grunfeld.ppl", args=d["args"])
-    # mu and tau are vectors: only sigma
-    assert m.guide.net.inputs.collapse == {"sigma": (["y"], ["ab"], [])}
+    # vectors and the LKJ factor too: mu with everything after it (6 numbers), tau
+    # with the factor and sigma, then sigma
+    assert m.guide.net.inputs.collapse == {"mu": (["y"], ["ab"], ["tau", "L", "sigma"]),
+                                           "tau": (["y"], ["ab"], ["L", "sigma"]),
+                                           "sigma": (["y"], ["ab"], [])}
     m = csis_dsl.compile(ROOT / "specs" / "gaussian.ppl")
     assert m.guide.net.inputs.collapse == {}
 

@@ -93,6 +93,98 @@ def eight_schools(y, sigma, mu_sd=5.0, tau_scale=5.0):
             "tau": (mt, ((w * tau ** 2).sum() - mt ** 2).sqrt())}
 
 
+def varying_intercepts(group, x, y, J, sd_scales=(1.0, 1.0), mu_sd=10.0, beta_sd=10.0,
+                       grid=160, chunk=20):
+    """y_i = alpha[group_i] + beta x_i + N(0, s_y^2); alpha_j ~ N(mu, s_a^2); mu ~
+    N(0, mu_sd^2), beta ~ N(0, beta_sd^2); s_y, s_a ~ HalfNormal(sd_scales). Given the two
+    scales, theta = (alpha, mu, beta) is Gaussian (its marginal likelihood in closed
+    form); the scales by quadrature on a 2-D grid placed around the posterior's mass
+    (first a coarse pass, then the grid over where it found it)."""
+    g = torch.as_tensor(group, dtype=torch.long)
+    x, y = torch.as_tensor(x, dtype=T64), torch.as_tensor(y, dtype=T64)
+    n, K = len(y), J + 2
+    A = torch.zeros(n, K, dtype=T64)
+    A[torch.arange(n), g] = 1.0
+    A[:, J + 1] = x
+    AtA, Aty, yty = A.T @ A, A.T @ y, y @ y
+
+    def conditional(sy, sa):
+        """Per grid point: log p(y | scales), posterior mean (G, K), covariance."""
+        P0 = torch.zeros(len(sy), K, K, dtype=T64)
+        ia = 1 / sa ** 2
+        idx = torch.arange(J)
+        P0[:, idx, idx] = ia[:, None]
+        P0[:, idx, J] = P0[:, J, idx] = -ia[:, None]
+        P0[:, J, J] = J * ia + 1 / mu_sd ** 2
+        P0[:, J + 1, J + 1] = 1 / beta_sd ** 2
+        P = P0 + AtA / sy[:, None, None] ** 2
+        L = torch.linalg.cholesky(P)
+        m = torch.cholesky_solve((Aty / sy[:, None] ** 2).unsqueeze(-1), L).squeeze(-1)
+        # log |P0| = J log(1/sa^2) + log(1/mu_sd^2) + log(1/beta_sd^2) (a block form)
+        logdet0 = J * torch.log(ia) - 2 * math.log(mu_sd) - 2 * math.log(beta_sd)
+        logdet = 2 * torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+        quad = yty / sy ** 2 - torch.einsum("gi,gi->g", m, Aty / sy[:, None] ** 2)
+        ll = -n * torch.log(sy) - 0.5 * quad + 0.5 * (logdet0 - logdet)
+        return ll, m, torch.cholesky_inverse(L)
+
+    def on(sy_grid, sa_grid):
+        SY, SA = torch.meshgrid(sy_grid, sa_grid, indexing="ij")
+        sy, sa = SY.reshape(-1), SA.reshape(-1)
+        parts = [conditional(sy[i:i + chunk], sa[i:i + chunk]) for i in range(0, len(sy), chunk)]
+        ll = torch.cat([p[0] for p in parts])
+        logprior = -0.5 * (sy / sd_scales[0]) ** 2 - 0.5 * (sa / sd_scales[1]) ** 2
+        w = (_trapezoid_weights(sy_grid)[:, None] * _trapezoid_weights(sa_grid)[None, :]).reshape(-1)
+        return sy, sa, _normalise(ll + logprior, w), parts
+
+    sy, sa, w, _ = on(torch.linspace(0.01, 3.0, 60, dtype=T64), torch.linspace(0.005, 3.0, 60, dtype=T64))
+
+    def span(v):
+        m = (w * v).sum()
+        s = ((w * v ** 2).sum() - m ** 2).sqrt()
+        return torch.linspace(max(float(m - 8 * s), 1e-4), float(m + 8 * s), grid, dtype=T64)
+    sy, sa, w, parts = on(span(sy), span(sa))
+    m = torch.cat([p[1] for p in parts])
+    V = torch.cat([p[2].diagonal(dim1=-2, dim2=-1) for p in parts])
+    mean = (w[:, None] * m).sum(0)
+    sd = ((w[:, None] * (V + m ** 2)).sum(0) - mean ** 2).sqrt()
+
+    def scalar(v):
+        mv = (w * v).sum()
+        return mv, ((w * v ** 2).sum() - mv ** 2).sqrt()
+    return {"alpha": (mean[:J], sd[:J]), "mu": (mean[J], sd[J]), "beta": (mean[J + 1], sd[J + 1]),
+            "sigma_y": scalar(sy), "sigma_alpha": scalar(sa)}
+
+
+def binomial_intercepts(r, n, mu_sd=10.0, sigma_scale=2.0, mu_grid=None, s_grid=None,
+                        b_grid=None):
+    """r_i ~ Binomial(n_i, sigmoid(b_i)), b_i ~ N(mu, s^2), mu ~ N(0, mu_sd^2), s ~
+    HalfNormal(sigma_scale): given (mu, s) the groups are independent, each b_i
+    integrated on a grid; (mu, s) by quadrature on a 2-D grid."""
+    r, n = torch.as_tensor(r, dtype=T64), torch.as_tensor(n, dtype=T64)
+    mu = mu_grid if mu_grid is not None else torch.linspace(-5.0, 0.0, 201, dtype=T64)
+    s = s_grid if s_grid is not None else torch.linspace(0.005, 2.5, 200, dtype=T64)
+    b = b_grid if b_grid is not None else torch.linspace(-8.0, 2.0, 1001, dtype=T64)
+    # log p(r_i | b) (N, G_b), with the binomial coefficient (a constant) left out
+    lik = r[:, None] * torch.nn.functional.logsigmoid(b) + \
+        (n - r)[:, None] * torch.nn.functional.logsigmoid(-b)
+    wb = torch.log(_trapezoid_weights(b))
+    logN = -0.5 * ((b[None, None, :] - mu[:, None, None]) / s[None, :, None]) ** 2 \
+        - torch.log(s)[None, :, None] - 0.5 * math.log(2 * math.pi)        # (Gm, Gs, Gb)
+    joint = logN.unsqueeze(2) + lik[None, None] + wb                     # (Gm, Gs, N, Gb)
+    per = torch.logsumexp(joint, -1)                                      # (Gm, Gs, N)
+    logpost = per.sum(-1) - 0.5 * (mu[:, None] / mu_sd) ** 2 - 0.5 * (s[None, :] / sigma_scale) ** 2
+    w = _normalise(logpost, _trapezoid_weights(mu)[:, None] * _trapezoid_weights(s)[None, :])
+    cond = torch.softmax(joint, -1)                                       # p(b_i | mu, s, r)
+    pb = (w[:, :, None, None] * cond).sum((0, 1))                         # (N, Gb)
+    mb = (pb * b).sum(-1)
+
+    def moments(v, wt):
+        m = (wt * v).sum()
+        return m, ((wt * v ** 2).sum() - m ** 2).sqrt()
+    return {"mu": moments(mu, w.sum(1)), "sigma": moments(s, w.sum(0)),
+            "b": (mb, ((pb * b ** 2).sum(-1) - mb ** 2).sqrt())}
+
+
 def nile(y, level0=(1000.0, 300.0), level_scale=100.0, obs_scale=200.0):
     """Local level model: a 2-D grid over (sigma_level, sigma_obs), a Kalman filter
     and RTS smoother at every grid point (vectorised)."""

@@ -1,6 +1,7 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
-* faithful, glucose, eight_schools, nile, coal_walk: exact, by quadrature (exact.py).
+* faithful, glucose, eight_schools, nile, coal_walk, radon, surgical: exact, by
+  quadrature (exact.py).
 * pima: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
   hand (a mixture likelihood; the forward algorithm), written here in plain Pyro; the
@@ -157,6 +158,14 @@ EXACT = {name: _exact(name, *how) for name, how in {
                   "1201 log rates)", lambda y: dict(zip(("sigma", "log_rate"), exact.counts_walk(
                       y, 0.5, (0.0, 2.0), torch.linspace(0.005, 1.0, 200, dtype=torch.float64),
                       torch.linspace(-5.0, 3.0, 1201, dtype=torch.float64)).values())), "y"),
+    "radon": ("exact (quadrature over the two scales, the intercepts, their mean and the "
+              "slope Gaussian given them)",
+              lambda county, first_floor, y, J: {
+                  ("mu_alpha" if k == "mu" else k): v for k, v in exact.varying_intercepts(
+                      county, first_floor, y, J).items()},
+              "county", "first_floor", "log_radon", "J"),
+    "surgical": ("exact (quadrature over mu and sigma, each hospital's effect on a grid)",
+                 exact.binomial_intercepts, "r", "n"),
 }.items()}
 
 

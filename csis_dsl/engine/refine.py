@@ -92,14 +92,17 @@ class Refinement:
     kept_start: bool = False   # the refined proposal was not better: the start is kept
 
     def infer(self, num_samples: int = 1000, seed: Optional[int] = None,
-              defensive: float = 0.1):
-        """Importance sampling with the refined proposal: a Posterior (``defensive``:
-        see ``CompiledModel.infer``)."""
+              defensive: float = 0.1, program="auto"):
+        """Importance sampling with the refined proposal: a Posterior (``defensive`` and
+        ``program``: see ``CompiledModel.infer``; the program's own proposal stays in
+        the mixture where it gives more effective samples than the refined network, as
+        when a short refinement of a network trained briefly has not caught up with it)."""
         from ..device import on
         from .posterior import importance
         with on(self.model.device):
             return importance(self.model, self.observations, num_samples, seed=seed,
-                              guide=self.guide, refinement=self, defensive=defensive)
+                              guide=self.guide, refinement=self, defensive=defensive,
+                              program=program)
 
 
 def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 1e-3,

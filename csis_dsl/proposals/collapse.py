@@ -15,17 +15,20 @@ mode z*:
     log p(y | theta) = log p(y | z*, theta) + log p(z* | theta) - log q(z* | y, theta),
 
 q the effects' informed proposal location (their exact conditional: the family's
-Laplace step, :meth:`~.families.continuous.ContinuousProposal.inform`). This module
-evaluates it at candidate values of the site -- and of the later scalar hyperparameters
-the effects' priors read (eight schools' ``tau`` when ``mu`` is proposed), which are
-fitted jointly -- finds the mode in their unconstrained values by saddle-free Newton
-steps on finite differences (a few evaluations each, no differentiation through the
-inner fit), and hands the family the site's marginal of the Gaussian it gives as a
-message -- the form of the marginal locations (:mod:`.marginal`), whose hints the
-later hyperparameters then start from. Where the effects'
-prior has correlations the proposal's location leaves out (a MultivariateNormal with a
-full scale), the identity is approximate: it only locates the proposal, whose own
-density is what the weights use, so they stay exact.
+Laplace step, :meth:`~.families.continuous.ContinuousProposal.inform`). Where the
+effects are not Gaussian given the rest (a random effect on log-odds, read through
+binomial counts), q is their Laplace approximation and the identity is the Laplace
+approximation of the marginal, as in INLA and lme4's glmer. This module evaluates it
+at candidate values of the site -- and of the later hyperparameters the effects' priors
+or their observations read (eight schools' ``tau`` when ``mu`` is proposed; a
+regression's coefficients), which are fitted jointly -- finds the mode in their
+unconstrained values by saddle-free Newton steps on finite differences (a few
+evaluations each, no differentiation through the inner fit), and places the site at
+its marginal of the Gaussian it gives -- the form of the marginal locations
+(:mod:`.marginal`), whose hints the later hyperparameters then start from. Where the
+effects' prior has correlations the proposal's location leaves out (a
+MultivariateNormal with a full scale), the identity is approximate too: it only locates
+the proposal, whose own density is what the weights use, so they stay exact.
 """
 from __future__ import annotations
 
@@ -36,9 +39,8 @@ import torch
 from ..backend.values import Stored
 from ..errors import ModelRuntimeError
 from .informing import gather_index, informing_loglik
-from .marginal import site_message
 
-STEPS = 4          # Newton steps at most (each 2D + D(D - 1) / 2 evaluations and a
+STEPS = 8          # Newton steps at most (each 2D + D(D - 1) / 2 evaluations and a
                    # line search, D the sites fitted jointly)
 HALVINGS = 2       # step halvings tried by each step's line search
 MAX_STEP = 3.0     # prior scales one step may move
@@ -49,11 +51,15 @@ class Collapsed:
     value: ``sp`` the site's :class:`~.site_proposal.SiteProposal`, ``observed`` and
     ``effects`` the static choice (:func:`.context.collapsible`)."""
 
-    def __init__(self, sp, observed, effects, later=()):
+    def __init__(self, sp, observed, effects, later=(), M=None, observations=None):
         self.sp, self.effects = sp, effects
+        # the rows fitted and their observations: the site's, or fewer (distinct rows)
+        self.M = sp.state.M if M is None else M
+        self.obs = sp.state.observations if observations is None else observations
         # the site, then the later hyperparameters fitted jointly with it
         self.names = [sp.info.name] + list(later)
         self.fams = [sp.net.families[n] for n in self.names]
+        self.sizes = [f.udim for f in self.fams]       # the columns of each in u
         net, rt = sp.net, sp.runtime
         self.informing = {z: net.inputs.informing[z] for z in effects}
         self.direct = [o for o in observed
@@ -65,12 +71,12 @@ class Collapsed:
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         """log p(observations | the site and the later hyperparameters at
         transform(u), what was drawn before) with the effects integrated out, (M,), for
-        u (M, D) (one column each)."""
+        u (M, D) (each one's unconstrained values in turn)."""
         sp = self.sp
-        rt, M, net, obs = sp.runtime, sp.state.M, sp.net, sp.state.observations
+        rt, M, net, obs = sp.runtime, self.M, sp.net, self.obs
         overlay = {}
-        for k, (n, fam) in enumerate(zip(self.names, self.fams)):
-            x = fam.transform(u[:, k].reshape(M, 1, 1))
+        for n, fam, part in zip(self.names, self.fams, u.split(self.sizes, -1)):
+            x = fam.transform(part.reshape(M, 1, fam.udim))
             overlay[n] = Stored(x.reshape((M,) + tuple(fam.info.elem_shape)))
         total = torch.zeros(M, dtype=u.dtype)
         for o in self.direct:
@@ -83,7 +89,7 @@ class Collapsed:
     def _effect(self, z, overlay):
         """log p(z's observations | overlay) with z integrated out, (M,)."""
         sp = self.sp
-        rt, M, net, obs = sp.runtime, sp.state.M, sp.net, sp.state.observations
+        rt, M, net, obs = sp.runtime, self.M, sp.net, self.obs
         fam = net.families[z]
         info = fam.info
         v = rt.checked.vars[z]
@@ -147,18 +153,19 @@ def _precision(H, prec0):
 
 
 @torch.no_grad()
-def collapsed_message(sp, observed, effects, loc0, scale0, start=None, later=(),
-                      later_facts=()):
-    """The Gaussian message (precision, information), (M, 1) each, that moves the site's
-    prior N(loc0, scale0^2) (unconstrained, (M, 1)) to the Laplace approximation of its
-    collapsed marginal posterior, the later hyperparameters ``later`` (their priors'
-    (loc, scale) in ``later_facts``) integrated out too by the joint fit; with the fit
-    (mode (M, D), precision (M, D, D)) for their hints. None where it cannot be
-    evaluated."""
+def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
+                  later_facts=(), observations=None):
+    """The Laplace approximation of the site's collapsed posterior jointly with the later
+    hyperparameters ``later``: the site's prior N(loc0, scale0^2) (unconstrained, (M, d))
+    and theirs (their (loc, scale) in ``later_facts``) times the likelihood with the
+    effects integrated out. Returns (mode (M, D), precision (M, D, D), usable (M,)), the
+    site's d coordinates first; None where it cannot be evaluated. ``start`` (M, D):
+    where the fit starts (NaN: at the prior location). ``observations``: those of the
+    M rows, where they are fewer than the site's (the runtime then runs M traces)."""
     rt = sp.runtime
     saved = (rt.invalid.clone(), rt.problem)
     try:
-        F = Collapsed(sp, observed, effects, later)
+        F = Collapsed(sp, observed, effects, later, loc0.shape[0], observations)
         loc = torch.cat([loc0] + [f[0] for f in later_facts], -1)       # (M, D)
         scale = torch.cat([scale0] + [f[1] for f in later_facts], -1)
         prec0 = scale ** -2
@@ -168,7 +175,7 @@ def collapsed_message(sp, observed, effects, loc0, scale0, start=None, later=(),
             return torch.nan_to_num(f, nan=-math.inf)
         u = loc.clone()
         if start is not None:
-            u[:, :1] = torch.where(torch.isfinite(start), start, loc0)
+            u = torch.where(torch.isfinite(start), start, loc)
         h = 0.1 * scale
         f0 = objective(u)
         converged = torch.zeros(u.shape[0], dtype=torch.bool)
@@ -193,8 +200,12 @@ def collapsed_message(sp, observed, effects, loc0, scale0, start=None, later=(),
                 step = torch.where(moved.unsqueeze(-1), step, 0.5 * step)
             # the next differences at the scale of the posterior found
             sd = torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1).clamp(min=1e-30).sqrt()
+            wide = h
             h = torch.minimum(0.1 * scale, 0.5 * sd).clamp(min=1e-3 * scale)
-            converged = ~moved | (step.abs() < 0.1 * sd).all(-1)
+            # found once the step is short and the curvature was measured at the scale of
+            # the posterior (from a good start, the first differences span many of its
+            # sds, where the cross terms of a scale and a location are not quadratic)
+            converged = (~moved | (step.abs() < 0.1 * sd).all(-1)) & (wide <= 2 * h).all(-1)
             if bool(converged.all()):
                 break
         if not bool(converged.all()):
@@ -204,8 +215,7 @@ def collapsed_message(sp, observed, effects, loc0, scale0, start=None, later=(),
             P, concave = _precision(H, prec0)
         usable = concave & torch.isfinite(u).all(-1) & torch.isfinite(f0)
         P = torch.where(usable[:, None, None], P, torch.diag_embed(prec0))
-        lam, info = site_message(u, P, loc0, scale0, 1, usable)
-        return lam, info, (u, P, usable)
+        return u, P, usable
     except (ModelRuntimeError, RuntimeError, ValueError):
         return None
     finally:

@@ -393,23 +393,26 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
 
 
 def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
-                quadratic, max_joint: int = 3):
-    """For a top-level scalar site (a hyperparameter), the group effects proposed after
-    it that can be integrated out exactly when it is proposed (:mod:`.collapse`), the
-    later hyperparameters to fit jointly with it, and the observations of the collapsed
+                max_joint: int = 6):
+    """For a top-level site (a hyperparameter), the group effects proposed after
+    it that can be integrated out when it is proposed (:mod:`.collapse`), the later
+    hyperparameters to fit jointly with it, and the observations of the collapsed
     density: ``(observations, effects, later)``, or None.
 
     The effects are the latents after the site that read it (or a later hyperparameter)
     in their prior, or that an observation of theirs reads; each must be a statement in
-    a plate whose observations locate it exactly (informed, a quadratic likelihood:
-    Gaussian given the rest), with all its observed children informing. The later
-    hyperparameters are top-level scalars after the site that an effect's prior or an
-    observation reads, whose own priors read nothing drawn after the site; at most
-    ``max_joint`` - 1 of them. No observation may read two effects, nor any other latent
-    after the site. Eight schools' ``mu`` (with ``tau``) and ``tau``, Grunfeld's
-    ``sigma`` qualify; Grunfeld's ``mu`` (a vector) does not."""
+    a plate whose observations locate it (informed: exactly where its likelihood is a
+    quadratic, by the Laplace approximation elsewhere -- a random effect on log-odds),
+    with all its observed children informing. The later hyperparameters are top-level
+    latents (scalars or small vectors) after the site that an effect's prior or an
+    observation reads, whose own priors read nothing drawn after the site; with the
+    site, at most ``max_joint`` unconstrained numbers. No observation may read two
+    effects, nor any other latent after the site. Eight schools' ``mu`` (with ``tau``)
+    and ``tau``, radon's four hyperparameters (the floor slope found through the
+    intercepts' observations), Grunfeld's ``mu``, ``tau`` and ``sigma`` (with its LKJ
+    factor) qualify."""
     fam = families[info.name]
-    if info.n != 1 or info.de != 1 or not fam.joinable or not fam.informable \
+    if info.n != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
         return None
     me = order[info.name]
@@ -418,7 +421,7 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
         return checked.vars[r].kind == "latent" and order[r] > me
 
     def hyper(r):
-        return families[r].info.n == 1 and families[r].info.de == 1 and \
+        return families[r].info.n == 1 and \
             integrable(checked, plan, order, info.name, r, families)
     effects, later, observed = set(), [], []
     todo, seen = [info.name], set()
@@ -429,8 +432,9 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
         seen.add(name)
         found = {c for c in graph.successors(name) if after(c)}
         for o in plan.observed:
-            if graph.has_edge(name, o) and o not in observed:
-                observed.append(o)
+            if graph.has_edge(name, o):
+                if o not in observed:
+                    observed.append(o)
                 found |= {r for r in later_reads(checked, order, info.name, o) if after(r)}
         for z in sorted(found - effects - set(later), key=order.get):
             if hyper(z):
@@ -440,10 +444,11 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
             v = checked.vars[z]
             kid_obs = [o for o in plan.observed if graph.has_edge(z, o)]
             if len(v.stmts) != 1 or not families[z].info.plate or not informing.get(z) \
-                    or not quadratic.get(z) or sorted(kid_obs) != sorted(informing[z]):
+                    or sorted(kid_obs) != sorted(informing[z]):
                 return None
             effects.add(z)
             observed += [o for o in kid_obs if o not in observed]
+            todo.append(z)      # what its observations read too (a regression's slope)
             for r in v.reads | v.control:       # a later hyperparameter of its prior
                 if checked.vars[r].kind != "arg" and order.get(r, -1) > me:
                     if r in effects or not after(r) or not hyper(r):
@@ -451,7 +456,7 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
                     if r not in later:
                         later.append(r)
                         todo.append(r)
-    if not effects or 1 + len(later) > max_joint:
+    if not effects or fam.udim + sum(families[r].udim for r in later) > max_joint:
         return None
     for o in observed:
         reads = later_reads(checked, order, info.name, o)
@@ -577,7 +582,7 @@ class SiteInputs(nn.Module):
                 if info.name in self.ahead:
                     continue
                 found = collapsible(checked, plan, graph, order, info, families,
-                                    self.informing, self.quadratic)
+                                    self.informing)
                 if found is not None:
                     self.collapse[info.name] = found
         for c in self.det_names:

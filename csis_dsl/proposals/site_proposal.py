@@ -11,6 +11,7 @@ produced in order, from the prior of each element given the elements before.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Optional
 
 import pyro.distributions as pdist
@@ -22,7 +23,7 @@ from ..catalogue.supports import is_dependent
 from ..errors import ModelRuntimeError
 from .families import LatentInfo
 from .families.base import place
-from .collapse import collapsed_message
+from .collapse import collapsed_fit
 from .informing import gather_index, informing_loglik
 from .marginal import REFIT_STEPS, STEPS, conditional_mean, joint_mode, site_message
 from .summed import summed_loglik
@@ -262,12 +263,17 @@ class SiteProposal(pdist.TorchDistribution):
         modes, P, usable = fit
         mode = torch.cat(modes, -1)
         self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
-        d = locs[0].shape[-1]
+        return self._placed(facts, mode, P, usable, locs[0], scales[0])
+
+    def _placed(self, facts, mode, P, usable, loc0, scale0):
+        """The facts of this site at its marginal of a joint fit N(mode, P^-1) (M, D)
+        whose first coordinates are its own (its prior N(loc0, scale0^2), (M, d)): a
+        scalar as a Gaussian message to its family; a vector, a simplex, a plate's
+        instances placed at the fit's marginal for each."""
+        M, d = loc0.shape
         if d == 1 and self.info.n == 1 and self.family.informable:
-            lam, info = site_message(mode, P, locs[0], scales[0], 1, usable)
+            lam, info = site_message(mode, P, loc0, scale0, 1, usable)
             return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
-        # a vector, a simplex, a bounded scalar, a plate's instances: placed at the fit's
-        # marginal for each
         cov = torch.linalg.inv_ex(P)[0][:, :d, :d]
         return self.family.located_at(facts, mode[:, :d], cov, usable)
 
@@ -349,16 +355,51 @@ class SiteProposal(pdist.TorchDistribution):
             later_facts = None
         finally:
             rt.invalid, rt.problem = saved
-        msg = None if later_facts is None else collapsed_message(
-            self, observed, effects, facts[0].reshape(M, 1), facts[1].reshape(M, 1),
-            None if hint is None else hint.reshape(M, 1), later, later_facts)
-        if msg is None:
+        # the fit starts where the last joint fit, conditioned on what was drawn since,
+        # puts each of its members (NaN: at its prior location)
+        loc0, scale0 = facts[0].reshape(M, -1), facts[1].reshape(M, -1)
+        sizes = [loc0.shape[-1]] + [f[0].shape[-1] for f in later_facts or ()]
+        starts = [hint] + [self.state.hints.get(n) for n in later]
+        start = None if all(h is None for h in starts) or later_facts is None else torch.cat(
+            [torch.full((M, k), math.nan) if h is None else h.reshape(M, k)
+             for h, k in zip(starts, sizes)], -1)
+        fit = None if later_facts is None else self._collapsed_rows(
+            loc0, scale0, start, later_facts)
+        if fit is None:
             return self.family.inform(facts, self._loglik) if self.informing else facts
-        lam, info, (mode, P, usable) = msg
+        mode, P, usable = fit
         if later:
-            self._keep_fit([self.info.name] + list(later), [1] * (1 + len(later)), mode, P,
-                           usable, [facts[0].reshape(M, 1)] + [f[0] for f in later_facts])
-        return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
+            self._keep_fit([self.info.name] + list(later), sizes, mode, P,
+                           usable, [loc0] + [f[0] for f in later_facts])
+        return self._placed(facts, mode, P, usable, loc0, scale0)
+
+    def _collapsed_rows(self, loc0, scale0, start, later_facts):
+        """The collapsed fit (:func:`.collapse.collapsed_fit`) of the M rows, run once
+        for each distinct input where rows repeat (the first site at inference, where
+        every draw shares the observations)."""
+        observed, effects, later = self.collapse
+        rt = self.runtime
+        dets = [d for z in effects for d in self.net.inputs.recompute.get(z, ())]
+        locs = [loc0] + [f[0] for f in later_facts]
+        scales = [scale0] + [f[1] for f in later_facts]
+        rows, inverse = self._distinct_rows([self.info.name] + list(later), [],
+                                            list(observed) + list(effects), dets, locs,
+                                            scales, [start])
+        if rows is None:
+            return collapsed_fit(self, observed, effects, loc0, scale0, start, later,
+                                 later_facts)
+        R = rows.numel()
+        observations = {o: t if t.shape[0] == 1 else t[rows]
+                        for o, t in self.state.observations.items()}
+        saved = (rt.invalid, rt.problem, rt.B)
+        rt.B, rt.invalid = R, torch.zeros(R, dtype=torch.bool)
+        try:
+            fit = collapsed_fit(self, observed, effects, loc0[rows], scale0[rows],
+                                None if start is None else start[rows], later,
+                                [(l[rows], s[rows]) for l, s in later_facts], observations)
+        finally:
+            rt.invalid, rt.problem, rt.B = saved
+        return None if fit is None else tuple(t[inverse] for t in fit)
 
     def _message(self):
         """The look-ahead messages of a first-order chain (:mod:`.lookahead`), computed
