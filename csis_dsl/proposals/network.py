@@ -231,13 +231,18 @@ class ProposalNetwork(nn.Module):
         proposal before any training, with no random output weights."""
         layers = [m for m in self.modules() if isinstance(m, OutputLayer)]
         saved = [m.networkless for m in layers]
+        bare = self.__dict__.get("_bare", False)
         for m in layers:
             m.networkless = on
+        # a refinement's adapters belong to the network's proposal: moved towards its
+        # weighted draws, they would carry the program's proposal off with it
+        self._bare = on
         try:
             yield
         finally:
             for m, s in zip(layers, saved):
                 m.networkless = s
+            self._bare = bare
 
     # ---------------------------------------------------------------- refinement
     def add_adapters(self):
@@ -264,7 +269,7 @@ class ProposalNetwork(nn.Module):
         """The adapters of instances j0 .. j0 + m - 1 for M traces, rows first, and the
         context features of those rows (M, m, p) when the site has any."""
         adapters = getattr(self, "adapters", None)
-        if adapters is None or name not in adapters:
+        if adapters is None or name not in adapters or self.__dict__.get("_bare", False):
             return None
         out = {k: p[j0:j0 + m].unsqueeze(0).expand((M, m) + tuple(p.shape[1:]))
                .reshape((M * m,) + tuple(p.shape[1:])) for k, p in adapters[name].items()}
