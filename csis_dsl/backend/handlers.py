@@ -72,26 +72,26 @@ def draw(site: Site) -> torch.Tensor:
     interpreter (``zero_density``), which simulation drops and draws again."""
     x = site.fn.sample()
     ok = in_support(site.fn, x)
-    if ok is None or site.runtime is None:
+    if ok is None or site.runtime is None or bool(ok.all()):     # the common case
         return x
+    where = ok
     if site.mask is not None and ok.dim() >= site.mask.dim():   # where it runs
         m = site.mask
-        ok = ok.reshape(ok.shape[:m.dim()] + (-1,)).all(-1) | ~m
-    bad = ~ok.reshape(ok.shape[0], -1).all(1)
+        where = ok.reshape(ok.shape[:m.dim()] + (-1,)).all(-1) | ~m
+    bad = ~where.reshape(where.shape[0], -1).all(1)
     if bool(bad.any()):
-        elem = in_support(site.fn, x, reduce=False)
-        shown = f" {float(x[~elem][0]):g}" if elem.shape == x.shape else " a value"
+        shown = f" {float(x[~ok][0]):g}" if ok.shape == x.shape else " a value"
         site.runtime.zero_density(
             bad, f"{type(site.fn).__name__} drew{shown} for '{site.name}', "
             "outside its support (its sampler fails at such extreme parameters)", site.stmt)
     return x
 
 
-def in_support(fn, x: torch.Tensor, reduce: bool = True) -> Optional[torch.Tensor]:
+def in_support(fn, x: torch.Tensor) -> Optional[torch.Tensor]:
     """Where ``x`` is finite and, for a discrete distribution, in ``fn``'s support: a
-    bool tensor over the dims the support check keeps; None where there is nothing to
-    check or (``reduce``) all is well, the cheap common case. Supports that depend on
-    other values are checked where those are (the interpreter's parameter checks)."""
+    bool tensor over the dims the support check keeps, or None where there is nothing
+    to check. Supports that depend on other values are checked where those are (the
+    interpreter's parameter checks)."""
     checks = [torch.isfinite(x)] if x.is_floating_point() else []
     sup = fn.support
     if not is_dependent(sup) and getattr(sup, "is_discrete", False):
@@ -102,8 +102,6 @@ def in_support(fn, x: torch.Tensor, reduce: bool = True) -> Optional[torch.Tenso
     ok = checks[0].reshape(checks[0].shape[:n] + (-1,)).all(-1)
     for c in checks[1:]:
         ok = ok & c.reshape(c.shape[:n] + (-1,)).all(-1)
-    if reduce and bool(ok.all()):
-        return None
     return ok
 
 

@@ -223,12 +223,11 @@ class SiteProposal(pdist.TorchDistribution):
             # at inference, where every draw shares the observations)
             rows, inverse = self._distinct_rows(names, summed, obs, dets, locs, scales, start)
             R = M if rows is None else rows.numel()
-            observations = self.state.observations if rows is None else {
-                o: t if t.shape[0] == 1 else t[rows] for o, t in self.state.observations.items()}
+            observations = self.state.observations
             if rows is not None:
+                observations = self._rows_only(rows)
                 locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
                 start = [None if t is None else t[rows] for t in start]
-                rt.B, rt.invalid = R, torch.zeros(R, dtype=torch.bool)
             shapes = [(R,) + tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
                       for n in names]
 
@@ -317,6 +316,14 @@ class SiteProposal(pdist.TorchDistribution):
             0, inverse, torch.arange(M), "amin")
         return first, inverse
 
+    def _rows_only(self, rows):
+        """The runtime set to run the rows ``rows`` of the M only (a fit's distinct
+        inputs: its batch size and invalid marks; the caller restores them), and those
+        rows' observations."""
+        rt = self.runtime
+        rt.B, rt.invalid = rows.numel(), torch.zeros(rows.numel(), dtype=torch.bool)
+        return {o: t if t.shape[0] == 1 else t[rows] for o, t in self.state.observations.items()}
+
     def _later_priors(self, later):
         """The (location, scale), (M, n udim) each, of the priors of the latents
         ``later`` (of one statement, read only what is drawn before this site), in their
@@ -388,12 +395,9 @@ class SiteProposal(pdist.TorchDistribution):
         if rows is None:
             return collapsed_fit(self, observed, effects, loc0, scale0, start, later,
                                  later_facts)
-        R = rows.numel()
-        observations = {o: t if t.shape[0] == 1 else t[rows]
-                        for o, t in self.state.observations.items()}
         saved = (rt.invalid, rt.problem, rt.B)
-        rt.B, rt.invalid = R, torch.zeros(R, dtype=torch.bool)
         try:
+            observations = self._rows_only(rows)
             fit = collapsed_fit(self, observed, effects, loc0[rows], scale0[rows],
                                 None if start is None else start[rows], later,
                                 [(l[rows], s[rows]) for l, s in later_facts], observations)
