@@ -24,12 +24,14 @@ from _budget import quality, train_for
 warnings.simplefilter("ignore")
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 BUDGET = float(sys.argv[1]) if len(sys.argv) > 1 else 15.0
-DEFAULT = dict(lr=1e-2, lr_tau=50, batch_size=512, hidden=64, mixture_components=5,
-               obs_embedding=64, obs_skip=True, obs_aligned=True)
+# the engine's and the network's defaults (hidden and obs_embedding: sized to the model,
+# 32 for at most 4 latent numbers, else 64)
+DEFAULT = dict(lr=1e-2, lr_tau=50, batch_size=512, hidden=None, mixture_components=12,
+               obs_embedding=None, obs_skip=True, obs_aligned=True)
 TRAIN = ("lr", "lr_tau", "batch_size")
 FACTORS = {"lr": (3e-3, 3e-2), "lr_tau": (None, 250), "batch_size": (128, 2048),
-           "obs_skip": (False,), "obs_aligned": (False,), "hidden": (32, 128),
-           "mixture_components": (3, 10), "obs_embedding": (32, 128)}
+           "obs_skip": (False,), "obs_aligned": (False,), "hidden": (32, 64, 128),
+           "mixture_components": (3, 10), "obs_embedding": (32, 64, 128)}
 ONLY = sys.argv[2].split(",") if len(sys.argv) > 2 and sys.argv[2] else list(FACTORS)
 SPEC_LIST = sys.argv[3].split(",") if len(sys.argv) > 3 else \
     ["gaussian", "linear_regression", "outlier", "random_walk"]

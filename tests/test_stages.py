@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.distributions as D
 
+import csis_dsl
+from conftest import SPECS
 from csis_dsl.backend.handlers import SiteHandler
 from csis_dsl.backend.interpreter import Runtime
 from csis_dsl.backend.observations import Observations
@@ -184,11 +186,12 @@ def test_a_family_at_its_start_proposes_its_prior():
     starts at zero: before training, the proposal of c ~ Categorical(p) is p itself."""
     checked, plan = stages("model c { c ~ Categorical([0.2, 0.5, 0.3]); "
                            "observe y ~ Normal(c, 1.0); }")
-    fam = make_family(LatentInfo(1, checked.vars["c"]), NetworkConfig())
+    config = NetworkConfig().sized(1)
+    fam = make_family(LatentInfo(1, checked.vars["c"]), config)
     torch.nn.init.zeros_(fam.out.weight)
     prior = D.Categorical(probs=torch.tensor([[0.2, 0.5, 0.3]]))
     facts = fam.facts(prior, 1, 1)
-    q = fam(torch.zeros(1, NetworkConfig().hidden), tuple(f[:, 0] for f in facts))
+    q = fam(torch.zeros(1, config.hidden), tuple(f[:, 0] for f in facts))
     lq = torch.stack([q.log_prob(torch.tensor([[float(k)]])) for k in range(3)]).reshape(-1)
     assert torch.allclose(lq.exp(), torch.tensor([0.2, 0.5, 0.3]), atol=1e-6)
 
@@ -240,3 +243,20 @@ def test_the_guide_proposes_a_small_scale_before_the_vector_it_shares_data_with(
     assert [n for n in checked.order if checked.vars[n].kind == "latent"] == ["beta", "sigma"]
     assert [A.target_name(s.target) for s in plan.proposal_body
             if isinstance(s, A.Sample)][:2] == ["sigma", "beta"]
+
+
+def test_the_network_is_sized_to_the_model(tmp_path):
+    """hidden and obs_embedding left to the model: 32 for at most 4 latent numbers, 64
+    above; a width given is kept, and a checkpoint brings back the widths it was
+    trained with."""
+    small = csis_dsl.compile(SPECS / "gaussian.ppl")                 # 1 latent number
+    assert (small.guide.config.hidden, small.guide.config.obs_embedding) == (32, 32)
+    assert small.guide.net.core.hidden_size == 32
+    big = csis_dsl.compile(SPECS / "mixture.ppl")                    # 36
+    assert (big.guide.config.hidden, big.guide.config.obs_embedding) == (64, 64)
+    assert small.configure(hidden=48).guide.net.core.hidden_size == 48
+    small.configure()
+    small.train(num_steps=2, batch_size=16, progress=False, validation_size=0)
+    small.save(tmp_path / "g.pt")
+    back = csis_dsl.load(tmp_path / "g.pt")
+    assert back.guide.config.hidden == 32 and back.guide.net.core.hidden_size == 32

@@ -109,9 +109,9 @@ class Guide(nn.Module):
                  obs_embeddings: Optional[dict] = None):
         super().__init__()
         self.model = model
-        self.config = config or NetworkConfig()
-        self.net = ProposalNetwork(model.checked, model.plan, graph, self.config,
-                                   obs_embeddings)
+        self.net = ProposalNetwork(model.checked, model.plan, graph,
+                                   config or NetworkConfig(), obs_embeddings)
+        self.config = self.net.config          # the widths made concrete for the model
         # whether the standardisation statistics were fitted (saved with the weights)
         self.register_buffer("fitted", torch.tensor(False))
         # its own name in Pyro's param store, never reused in this process (an id() could
