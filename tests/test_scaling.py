@@ -1,6 +1,7 @@
 """Training that scales (issue 13): the fast path against the Pyro path, devices,
 data-parallel training on torch.distributed, offline datasets."""
 import math
+import os
 
 import pyro
 import pyro.poutine as poutine
@@ -125,6 +126,38 @@ def test_a_failed_worker_stops_the_run_with_its_error():
     from csis_dsl.errors import TrainingError
     with pytest.raises(TrainingError, match="worker 1 of 2 failed.*worker one gives up"):
         spawn(2, _fails_on_rank_1, None, threads=1)
+
+
+def _trains_then_one_rank_lingers(folder):
+    import time
+
+    import torch.distributed as dist
+    destroy = dist.destroy_process_group
+    rank = int(os.environ["RANK"])
+
+    def noted(*args, **kw):
+        destroy(*args, **kw)
+        (folder / f"left{rank}").write_text(repr(time.time()))
+    dist.destroy_process_group = noted
+    m = csis_dsl.compile(SPECS / "gaussian.ppl")
+    m.train(num_steps=5, batch_size=64, seed=0, progress=False, validation_size=0)
+    # the model (a user's script keeps it) holds no DistributedDataParallel wrapper
+    assert m._trainer.loss_module is m._trainer.loss
+    if rank == 1:
+        time.sleep(1.0)
+        (folder / "done1").write_text(repr(time.time()))
+
+
+def test_ranks_that_finish_leave_the_group_together(tmp_path):
+    """A rank that closed its connections while another still held its own (or a
+    DistributedDataParallel wrapper outlived the group) was aborted by gloo at exit,
+    intermittently ('terminate called without an active exception', exit code -6):
+    now the first to finish waits for the last, and no wrapper outlives a run."""
+    from csis_dsl.engine.distributed import spawn
+    spawn(2, _trains_then_one_rank_lingers, tmp_path, threads=1)
+    done = float((tmp_path / "done1").read_text())
+    assert float((tmp_path / "left0").read_text()) >= done
+    assert float((tmp_path / "left1").read_text()) >= done
 
 
 # ---------------------------------------------------------------- offline datasets

@@ -13,7 +13,9 @@ as soon as one fails.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
+import gc
 import json
 import os
 import socket
@@ -101,11 +103,26 @@ def join(group: Group, device: torch.device):
     except (RuntimeError, ValueError) as err:
         raise TrainingError(f"rank {group.rank} could not join the {backend} process "
                             f"group of {group.world}: {err}") from None
+    # a script under torchrun never calls leave(): destroy the group at exit, before
+    # the interpreter's teardown does (its threads left running abort the process);
+    # not together (a rank may be exiting on an error while the others still train)
+    atexit.register(leave, together=False)
 
 
-def leave():
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def leave(together: bool = True):
+    """Leave the process group. ``together``: first wait until every rank is leaving, so
+    that none closes its connections while another's are still in use (gloo then
+    aborts the other process at exit, intermittently: 'terminate called without an
+    active exception'); not after a failure (the others may never leave)."""
+    if not dist.is_initialized():
+        return
+    gc.collect()              # DistributedDataParallel wrappers in reference cycles
+    if together:
+        try:
+            dist.barrier()
+        except (RuntimeError, ValueError):      # a peer is gone already, or late
+            pass
+    dist.destroy_process_group()
 
 
 class LossModule(nn.Module):
@@ -139,9 +156,9 @@ def _entry(local_rank, world, port, threads, reports, fn, args):
         report = {"time": time.monotonic(), "error": f"{type(err).__name__}: {err}"}
         with open(os.path.join(reports, f"{local_rank}.json"), "w") as f:
             json.dump(report, f)
+        leave(together=False)            # the others may never get to leaving
         raise
-    finally:
-        leave()
+    leave()
 
 
 def _first_failure(reports):

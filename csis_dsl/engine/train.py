@@ -84,11 +84,12 @@ class Trainer:
         self.lr = lr
         self.group = group                     # a distributed.Group, or None
         self.lead = group is None or group.lead
-        # the loss as a module (wrapped by DistributedDataParallel in a distributed job)
         self.subsample = None                  # instances scored per site (None: all)
-        self.loss_module = LossModule(model.guide)
-        if group is not None:
-            self.loss_module = group.wrap(self.loss_module, model.device)
+        # the loss as a module; in a distributed job, wrapped by DistributedDataParallel
+        # from the first step of a run to its end (a wrapper left alive when the process
+        # group is destroyed aborts the process at exit)
+        self.loss = LossModule(model.guide)
+        self.loss_module = self.loss
         params = list(model.guide.parameters())
         # the fused kernel updates all parameters in one call (several times faster than
         # the per-tensor loop for a network of this size); it needs float dense tensors
@@ -177,6 +178,8 @@ class Trainer:
     def step(self, latents, obs, B: int, clip: float, good, number: int = 0) -> float:
         """One update on one batch (in a distributed job, on the mean gradient over
         every rank's batch): the batch's loss (the mean over the ranks)."""
+        if self.group is not None and self.loss_module is self.loss:
+            self.loss_module = self.group.wrap(self.loss, self.model.device)
         loss = self.loss_module(latents, obs, B, self.subsample)
         self.opt.zero_grad()
         loss.backward()
@@ -245,6 +248,7 @@ class Trainer:
             h.interrupted = True
         finally:
             bar.close()
+            self.loss_module = self.loss
         if keep_best:
             self.restore_best()
         return h
