@@ -75,6 +75,18 @@ def _kv(text):
     return k.strip(), val
 
 
+def _named(pairs, flag):
+    """The NAME=VALUE pairs of a repeatable flag as a dict; a name given twice is an
+    error (which value was meant?), not a silent choice of the last."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _InputError(f"{flag} gives '{k}' twice ({json.dumps(out[k])} and "
+                              f"{json.dumps(v)}); give each name once")
+        out[k] = v
+    return out
+
+
 def _number(kind, low, inclusive):
     """An argparse type: a finite number of ``kind`` at least (or above) ``low``."""
     def parse(text):
@@ -253,7 +265,7 @@ def _observations(a):
     obs = {}
     if a.obs_file:
         obs.update(read_data(a.obs_file, "observations file", part="observations"))
-    obs.update(dict(a.obs))
+    obs.update(_named(a.obs, "--obs"))
     if not obs:
         raise _InputError("no observations: give --obs NAME=VALUE or --obs-file FILE")
     return obs
@@ -279,7 +291,7 @@ def _summary(m):
 
 def _train(a, m=None):
     import csis_dsl
-    m = m or csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+    m = m or csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
     if a.device:
         m.to(a.device)
     m.configure(architecture=a.arch)
@@ -358,7 +370,7 @@ def _train_parallel(a, argv):
     starts), then run this same command in N processes of one torch.distributed job."""
     import csis_dsl
     from .engine.distributed import spawn
-    m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+    m = csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
     if a.device:
         m.to(a.device)
     if a.dataset is not None:
@@ -382,11 +394,11 @@ def main(argv=None):
     try:
         import csis_dsl
         if a.cmd == "check":
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+            m = csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
             print(m.dump(a.dump) if a.dump else _summary(m))
         elif a.cmd == "graph":
             from .render import render_graph
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+            m = csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
             render_graph(m, a.output)
             print(f"wrote {a.output}")
         elif a.cmd == "train":
@@ -398,7 +410,7 @@ def main(argv=None):
                 m = _train(a)
                 _save(m, a)
         elif a.cmd == "simulate":
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+            m = csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
             if a.device:
                 m.to(a.device)
             m.simulate_to(a.output, a.traces, shard_size=a.shard_size, seed=a.seed,
@@ -419,7 +431,7 @@ def main(argv=None):
         elif a.cmd == "run":
             obs = _observations(a)
             _check_outputs(a)
-            m = csis_dsl.compile(a.file, args=dict(a.arg) or None, data=a.data)
+            m = csis_dsl.compile(a.file, args=_named(a.arg, "--arg") or None, data=a.data)
             m.check_observations(obs)       # fail before training, not after
             m = _train(a, m)
             a.obs, a.obs_file = list(obs.items()), None

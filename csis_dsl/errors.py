@@ -69,7 +69,17 @@ def _format_one(span: Optional[Span], severity: str, message: str,
     # columns count characters, a tab as one: place the caret where the eye sees them
     start = len(raw[:span.col - 1].expandtabs(4))
     width = max(1, len(raw[:end - 1].expandtabs(4)) - start)
+    if len(text) > SHOWN:
+        # a long line (generated specs): the part around the place, marked as cut
+        lo = max(0, min(start - SHOWN // 3, len(text) - SHOWN))
+        hi = lo + SHOWN
+        width = max(1, min(width, hi - start))
+        text = ("..." if lo else "") + text[lo:hi] + ("..." if hi < len(text) else "")
+        start = start - lo + (3 if lo else 0)
     return f"{head}\n    {text}\n    {' ' * start}{'^' * width}"
+
+
+SHOWN = 100      # characters of a source line an error shows at most
 
 
 class CsisDslError(Exception):

@@ -84,6 +84,16 @@ def test_run_rejects_bad_observations_before_training():
     assert r.returncode == 1 and "brightness" in r.stderr
 
 
+def test_a_name_given_twice_is_an_error_not_a_silent_choice():
+    r = cli("run", SPECS / "gaussian.ppl", "--obs", "x1=8", "--obs", "x2=1", "--obs",
+            "x2=3", "--steps", "100000", "--no-progress")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "--obs gives 'x2' twice (1 and 3); give each name once" in r.stderr
+    r = cli("check", SPECS / "gaussian.ppl", "--arg", "prior_mean=1", "--arg",
+            "prior_mean=2.5")
+    assert r.returncode == 1 and "--arg gives 'prior_mean' twice (1 and 2.5)" in r.stderr
+
+
 def test_infer_json_and_obs_file(tmp_path):
     ck = tmp_path / "c.pt"
     assert cli("train", SPECS / "outlier.ppl", "--steps", "200", "--no-progress",

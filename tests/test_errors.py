@@ -92,6 +92,20 @@ def test_brief_error_example_format():
     assert lines[2].strip() == "^^^^^^^"
 
 
+
+def test_an_error_on_a_long_line_shows_the_part_around_its_place():
+    """A generated spec may put a whole model on one line: the error shows about 100
+    characters around the place, marked as cut, with the caret under the name."""
+    src = ("model w { z ~ Normal(0.0, 1.0); " + "".join(f"a{i} = 1.0; " for i in range(500))
+           + "observe y ~ Normal(zz, 1.0); " + "".join(f"b{i} = 2.0; " for i in range(500))
+           + "}")
+    with pytest.raises(csis_dsl.CompileError) as ei:
+        csis_dsl.compile_string(src, name="w.ppl")
+    head, text, caret = ei.value.format().splitlines()
+    assert head.startswith("w.ppl:1:") and "unknown name 'zz'" in head
+    assert text.strip().startswith("...") and text.endswith("...") and len(text) < 120
+    assert text[caret.index("^"):caret.index("^") + 2] == "zz" and caret.strip() == "^^"
+
 @pytest.mark.parametrize("obs,fragment", [
     ({"x1": 1.0}, "missing observation for 'x2'"),
     ({"x1": 1.0, "x2": 2.0, "x3": 1.0}, "unknown observed variable 'x3'"),
