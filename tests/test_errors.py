@@ -74,6 +74,30 @@ def test_a_built_in_name_used_as_a_variable_is_reported_once_where_it_is_defined
                     (5, 61, "'exp' is a built-in function, not a variable: call it, exp(...)")]
 
 
+
+@pytest.mark.parametrize("body,args,expected", [
+    # a size naming an unknown arg: said once, at the name (not again as a bad size)
+    ("  arg int N = 3;\n  real[K] beta ~ Normal(0.0, 1.0);\n"
+     "  for i in range(N) { observe y[i] ~ Normal(beta[0], 1.0); }\n", None,
+     [(3, 8, "unknown name 'K'")]),
+    # an arg whose type failed is not an unknown name where it is read
+    ("  arg int N = 3;\n  arg real[M] a;\n  z ~ Normal(0.0, 1.0);\n"
+     "  for i in range(N) { observe y[i] ~ Normal(z + a[i], 1.0); }\n", None,
+     [(3, 12, "unknown name 'M'")]),
+    # a data file's bad size: reported at the size's arg, not at every array it sizes
+    ("  arg int N;\n  arg real[N, 3] X;\n  b ~ Normal(0.0, 1.0);\n"
+     "  observe y ~ Normal(b * X[0, 0], 1.0);\n", {"N": 2.5},
+     [(2, 11, "arg 'N': expected int, got 2.5")]),
+])
+def test_one_mistake_one_error(body, args, expected):
+    with pytest.raises(csis_dsl.CompileError) as ei:
+        csis_dsl.compile_string(G + body + "}\n", name="bad.ppl", args=args)
+    got = [(d.line, d.col, d.message) for d in ei.value.diagnostics]
+    assert [(l, c) for l, c, _ in got] == [(l, c) for l, c, _ in expected], got
+    assert all(m in g for (_, _, g), (_, _, m) in zip(got, expected)), got
+
+
+
 def test_redefinition_points_at_both_places():
     with pytest.raises(csis_dsl.CompileError) as ei:
         csis_dsl.compile_string(G + "  z ~ Normal(0.0, 1.0);\n  z ~ Normal(1.0, 1.0);\n}\n",

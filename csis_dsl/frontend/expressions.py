@@ -209,7 +209,10 @@ class ExprTyper:
             if any(isinstance(n, A.Name) and n.id in self.scope.vars
                    and self.scope.vars[n.id].broken for n in A.walk_expr(d)):
                 return None             # its arg failed, and said so
+            reported = len(self.scope.diags)
             self.expr(d)
+            if len(self.scope.diags) > reported:
+                return None             # an unknown name in it, say: said once is enough
             c = self.k.try_const(d)
             if c is None or float(c) != int(c) or int(c) < 1:
                 got = "" if c is None else f", got {c}"

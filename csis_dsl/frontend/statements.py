@@ -93,7 +93,8 @@ class Checker:
             scope.redefined(s.name, s.name_span)
             return
         t = self.typer.type_spec(s.type)
-        if t is None:
+        if t is None:                  # its type was reported: its uses are not errors
+            self.defs.poison(s.name, "arg", s.name_span)
             return
         if s.name in self.overrides:
             try:
