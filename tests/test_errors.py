@@ -39,6 +39,10 @@ CASES = [
     ("  int k ~ Normal(0.0, 1.0);\n", 2, 3, "declared int but Normal gives real values"),
     ("  arg real x = y;\n", 2, 16, "unknown name 'y'"),
     ("  z ~ Normal(0.0, 1.0);\n  w = z[1.5];\n", 3, 9, "an index must be an integer"),
+    ("  arg real s = 0.0;\n  z ~ Normal(0.0, 1.0 / s);\n", 3, 19,
+     "the scale of Normal must be positive and finite, got nan"),
+    ("  arg real big = 1e300;\n  z ~ Normal(big * big, 1.0);\n", 3, 14,
+     "the loc of Normal must be a finite number, got inf"),
 ]
 
 
@@ -52,6 +56,16 @@ def test_error_catalogue(body, line, col, msg):
     assert (d.line, d.col) == (line, col), text
     # the diagnostic shows the line and a caret
     assert f"bad.ppl:{line}:{col}: error:" in text and "^" in text
+
+
+def test_an_infinite_scale_drawn_at_run_time_is_named():
+    """exp(1000 z) overflows to inf (or underflows to 0) for most draws of z: the
+    statement and the rule are named, not a sampler's failure on an infinite scale."""
+    m = csis_dsl.compile_string("model m { z ~ Normal(0.0, 1.0); "
+                                "observe y ~ Normal(0.0, exp(1000.0 * z)); }", name="inf.ppl")
+    with pytest.raises(csis_dsl.ModelRuntimeError,
+                       match=r"inf.ppl:1:33: the scale of Normal must be positive and finite"):
+        m.simulate(1000, seed=0)
 
 
 def test_all_errors_reported_together():

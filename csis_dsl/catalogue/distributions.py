@@ -37,12 +37,12 @@ class _Integer(constraints.Constraint):
 
 PARAM_KINDS = {
     "real": ParamKind(constraints.real, 0.0, "a finite number"),
-    "positive": ParamKind(constraints.positive, 1.0, "positive"),
+    "positive": ParamKind(constraints.positive, 1.0, "positive and finite"),
     "probability": ParamKind(constraints.unit_interval, 0.5, "in [0, 1]"),
     "count": ParamKind(constraints.nonnegative_integer, 1.0, "a non-negative integer"),
     "integer": ParamKind(_Integer(), 0.0, "an integer"),
     "probs": ParamKind(constraints.simplex, None, "non-negative weights", 1),
-    "concentration": ParamKind(constraints.positive, 1.0, "positive", 1),
+    "concentration": ParamKind(constraints.positive, 1.0, "positive and finite", 1),
     "vector": ParamKind(constraints.real_vector, 0.0, "finite", 1),
     "covariance": ParamKind(constraints.positive_definite, None, "positive definite", 2),
     "cholesky": ParamKind(constraints.lower_cholesky, None,
@@ -438,6 +438,8 @@ def check_values(kind: str, p: torch.Tensor) -> torch.Tensor:
         ok = torch.isfinite(p)
     else:
         ok = k.constraint.check(p)
+        if kind in ("positive", "concentration"):
+            ok = ok & torch.isfinite(p)      # an infinite scale or rate is no density
     return ok.all(-1) if k.vector_dims and ok.dim() == p.dim() else ok
 
 

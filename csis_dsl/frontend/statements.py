@@ -8,6 +8,7 @@ types), :mod:`.definitions` (what a left-hand side defines, recursion).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import torch
@@ -296,8 +297,12 @@ class Checker:
         c = self.k.try_const(a)
         if c is None or isinstance(c, bool):
             return
-        if p.kind == "positive" and c <= 0:
-            self.error(a.span, f"the {p.name} of {spec.name} must be positive, got {c}")
+        if p.kind == "positive" and not 0 < c < math.inf:
+            self.error(a.span, f"the {p.name} of {spec.name} must be positive and finite, "
+                       f"got {c}")
+        elif p.kind == "real" and not math.isfinite(c):
+            self.error(a.span, f"the {p.name} of {spec.name} must be a finite number, "
+                       f"got {c}")
         elif p.kind == "probability" and not 0 <= c <= 1:
             self.error(a.span, f"the {p.name} of {spec.name} must be in [0, 1], got {c}")
 
