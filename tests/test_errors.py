@@ -149,6 +149,8 @@ def test_an_error_on_a_long_line_shows_the_part_around_its_place():
     ({"x1": 1.0, "x2": 2.0, "x3": 1.0}, "unknown observed variable 'x3'"),
     ({"x1": [1.0, 2.0], "x2": 2.0}, "observation 'x1' has shape [2], expected []"),
     ({"x1": "a", "x2": 2.0}, "observation 'x1'"),
+    # numpy reads 2^63 as unsigned 64-bit, which torch refuses with a TypeError
+    ({"x1": 2 ** 63, "x2": 2.0}, "observation 'x1': an integer beyond the int64 range"),
     ({"x1": 1.0, "x2": 2.0, "z": 1.0}, "'z' is a latent variable"),
 ])
 def test_bad_observations(obs, fragment):

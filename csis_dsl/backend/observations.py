@@ -55,6 +55,9 @@ class Observations(Mapping):
         return cls(validate(checked, observations, batch, require_all))
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
 def to_tensor(value, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -66,6 +69,12 @@ def to_tensor(value, what: str) -> torch.Tensor:
         raise ObservationError(f"{what}: an integer beyond the int64 range [-2^63, 2^63 - 1]")
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise ObservationError(f"{what}: expected numbers, got {value!r}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
+        # numpy reads 2^63 .. 2^64 - 1 as unsigned 64-bit, which torch cannot take
+        if arr.size and int(arr.max()) > INT64_MAX:
+            raise ObservationError(f"{what}: an integer beyond the int64 range "
+                                   "[-2^63, 2^63 - 1]")
+        arr = arr.astype(np.int64)
     return torch.as_tensor(arr)
 
 
