@@ -65,15 +65,15 @@ def to_tensor(value, what: str) -> torch.Tensor:
         arr = np.asarray(value)
     except Exception:
         raise ObservationError(f"{what}: cannot read {value!r} as a number or array") from None
-    if arr.dtype == object and _has_big_int(value):
+    # beyond int64: Python ints (an object array), or numpy's reading of 2^63 .. 2^64 - 1
+    # as unsigned 64-bit, which torch cannot take
+    wide = arr.dtype.kind == "u" and arr.dtype.itemsize == 8
+    if _has_big_int(value) if arr.dtype == object else (
+            wide and arr.size and int(arr.max()) > INT64_MAX):
         raise ObservationError(f"{what}: an integer beyond the int64 range [-2^63, 2^63 - 1]")
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise ObservationError(f"{what}: expected numbers, got {value!r}")
-    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
-        # numpy reads 2^63 .. 2^64 - 1 as unsigned 64-bit, which torch cannot take
-        if arr.size and int(arr.max()) > INT64_MAX:
-            raise ObservationError(f"{what}: an integer beyond the int64 range "
-                                   "[-2^63, 2^63 - 1]")
+    if wide:
         arr = arr.astype(np.int64)
     return torch.as_tensor(arr)
 
