@@ -140,3 +140,14 @@ def test_a_hierarchical_mean_and_scale_before_training():
         assert abs(float(post.mean(name)) - mean) < 0.1 * sd, name
         assert abs(float(post.std(name)) / sd - 1) < 0.1, name
     assert post.ess > 0.6 * post.num_samples
+
+
+def test_gauss_hermite_nodes_integrate_polynomials_exactly():
+    """The quadrature of a collapsed fit's moments: k nodes integrate x^p exp(-x^2) for
+    p < 2k exactly (sqrt(pi) (p - 1)!! / 2^(p/2) for even p, 0 for odd)."""
+    from csis_dsl.proposals.collapse import hermite_nodes
+    for k in (1, 2, 5, 7):
+        x, log_w = hermite_nodes(k)
+        for p in range(2 * k):
+            exact = 0.0 if p % 2 else math.sqrt(math.pi) * math.prod(range(p - 1, 0, -2)) / 2 ** (p / 2)
+            assert abs(float((log_w.exp() * x ** p).sum()) - exact) < 1e-9 * max(1.0, exact), (k, p)

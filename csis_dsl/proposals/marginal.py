@@ -181,12 +181,14 @@ def site_message(mode: torch.Tensor, P: torch.Tensor, loc0: torch.Tensor,
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The Gaussian factor (precision, information), (M, d) each, that turns the site's
     prior N(loc0, scale0^2) (its first d coordinates of the joint) into the marginal
-    of the joint Laplace approximation N(mode, P^-1): a precision of at least the
-    prior's, and a location at the marginal's mode; none (zeros) where not ``usable``."""
+    of the joint Laplace approximation N(mode, P^-1): its precision less the prior's
+    (negative where the fit, made with the exact prior, is wider than the Gaussian
+    matched to it: a half-normal scale's long reach towards 0), and a location at the
+    marginal's mode; none (zeros) where not ``usable``."""
     cov = torch.linalg.inv_ex(P)[0][..., :d, :d].diagonal(dim1=-2, dim2=-1)
     prior = scale0 ** -2
     marg = cov.reciprocal()
-    lam = (marg - prior).clamp(min=0.0)
+    lam = marg - prior
     info = mode[..., :d] * (prior + lam) - prior * loc0
     ok = torch.isfinite(lam) & torch.isfinite(info) & (cov > 0)
     if usable is not None:

@@ -363,12 +363,14 @@ class ContinuousProposal(ProposalFamily):
         fit = local_fit(loglik, self.transform, u)
         return None if fit is None else (fit[1], hessian(fit[2], u, joint=False))
 
-    def laplace(self, loglik, loc0, scale0, joint: bool, wide: bool = False, start=None):
+    def laplace(self, loglik, loc0, scale0, joint: bool, wide: bool = False, start=None,
+                steps=None):
         """The Laplace approximation of the prior N(loc0, scale0^2) (in unconstrained
-        space, per element) times the local likelihood: up to ``newton_steps`` Newton
-        steps on log prior + log likelihood, each from the best point found so far (a
-        step that made it worse is halved next time), at most 5 prior scales each;
-        directions of positive curvature are dropped from the precision.
+        space, per element) times the local likelihood: up to ``steps`` (default
+        ``newton_steps``) Newton steps on log prior + log likelihood, each from the best
+        point found so far (a step that made it worse is halved next time), at most 5
+        prior scales each; directions of positive curvature are dropped from the
+        precision.
 
         Returns (location, precision) per element (M, m, d), or with ``joint`` (location,
         the precision's Cholesky factor (M, m, d, d)); None where the likelihood does not
@@ -396,7 +398,7 @@ class ContinuousProposal(ProposalFamily):
 
         exact = self.quadratic
         converged = exact
-        for it in range(1 if exact else self.newton_steps):
+        for it in range(1 if exact else steps or self.newton_steps):
             fit = local_fit(loglik, self.transform, u)
             if fit is None:
                 return None
@@ -453,7 +455,7 @@ class ContinuousProposal(ProposalFamily):
             return torch.where(keep, u, loc0), torch.where(keep, L, prior)
         return u, L
 
-    def inform(self, facts, loglik, message=None, start=None):
+    def inform(self, facts, loglik, message=None, start=None, steps=None):
         """The prior's location moved by the observations that depend on the site: the
         Laplace approximation of prior x local likelihood (:meth:`laplace`). A vector is
         fitted jointly (full Hessian); the facts then gain the precision's Cholesky
@@ -470,7 +472,8 @@ class ContinuousProposal(ProposalFamily):
         loc, scale = facts[:2]
         joint = self.info.de > 1 and self.head.full
         fit = None if loglik is None else self.laplace(
-            loglik, loc, scale, joint, wide=self.info.de > 1 and not joint, start=start)
+            loglik, loc, scale, joint, wide=self.info.de > 1 and not joint, start=start,
+            steps=steps)
         if joint:
             if fit is None:
                 return facts
