@@ -90,40 +90,51 @@ class Collapsed:
                              for o, e in net.inputs.gathers.get(z, {}).items()}
                          for z in effects}
 
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+    def _at(self, u: torch.Tensor):
+        """Each fitted site's value at unconstrained u (M, D): {name: (its columns of u
+        (M, 1, udim), the transformed value)} and the overlay of the sites' values."""
+        at, overlay = {}, {}
+        for n, fam, part in zip(self.names, self.fams, u.split(self.sizes, -1)):
+            part = part.reshape(self.M, 1, fam.udim)
+            x = fam.transform(part)
+            at[n] = part, x
+            overlay[n] = Stored(x.reshape((self.M,) + tuple(fam.info.elem_shape)))
+        return at, overlay
+
+    def __call__(self, u: torch.Tensor, prior: bool = False) -> torch.Tensor:
         """log p(observations | the site and the later hyperparameters at
         transform(u), what was drawn before) with the effects integrated out, (M,), for
-        u (M, D) (each one's unconstrained values in turn)."""
-        sp = self.sp
-        rt, M, net, obs = sp.runtime, self.M, sp.net, self.obs
-        overlay = {}
-        for n, fam, part in zip(self.names, self.fams, u.split(self.sizes, -1)):
-            x = fam.transform(part.reshape(M, 1, fam.udim))
-            overlay[n] = Stored(x.reshape((M,) + tuple(fam.info.elem_shape)))
+        u (M, D) (each one's unconstrained values in turn); with ``prior``, plus their
+        exact prior log density (:meth:`_log_prior`)."""
+        rt, M, obs = self.sp.runtime, self.M, self.obs
+        at, overlay = self._at(u)
         total = torch.zeros(M, dtype=u.dtype)
         for o in self.direct:
             lp = rt.stmt_log_prob(rt.checked.vars[o].stmts[0], obs[o], overlay)
             total = total + lp.reshape(M, -1).sum(-1)
         for z in self.effects:
             total = total + self._effect(z, overlay)
+        if prior:
+            total = total + self._log_prior(at, overlay)
         return total
 
     def log_prior(self, u: torch.Tensor) -> torch.Tensor:
-        """The exact prior log density of the site and the later hyperparameters at
-        unconstrained values u (M, D), the transforms' Jacobians included, (M,): not the
+        """The exact prior log density of the fitted sites at unconstrained u (M, D)."""
+        return self._log_prior(*self._at(u))
+
+    def _log_prior(self, at, overlay) -> torch.Tensor:
+        """The exact prior log density of the site and the later hyperparameters at their
+        values ``at`` (:meth:`_at`), the transforms' Jacobians included, (M,): not the
         Gaussian matched to the prior's moments, which misplaces a skewed posterior (a
         group sd under a half-normal prior: its log reaches far towards 0, where the
         lognormal matched to it has almost nothing)."""
         rt, M = self.sp.runtime, self.M
-        overlay, total = {}, torch.zeros(M, dtype=u.dtype)
-        for n, fam, part in zip(self.names, self.fams, u.split(self.sizes, -1)):
-            part = part.reshape(M, 1, fam.udim)
-            x = fam.transform(part)
-            value = x.reshape((M,) + tuple(fam.info.elem_shape))
-            lp = rt.stmt_log_prob(rt.checked.vars[n].stmts[0], value, overlay)
+        total = 0.0
+        for n, fam in zip(self.names, self.fams):
+            part, x = at[n]
+            lp = rt.stmt_log_prob(rt.checked.vars[n].stmts[0], overlay[n].t, overlay)
             jac = fam.transform.log_abs_det_jacobian(part, x)
             total = total + lp.reshape(M, -1).sum(-1) + jac.reshape(M, -1).sum(-1)
-            overlay[n] = Stored(value)
         return total
 
     def _effect(self, z, overlay):
@@ -263,8 +274,7 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
             exact = False
 
         def objective(u):
-            f = F(u) + (F.log_prior(u) if exact else
-                        -0.5 * (prec0 * (u - loc) ** 2).sum(-1))
+            f = F(u, prior=True) if exact else F(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
             return torch.nan_to_num(f, nan=-math.inf)
         h = 0.1 * scale
         f0 = objective(u)
