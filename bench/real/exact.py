@@ -268,3 +268,32 @@ def counts_walk(y, scale_sd=0.5, x0=(0.0, 2.0), s_grid=None, x_grid=None, chunk=
     sx = ((px * x_grid ** 2).sum(-1) - mx ** 2).sqrt()
     ms = (w * s_grid).sum()
     return {"s": (ms, ((w * s_grid ** 2).sum() - ms ** 2).sqrt()), "x": (mx, sx)}
+
+
+def student_location(y, mu_sd=50.0, sigma_scale=20.0, nu_shape=2.0, nu_rate=0.1,
+                     mu_grid=None, log_s_grid=None, log_nu_grid=None):
+    """y_i ~ StudentT(nu, mu, s); mu ~ N(0, mu_sd^2), s ~ HalfNormal(sigma_scale), nu ~
+    Gamma(nu_shape, nu_rate): quadrature over (mu, log s, log nu) on a 3-D grid (in
+    chunks of mu)."""
+    y = torch.as_tensor(y, dtype=T64)
+    mu = mu_grid if mu_grid is not None else torch.linspace(20.0, 35.0, 301, dtype=T64)
+    ls = log_s_grid if log_s_grid is not None else torch.linspace(0.0, 3.0, 151, dtype=T64)
+    ln = log_nu_grid if log_nu_grid is not None else torch.linspace(-2.0, 6.0, 161, dtype=T64)
+    s, nu = ls.exp(), ln.exp()
+    rows = []
+    for part in mu.split(20):
+        lik = torch.distributions.StudentT(nu[None, None, :, None], part[:, None, None, None],
+                                           s[None, :, None, None]).log_prob(y).sum(-1)
+        rows.append(lik)
+    logp = torch.cat(rows) \
+        + torch.distributions.Normal(0.0, mu_sd).log_prob(mu)[:, None, None] \
+        + (torch.distributions.HalfNormal(sigma_scale).log_prob(s) + ls)[None, :, None] \
+        + (torch.distributions.Gamma(nu_shape, nu_rate).log_prob(nu) + ln)[None, None, :]
+    w = _normalise(logp, _trapezoid_weights(mu)[:, None, None]
+                   * _trapezoid_weights(ls)[None, :, None] * _trapezoid_weights(ln)[None, None, :])
+
+    def moments(v, wt):
+        m = (wt * v).sum()
+        return m, ((wt * v ** 2).sum() - m ** 2).sqrt()
+    return {"mu": moments(mu, w.sum((1, 2))), "sigma": moments(s, w.sum((0, 2))),
+            "nu": moments(nu, w.sum((0, 1)))}

@@ -1,6 +1,6 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
-* faithful, glucose, eight_schools, nile, coal_walk, radon, surgical: exact, by
+* faithful, glucose, eight_schools, nile, coal_walk, radon, surgical, newcomb: exact, by
   quadrature (exact.py).
 * pima: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
@@ -166,6 +166,7 @@ EXACT = {name: _exact(name, *how) for name, how in {
               "county", "first_floor", "log_radon", "J"),
     "surgical": ("exact (quadrature over mu and sigma, each hospital's effect on a grid)",
                  exact.binomial_intercepts, "r", "n"),
+    "newcomb": ("exact (quadrature over mu, log sigma and log nu)", exact.student_location, "y"),
 }.items()}
 
 

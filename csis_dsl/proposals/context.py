@@ -33,6 +33,7 @@ from ..middle.affine import gaussian_in, gaussian_stmt, monotone, on_the_line, \
     quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
 from .chains import Chain
+from .standardise import robust_statistics, squash
 from .summed import Summed
 
 WHOLE_MAX = 256        # the widest context read whole
@@ -598,8 +599,9 @@ class SiteInputs(nn.Module):
     def fit(self, sims):
         for c in self.det_names:
             x = sims[c].reshape(sims[c].shape[0], -1).to(torch.get_default_dtype())
-            getattr(self, f"mean_{c}").copy_(x.mean(0))
-            getattr(self, f"std_{c}").copy_(x.std(0).clamp(min=1e-3))
+            centre, scale = robust_statistics(x)
+            getattr(self, f"mean_{c}").copy_(centre)
+            getattr(self, f"std_{c}").copy_(scale)
 
     def context_features(self, name: str, env, families, M: int, n: int,
                          keep: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
@@ -617,8 +619,8 @@ class SiteInputs(nn.Module):
             if c.latent:
                 f = families[c.name].features(x, 0)
             else:
-                f = ((x.reshape(M, -1) - getattr(self, f"mean_{c.name}"))
-                     / getattr(self, f"std_{c.name}")).reshape(M, c.n, c.de)
+                f = squash((x.reshape(M, -1) - getattr(self, f"mean_{c.name}"))
+                           / getattr(self, f"std_{c.name}")).reshape(M, c.n, c.de)
             if st.exists is not None:
                 ex = st.exists.expand((M,) + tuple(st.exists.shape[1:])).reshape(M, -1)
                 if ex.shape[1] == c.n:

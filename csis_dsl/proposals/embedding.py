@@ -1,5 +1,6 @@
-"""The observation embedding: every observed variable, standardised with statistics of
-prior simulations, becomes one vector per observation set.
+"""The observation embedding: every observed variable, standardised with robust
+statistics of prior simulations (squashed far outside them, :mod:`.standardise`), becomes
+one vector per observation set.
 
 * A flat MLP per observed variable (replaceable by a user ``nn.Module``).
 * An observed variable defined in a plate (``observe y[i] ~ ...`` in an independent
@@ -22,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..frontend.checked import Checked
 from ..middle.plan import Plan
+from .standardise import robust_statistics, squash
 
 
 def zero_linear(n_in, n_out):
@@ -224,10 +226,14 @@ class ObservationEmbedding(nn.Module):
     def fit(self, sims: Dict[str, torch.Tensor]):
         for n in self.observed:
             x = sims[n].reshape(sims[n].shape[0], -1).to(torch.get_default_dtype())
-            getattr(self, f"mean_{n}").copy_(x.mean(0))
-            getattr(self, f"std_{n}").copy_(x.std(0).clamp(min=1e-3))
+            centre, scale = robust_statistics(x)
+            getattr(self, f"mean_{n}").copy_(centre)
+            getattr(self, f"std_{n}").copy_(scale)
 
     def standardise(self, obs) -> Dict[str, torch.Tensor]:
+        """Each observed variable in robust sds from the simulations' median (not
+        squashed: the distance :func:`~csis_dsl.engine.diagnostics.far_observations`
+        reports)."""
         out = {}
         for n in self.observed:
             x = obs[n].to(torch.get_default_dtype()).reshape(obs[n].shape[0], -1)
@@ -237,7 +243,7 @@ class ObservationEmbedding(nn.Module):
     def forward(self, obs, M: int):
         """-> (the embedding (M, E), the skip (M, hidden) or None, the standardised
         observations {name: (1 or M, size)})."""
-        raws = self.standardise(obs)
+        raws = {n: squash(z) for n, z in self.standardise(obs).items()}
         parts = [self._flat(n, raws[n]) for n in self.observed]
         for n, net in self.sets.items():
             x = raws[n]

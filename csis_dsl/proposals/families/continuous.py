@@ -24,6 +24,7 @@ from torch.distributions.transforms import (ComposeTransform, IndependentTransfo
 
 from ...catalogue.distributions import Categorical
 from ...catalogue.supports import is_dependent
+from ..standardise import squash
 from ..lookahead import gaussian_messages
 from .base import (_log1m, affine_match, linear, moments, OutputLayer, place, Proposal,
                    ProposalFamily)
@@ -550,7 +551,7 @@ class ContinuousProposal(ProposalFamily):
     def features(self, x, j0=0):
         u = torch.nan_to_num(self.unconstrained(x), 0.0, 10.0, -10.0)
         m = x.shape[1]
-        return (u - self.mean[j0:j0 + m]) / self.std[j0:j0 + m]
+        return squash((u - self.mean[j0:j0 + m]) / self.std[j0:j0 + m])
 
     def adapter_shapes(self, context: int = 0):
         return {"shift": (self.udim,), "log_factor": (self.udim,),

@@ -1,0 +1,77 @@
+"""The network's inputs on a common scale (proposals/standardise.py): robust statistics
+of prior simulations and the squash of far values, against numpy and closed forms."""
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, settings, strategies as st
+
+from csis_dsl.proposals.standardise import KNEE, robust_statistics, squash
+
+
+def test_robust_statistics_are_the_median_and_the_iqr_in_normal_sds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4001, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1],
+                                                                                dtype=torch.float64)
+    centre, scale = robust_statistics(x)
+    q25, q50, q75 = np.quantile(x.numpy(), [0.25, 0.5, 0.75], axis=0)
+    assert np.allclose(centre.numpy(), q50)
+    assert np.allclose(scale.numpy(), (q75 - q25) / 1.3489795)
+    # a Normal's: its sd, to sampling error
+    assert np.allclose(scale.numpy(), [1.0, 5.0, 0.1], rtol=0.06)
+
+
+def test_heavy_tails_and_non_finite_simulations_do_not_move_them():
+    """Cauchy simulations with infinities and NaNs among them: the statistics are those
+    of the finite values, and a typical value stays O(1) (with the mean and sd it would
+    be ~0: the sd is the tail's)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.distributions.Cauchy(3.0, 2.0).sample((20000, 1)).double()
+    finite = x.clone()
+    x[:50] = math.inf
+    x[50:80] = -math.inf
+    x[80:100] = math.nan
+    centre, scale = robust_statistics(x)
+    q25, q50, q75 = np.quantile(finite[100:].numpy(), [0.25, 0.5, 0.75], axis=0)
+    assert np.allclose(centre.numpy(), q50) and np.allclose(scale.numpy(), (q75 - q25) / 1.3489795)
+    # the Cauchy's quartiles are its location +- its scale
+    assert abs(float(centre) - 3.0) < 0.1 and abs(float(scale) * 1.3489795 / 2 - 2.0) < 0.15
+    assert float(finite.std()) > 50 * float(scale)
+
+
+def test_a_column_that_is_mostly_one_number_falls_back_to_its_sd():
+    x = torch.zeros(1000, 2, dtype=torch.float64)
+    x[:40, 0] = 1.0                     # a rare binary event: quartiles all 0
+    centre, scale = robust_statistics(x)
+    assert float(centre[0]) == 0.0
+    assert math.isclose(float(scale[0]), float(x[:, 0].std()), rel_tol=1e-9)
+    assert float(scale[1]) == 1e-3      # a constant: the floor
+    c, s = robust_statistics(torch.full((10, 1), math.nan, dtype=torch.float64))
+    assert float(c) == 0.0 and float(s) == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e30, 1e30, allow_nan=False), st.floats(-1e30, 1e30, allow_nan=False))
+def test_squash_is_the_identity_within_the_knee_and_monotone_beyond(a, b):
+    z = torch.tensor([a, b], dtype=torch.float64)
+    out = squash(z)
+    assert torch.isfinite(out).all()
+    inside = z.abs() <= KNEE
+    assert torch.equal(out[inside], z[inside])
+    assert (out.abs() <= z.abs()).all() and (torch.sign(out) == torch.sign(z)).all()
+    if a < b:
+        assert out[0] <= out[1]
+
+
+def test_squash_has_a_continuous_slope_and_finite_images_of_anything():
+    z = torch.tensor([KNEE - 1e-6, KNEE + 1e-6], dtype=torch.float64, requires_grad=True)
+    out = squash(z)
+    g, = torch.autograd.grad(out.sum(), z)
+    assert torch.allclose(g, torch.ones(2, dtype=torch.float64), atol=1e-5)
+    assert math.isclose(float((out[1] - out[0]).detach()), 2e-6, rel_tol=1e-3)
+    far = squash(torch.tensor([math.inf, -math.inf, math.nan, 1e38], dtype=torch.float32))
+    assert torch.isfinite(far).all() and float(far[2]) == 0.0
+    assert float(far[0]) < 100 and float(far[1]) > -100
+    # a value 1e18 sds out becomes about KNEE + 41.4, not 1e18
+    assert math.isclose(float(squash(torch.tensor(1e18, dtype=torch.float64))),
+                        KNEE + math.log1p(1e18 - KNEE), rel_tol=1e-12)
