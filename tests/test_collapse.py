@@ -145,7 +145,7 @@ def test_a_hierarchical_mean_and_scale_before_training():
 def test_gauss_hermite_nodes_integrate_polynomials_exactly():
     """The quadrature of a collapsed fit's moments: k nodes integrate x^p exp(-x^2) for
     p < 2k exactly (sqrt(pi) (p - 1)!! / 2^(p/2) for even p, 0 for odd)."""
-    from csis_dsl.proposals.collapse import hermite_nodes
+    from csis_dsl.proposals.quadrature import hermite_nodes
     for k in (1, 2, 5, 7):
         x, log_w = hermite_nodes(k)
         for p in range(2 * k):

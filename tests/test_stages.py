@@ -225,8 +225,9 @@ def test_checkpoint_file_round_trip_and_bad_fields(tmp_path):
 
 def test_the_guide_proposes_a_small_scale_before_the_vector_it_shares_data_with():
     """plan.proposal_vars: the brief's regression is proposed sigma first; not when
-    sigma's prior reads something defined after beta, nor between sites of one size; the
-    model's own order never changes."""
+    sigma's prior reads something defined after beta; between sites of one size only
+    where the later one is the scale of observations Gaussian in the earlier (``s``
+    below); the model's own order never changes."""
     def latents(src):
         checked, plan = stages(src, {"X": [[1.0, 0.5]] * 4})
         return [n for n in plan.proposal_vars if checked.vars[n].kind == "latent"]
@@ -237,7 +238,9 @@ def test_the_guide_proposes_a_small_scale_before_the_vector_it_shares_data_with(
     assert latents(head + " real[2] beta ~ Normal(0.0, 10.0);\n tau ~ HalfNormal(1.0);\n"
                    " sigma ~ HalfNormal(tau);\n" + obs) == ["beta", "tau", "sigma"]
     assert latents(head + " real[2] beta ~ Normal(0.0, 10.0);\n real[2] s ~ HalfNormal(1.0);\n"
-                   " sigma = s[0] + s[1];\n" + obs) == ["beta", "s"]
+                   " sigma = s[0] + s[1];\n" + obs) == ["s", "beta"]
+    assert latents(head + " real[2] beta ~ Normal(0.0, 10.0);\n real[2] b ~ Normal(0.0, 1.0);\n"
+                   " observe real[4] y ~ Normal(X @ beta + X @ b, 1.0);\n}") == ["beta", "b"]
     checked, plan = stages(head + " real[2] beta ~ Normal(0.0, 10.0);\n sigma ~ HalfNormal(1.0);\n"
                            + obs, {"X": [[1.0, 0.5]] * 4})
     assert [n for n in checked.order if checked.vars[n].kind == "latent"] == ["beta", "sigma"]

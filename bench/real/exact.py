@@ -47,13 +47,28 @@ def regression(X, y, prior_sd, sigma_scale, s_grid):
     return (mean, sd), (ms, ((w * s ** 2).sum() - ms ** 2).sqrt())
 
 
-def faithful(x, y, prior_sd=1000.0, sigma_scale=100.0):
+def line(x, y, prior_sd, sigma_scale, s_grid):
     """y = a + b x + N(0, s^2); a, b ~ N(0, prior_sd^2); s ~ HalfNormal(sigma_scale)."""
     x = torch.as_tensor(x, dtype=T64)
     X = torch.stack([torch.ones(len(x), dtype=T64), x], 1)
-    (mean, sd), sigma = regression(X, y, prior_sd, sigma_scale,
-                                   torch.linspace(1.0, 30.0, 6001, dtype=T64))
+    (mean, sd), sigma = regression(X, y, prior_sd, sigma_scale, s_grid)
     return {"intercept": (mean[0], sd[0]), "slope": (mean[1], sd[1]), "sigma": sigma}
+
+
+def faithful(x, y, prior_sd=1000.0, sigma_scale=100.0):
+    return line(x, y, prior_sd, sigma_scale, torch.linspace(1.0, 30.0, 6001, dtype=T64))
+
+
+def sleep(y, prior_sd=10.0, sigma_scale=5.0):
+    """y ~ N(mu, s^2): mu ~ N(0, prior_sd^2), s ~ HalfNormal(sigma_scale)."""
+    X = torch.ones(len(y), 1, dtype=T64)
+    (mean, sd), sigma = regression(X, y, prior_sd, sigma_scale,
+                                   torch.linspace(0.01, 12.0, 12001, dtype=T64))
+    return {"mu": (mean[0], sd[0]), "sigma": sigma}
+
+
+def anscombe(x, y, prior_sd=100.0, sigma_scale=10.0):
+    return line(x, y, prior_sd, sigma_scale, torch.linspace(0.01, 15.0, 15001, dtype=T64))
 
 
 def glucose(X, y, prior_sd=100.0, sigma_scale=50.0):

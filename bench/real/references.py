@@ -1,6 +1,7 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
-* faithful, glucose, eight_schools, nile, coal_walk, radon, surgical, newcomb: exact, by
+* faithful, glucose, eight_schools, nile, coal_walk, radon, surgical, newcomb, sleep,
+  anscombe: exact, by
   quadrature (exact.py).
 * pima: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
@@ -167,6 +168,8 @@ EXACT = {name: _exact(name, *how) for name, how in {
     "surgical": ("exact (quadrature over mu and sigma, each hospital's effect on a grid)",
                  exact.binomial_intercepts, "r", "n"),
     "newcomb": ("exact (quadrature over mu, log sigma and log nu)", exact.student_location, "y"),
+    "sleep": ("exact (quadrature over sigma)", exact.sleep, "y"),
+    "anscombe": ("exact (quadrature over sigma)", exact.anscombe, "x", "y"),
 }.items()}
 
 

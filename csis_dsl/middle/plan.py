@@ -17,6 +17,7 @@ import networkx as nx
 from ..errors import CompileError, Diagnostic
 from ..frontend import ast as A
 from ..frontend.checked import Checked, Loop
+from .affine import gaussian_in
 
 
 @dataclass(eq=False)
@@ -155,11 +156,14 @@ def proposal_order(checked) -> Tuple[List[A.Stmt], List[str]]:
             if va is not None:
                 for j in range(i + 1, len(body)):
                     vb = single_latent(body[j])
-                    if vb is None or _size(vb) >= _size(va):
+                    if vb is None or _size(vb) > _size(va):
                         continue
                     if not (vb.reads | vb.control) <= defined:
                         continue
-                    if not any(va.name in r and vb.name in r for r in observed.values()):
+                    shared = [o for o, r in observed.items() if va.name in r and vb.name in r]
+                    if not shared:
+                        continue
+                    if _size(vb) == _size(va) and not _scale_of(checked, vb.name, va.name, shared):
                         continue
                     body.insert(i, body.pop(j))
                     moved = True
@@ -174,6 +178,22 @@ def proposal_order(checked) -> Tuple[List[A.Stmt], List[str]]:
             rank.setdefault(n, k)
     names = sorted(checked.order, key=lambda n: (rank.get(n, -1), checked.order.index(n)))
     return body, names
+
+
+def _scale_of(checked, b: str, a: str, shared) -> bool:
+    """Whether latent ``b`` is what makes the observations ``shared`` with ``a`` other
+    than Gaussian in ``a``: each of them that is Gaussian in ``a`` (its location
+    affine in it), none Gaussian in ``b`` (``sigma`` of ``y ~ Normal(a + b * x,
+    sigma)``). Proposed first, ``b`` leaves ``a`` its exact Gaussian conditional; after
+    ``a``, ``a``'s proposal must be the marginal over ``b``, a scale mixture with
+    tails no Gaussian fit has (a Student-t of few degrees of freedom with few data).
+    Not where the observations read a discrete latent (a mixture's allocations)."""
+    if any(checked.vars[r].discrete and checked.vars[r].kind == "latent"
+           for o in shared for r in _data_reads(checked, o)):
+        return False        # a mixture's allocations: its locations tell the components
+                            # apart first (proposals.site_proposal._told_apart)
+    return any(gaussian_in(checked, a, o) for o in shared) and \
+        not any(gaussian_in(checked, b, o) for o in shared)
 
 
 def _early(checked, body) -> List[A.Stmt]:

@@ -25,7 +25,8 @@ from .families import LatentInfo
 from .families.base import place
 from .collapse import collapsed_fit
 from .informing import gather_index, informing_loglik
-from .marginal import REFIT_STEPS, STEPS, conditional_mean, joint_mode, site_message
+from .marginal import (REFIT_STEPS, STEPS, block_profile, conditional_mean, gaussian_message,
+                       joint_mode, site_message)
 from .summed import summed_loglik
 from .network import ProposalNetwork, first_flags, positions
 
@@ -250,9 +251,17 @@ class SiteProposal(pdist.TorchDistribution):
             # from a conditional of an earlier fit, a few steps finish the job
             fit = joint_mode(loglik, locs, scales, start, exact=exact,
                              steps=REFIT_STEPS if start[0] is not None else STEPS)
+            profile = None
+            if fit is not None and self._profiled(locs, exact, summed):
+                try:
+                    profile = block_profile(loglik, torch.cat(fit[0], -1), fit[1], locs,
+                                            scales, self._exact_prior(locs[0], rows is None))
+                except (ModelRuntimeError, RuntimeError, ValueError):
+                    profile = None          # the joint fit's marginal serves
             if fit is not None and rows is not None:
                 locs, scales = [t[inverse] for t in locs], [t[inverse] for t in scales]
                 fit = ([t[inverse] for t in fit[0]], fit[1][inverse], fit[2][inverse])
+                profile = None if profile is None else tuple(t[inverse] for t in profile)
         except (ModelRuntimeError, RuntimeError, ValueError):
             fit = None
         finally:
@@ -262,16 +271,50 @@ class SiteProposal(pdist.TorchDistribution):
         modes, P, usable = fit
         mode = torch.cat(modes, -1)
         self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
-        return self._placed(facts, mode, P, usable, locs[0], scales[0])
+        return self._placed(facts, mode, P, usable, locs[0], scales[0], profile)
 
-    def _placed(self, facts, mode, P, usable, loc0, scale0):
+    def _profiled(self, locs, exact, summed) -> bool:
+        """Whether this site's marginal is its profile with a quadratic block integrated
+        out (:func:`.marginal.block_profile`): a scalar whose later latents are all in
+        the block, itself not."""
+        return (len(locs) > 1 and locs[0].shape[-1] == 1 and self.info.n == 1
+                and self.family.informable and not exact[0] and all(exact[1:])
+                and not summed)
+
+    def _exact_prior(self, at, all_rows: bool):
+        """The site's exact prior log density at unconstrained values u (R, 1), the
+        transform's Jacobian included, (R,) -- or None where it cannot be evaluated (at
+        ``at``, (R, 1)), or where the fit runs on R distinct rows of the M and the prior
+        reads more than args (what was drawn before is stored for all M)."""
+        rt, fam = self.runtime, self.family
+        v = rt.checked.vars[self.info.name]
+        if not all_rows and any(rt.checked.vars[r].kind != "arg" for r in v.reads | v.control):
+            return None
+
+        def log_prior(u):
+            part = u.reshape(u.shape[0], 1, fam.udim)
+            return fam.prior_log_density(rt, v.stmts[0], part, fam.transform(part), {})
+        try:
+            probe = log_prior(at)
+        except (ModelRuntimeError, RuntimeError, ValueError):
+            return None
+        return log_prior if bool(torch.isfinite(probe).all()) else None
+
+    def _placed(self, facts, mode, P, usable, loc0, scale0, profile=None):
         """The facts of this site at its marginal of a joint fit N(mode, P^-1) (M, D)
         whose first coordinates are its own (its prior N(loc0, scale0^2), (M, d)): a
-        scalar as a Gaussian message to its family; a vector, a simplex, a plate's
-        instances placed at the fit's marginal for each."""
+        scalar as a Gaussian message to its family (the ``profile``'s (mean, precision,
+        usable) where it is usable); a vector, a simplex, a plate's instances placed at
+        the fit's marginal for each."""
         M, d = loc0.shape
         if d == 1 and self.info.n == 1 and self.family.informable:
             lam, info = site_message(mode, P, loc0, scale0, 1, usable)
+            if profile is not None:
+                mean, prec, ok = profile
+                plam, pinfo = gaussian_message(mean, prec.reshape(M, 1).reciprocal(), loc0,
+                                               scale0, ok)
+                lam = torch.where(ok.unsqueeze(-1), plam, lam)
+                info = torch.where(ok.unsqueeze(-1), pinfo, info)
             return self.family.inform(facts, None, (lam.reshape(M, 1, 1), info.reshape(M, 1, 1)))
         cov = torch.linalg.inv_ex(P)[0][:, :d, :d]
         return self.family.located_at(facts, mode[:, :d], cov, usable)

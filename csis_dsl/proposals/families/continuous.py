@@ -456,6 +456,17 @@ class ContinuousProposal(ProposalFamily):
             return torch.where(keep, u, loc0), torch.where(keep, L, prior)
         return u, L
 
+    def prior_log_density(self, rt, stmt, part, x, overlay) -> torch.Tensor:
+        """The exact prior log density of this site's values ``x`` = transform(``part``)
+        (M, 1, udim) under its statement ``stmt``, read through the runtime ``rt`` with
+        ``overlay``, the transform's Jacobian included, (M,): not the Gaussian matched
+        to the prior's moments that :meth:`facts` locates with."""
+        M = part.shape[0]
+        shape = (M,) + tuple(self.info.inst_shape) + tuple(self.info.elem_shape)
+        lp = rt.stmt_log_prob(stmt, x.reshape(shape), overlay)
+        jac = self.transform.log_abs_det_jacobian(part, x)
+        return lp.reshape(M, -1).sum(-1) + jac.reshape(M, -1).sum(-1)
+
     def inform(self, facts, loglik, message=None, start=None, steps=None):
         """The prior's location moved by the observations that depend on the site: the
         Laplace approximation of prior x local likelihood (:meth:`laplace`). A vector is

@@ -1,0 +1,164 @@
+"""Laplace fits of a low-dimensional log density known only by its values.
+
+A collapsed hyperparameter (:mod:`.collapse`: the group effects integrated out by
+Besag's identity) or a scale with a quadratic block after it (:mod:`.marginal`: the
+block integrated out exactly) has an objective -- its unconstrained value's log
+posterior, up to a constant -- that is one number per row and costs an inner fit per
+evaluation: differentiating through that fit is neither cheap nor stable. So the fit
+here uses evaluations only: saddle-free Newton steps on central differences with a
+backtracking line search, the curvature measured again at the scale of the posterior
+found, and, for one or two numbers, the moments by adaptive Gauss-Hermite quadrature
+around the Laplace fit (a skewed marginal's mean and spread, not its mode and
+curvature). Every step runs on all M rows at once.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+STEPS = 8          # Newton steps at most (each 2D + D(D - 1) / 2 evaluations and a
+                   # line search, D the numbers fitted jointly)
+HALVINGS = 2       # step halvings tried by each step's line search
+MAX_STEP = 3.0     # prior scales one step may move
+GRID = {1: 7, 2: 5}  # nodes per dimension of the quadrature of a posterior's moments, by
+                     # its dimension (none beyond)
+SPREAD = 4.0         # the most the quadrature's variance may differ from the Laplace
+                     # fit's, in any direction, for its moments to be used
+
+
+@torch.no_grad()
+def fit_objective(objective, u, loc, scale, widen: bool = False, sd=None, steps: int = STEPS):
+    """The Laplace fit, with the moments of one or two numbers, of the log density
+    ``objective`` (u (M, D) -> (M,), -inf where not defined) from ``u``, with prior
+    locations and scales ``loc``, ``scale`` (M, D) (the step bounds and the precision
+    floor). Returns (mean (M, D), precision (M, D, D), usable (M,)); where not usable
+    the precision is the prior's. ``widen``: as :func:`moments`. ``sd`` (M, D): the
+    posterior's scale where it is known roughly (a joint fit's), for the first
+    differences (otherwise a tenth of the prior's, and the curvature measured again at
+    the scale found). ``steps``: Newton steps at most."""
+    prec0 = scale ** -2
+    h = 0.1 * scale if sd is None else torch.minimum(0.1 * scale, 0.5 * sd).clamp(min=1e-3 * scale)
+    f0 = objective(u)
+    converged = torch.zeros(u.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        g, H = _curvature(objective, u, f0, h)
+        ok = torch.isfinite(g).all(-1) & torch.isfinite(H).flatten(1).all(-1)
+        g = torch.where(ok.unsqueeze(-1), g, torch.zeros_like(g))
+        H = torch.where(ok[:, None, None], H, -torch.diag_embed(prec0))
+        P, concave = _precision(H, prec0)
+        step = torch.linalg.solve(P, g.unsqueeze(-1)).squeeze(-1)
+        step = step / (step.abs() / (MAX_STEP * scale)).amax(-1, keepdim=True).clamp(min=1.0)
+        moved = torch.zeros_like(ok)
+        for _ in range(HALVINGS + 1):
+            todo = ~moved & (step != 0).any(-1)
+            if not bool(todo.any()):
+                break
+            f1 = objective(u + step)
+            better = todo & (f1 > f0)
+            u = torch.where(better.unsqueeze(-1), u + step, u)
+            f0 = torch.where(better, f1, f0)
+            moved = moved | better
+            step = torch.where(moved.unsqueeze(-1), step, 0.5 * step)
+        # the next differences at the scale of the posterior found
+        sd = torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1).clamp(min=1e-30).sqrt()
+        wide = h
+        h = torch.minimum(0.1 * scale, 0.5 * sd).clamp(min=1e-3 * scale)
+        # found once the step is short and the curvature was measured at the scale of
+        # the posterior (from a good start, the first differences span many of its
+        # sds, where the cross terms of a scale and a location are not quadratic)
+        converged = (~moved | (step.abs() < 0.1 * sd).all(-1)) & (wide <= 2 * h).all(-1)
+        if bool(converged.all()):
+            break
+    if not bool(converged.all()):
+        # the curvature where the steps ended (after a small last step, the one
+        # measured before it serves)
+        g, H = _curvature(objective, u, f0, h)
+        P, concave = _precision(H, prec0)
+    usable = concave & torch.isfinite(u).all(-1) & torch.isfinite(f0)
+    P = torch.where(usable[:, None, None], P, torch.diag_embed(prec0))
+    if u.shape[1] in GRID:
+        u, P = moments(objective, u, P, f0, usable, widen)
+    return u, P, usable
+
+
+def hermite_nodes(k: int, dtype=torch.float64):
+    """The k nodes and log weights of Gauss-Hermite quadrature (weight exp(-x^2)), by
+    Golub and Welsch: the eigenvalues of the Jacobi matrix of the Hermite polynomials,
+    and sqrt(pi) times the squared first components of its eigenvectors."""
+    off = torch.arange(1, k, dtype=torch.float64).div(2.0).sqrt()
+    lam, V = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))
+    log_w = 0.5 * math.log(math.pi) + 2 * V[0].abs().log()
+    return lam.to(dtype), log_w.to(dtype)
+
+
+def _curvature(objective, u, f0, h):
+    """Central differences of the objective at u (M, D): gradient (M, D) and Hessian
+    (M, D, D), steps h (M, D); 1 + 2D + D(D - 1) / 2 evaluations less the one given."""
+    M, D = u.shape
+    eye = torch.eye(D, dtype=u.dtype)
+    plus, minus = [], []
+    for i in range(D):
+        e = eye[i] * h
+        plus.append(objective(u + e))
+        minus.append(objective(u - e))
+    g = torch.stack([(plus[i] - minus[i]) / (2 * h[:, i]) for i in range(D)], -1)
+    H = torch.zeros(M, D, D, dtype=u.dtype)
+    for i in range(D):
+        H[:, i, i] = (plus[i] - 2 * f0 + minus[i]) / h[:, i] ** 2
+        for j in range(i):
+            fij = objective(u + eye[i] * h + eye[j] * h)
+            H[:, i, j] = H[:, j, i] = (fij - plus[i] - plus[j] + f0) / (h[:, i] * h[:, j])
+    return g, H
+
+
+def _precision(H, prec0):
+    """The saddle-free precision of a Hessian (M, D, D): its eigenvalues' magnitudes,
+    at least a thousandth and at most 10^6 times the prior's (finite differences at a
+    kink, or float noise, can claim any curvature), and where it was concave."""
+    lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
+    floor = 1e-3 * prec0.min(-1, keepdim=True).values
+    concave = (lam > 0).all(-1)
+    lam = lam.abs().clamp(min=floor, max=1e6 * prec0.max(-1, keepdim=True).values)
+    return (V * lam.unsqueeze(-2)) @ V.transpose(-1, -2), concave
+
+
+def moments(objective, u, P, f0, usable, widen: bool = False):
+    """The mean and precision of a collapsed posterior of D <= 2 dimensions by adaptive
+    Gauss-Hermite quadrature around its Laplace fit (u, P) (M, D), (M, D, D) (a product
+    grid, in the coordinates the fit's covariance whitens): the Gaussian with its
+    moments, not its curvature at the mode, which a skewed marginal (a location whose
+    spread grows with a group sd) leaves too light in its long tail. The Laplace fit is
+    kept where the quadrature is not finite, or strays from it (a variance SPREAD times
+    its own in some direction, a mean 2 of its sds away): its weight then sits on a few
+    nodes and says nothing about the moments. ``widen``: each direction where the
+    moments' variance exceeds the Laplace fit's is widened by that ratio again (a
+    proposal's tail allowance)."""
+    M, D = u.shape
+    x, log_w = hermite_nodes(GRID[D], u.dtype)
+    grid = torch.cartesian_prod(*[x] * D).reshape(-1, D)             # (K^D, D)
+    lw = torch.cartesian_prod(*[log_w] * D).reshape(-1, D).sum(-1)
+    L = torch.linalg.cholesky_ex(torch.cholesky_inverse(torch.linalg.cholesky_ex(P)[0]))[0]
+    z = u.unsqueeze(1) + math.sqrt(2.0) * grid @ L.transpose(-1, -2)    # (M, K^D, D)
+    f = torch.stack([objective(z[:, k]) for k in range(grid.shape[0])], -1)
+    w = torch.softmax(torch.nan_to_num(f - f0.unsqueeze(-1), nan=-math.inf)
+                      + lw + (grid ** 2).sum(-1), -1).unsqueeze(-1)   # (M, K^D, 1)
+    w = torch.nan_to_num(w, nan=0.0)
+    # the moments in the whitened coordinates (the Laplace fit: mean 0, covariance I)
+    shift = (w * grid).sum(1) * math.sqrt(2.0)                       # (M, D)
+    dev = math.sqrt(2.0) * grid - shift.unsqueeze(1)
+    white = (w * dev).transpose(-1, -2) @ dev                        # (M, D, D)
+    lam, V = torch.linalg.eigh(white)
+    ok = usable & torch.isfinite(lam).all(-1) & (lam > 1 / SPREAD).all(-1) \
+        & (lam < SPREAD).all(-1) & (shift.norm(dim=-1) < 2.0)
+    if widen:
+        # where the moments are wider than the Laplace fit the marginal is skewed, its
+        # long tail heavier than the Gaussian of its moments: widened by that ratio once
+        # more (a scale's marginal with few data, 1.1 -> 1.2; with many, 1.00 -> 1.00)
+        white = (V * (lam * lam.clamp(min=1.0)).unsqueeze(-2)) @ V.transpose(-1, -2)
+    white = torch.where(ok[:, None, None], white, torch.eye(D, dtype=u.dtype))
+    shift = torch.where(ok.unsqueeze(-1), shift, torch.zeros_like(shift))
+    mean = u + (shift.unsqueeze(1) @ L.transpose(-1, -2)).squeeze(1)
+    prec, bad = torch.linalg.inv_ex(L @ white @ L.transpose(-1, -2))
+    ok = ok & (bad == 0) & torch.isfinite(prec).flatten(1).all(-1)
+    return torch.where(ok.unsqueeze(-1), mean, u), torch.where(ok[:, None, None], prec, P)
