@@ -6,11 +6,11 @@ freedom are a latent, a Cauchy error) simulates values that span many orders of
 magnitude: y = 8e18 beside y = 0.2. Standardised with the simulations' mean and sd,
 the typical observation becomes ~1e-17 (the sd is the outliers') and the outlier ~10
 -- the network sees nothing of the first and, through its layers, outputs of 1e13 for
-the second, whose gradients overflow (training stopped as "diverged"). The median and
-the interquartile range do not move with the tails, and a logarithmic squash beyond
-``KNEE`` robust sds keeps every input finite and of moderate size while leaving the
-bulk of the data, where the posterior's dependence on it is learnt, untouched
-(linear).
+the second, whose gradients overflow (training stopped as "diverged"). The mean and
+sd of the simulations winsorised at their 1% and 99% quantiles do not move with the
+tails, and a logarithmic squash beyond ``KNEE`` of those sds keeps every input finite
+and of moderate size while leaving the bulk of the data, where the posterior's
+dependence on it is learnt, untouched (linear).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Tuple
 
 import torch
 
-KNEE = 10.0     # robust sds within which inputs stay linear (logarithmic beyond)
-IQR_SD = 1.3489795  # the interquartile range of a standard Normal, in sds
+KNEE = 10.0     # (winsorised) sds within which inputs stay linear (logarithmic beyond)
+WINSOR = 0.01  # the share of simulations at each end clipped for the statistics
 
 
 def _quantiles(x: torch.Tensor, qs) -> torch.Tensor:
@@ -41,24 +41,30 @@ def _quantiles(x: torch.Tensor, qs) -> torch.Tensor:
 
 @torch.no_grad()
 def robust_statistics(x: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(centre, scale), (k,) each, of simulations x (S, k): the median, and the
-    interquartile range in Normal sds -- or, where that is 0 (a count or a binary value
-    that is mostly one number), the sd of the finite values; at least ``floor``; 0 and
-    1 where a column has no finite value."""
+    """(centre, scale), (k,) each, of simulations x (S, k): the mean and the sd of the
+    finite values winsorised at their 1% and 99% quantiles -- or, where that sd is 0 (a
+    rare event: a count or a binary value that is almost always one number), the sd of
+    the finite values; at least ``floor``; 0 and 1 where a column has no finite value.
+    Not the median and the IQR: on counts they jump between integers from one column to
+    the next by sampling noise (coal-mining disasters: medians of 1 and 2 for years the
+    prior treats alike), which the network then has to learn around."""
     x = x.reshape(x.shape[0], -1)
-    q25, q50, q75 = _quantiles(x, (0.25, 0.5, 0.75))
-    scale = (q75 - q25) / IQR_SD
+    lo, hi = _quantiles(x, (WINSOR, 1.0 - WINSOR))
     finite = torch.isfinite(x)
-    xf = torch.where(finite, x, torch.zeros_like(x))
     count = finite.sum(0)
     n = count.clamp(min=1).to(x.dtype)
-    mean = xf.sum(0) / n
-    sd = (torch.where(finite, (x - mean) ** 2, torch.zeros_like(x)).sum(0)
-          / (n - 1).clamp(min=1)).sqrt()
+
+    def moments(v):
+        v = torch.where(finite, v, torch.zeros_like(v))
+        mean = v.sum(0) / n
+        var = torch.where(finite, (v - mean) ** 2, torch.zeros_like(v)).sum(0)
+        return mean, (var / (n - 1).clamp(min=1)).sqrt()
+    centre, scale = moments(torch.minimum(torch.maximum(x, lo), hi))
+    _, sd = moments(x)
     scale = torch.where(scale > 0, scale, sd)
-    scale = torch.where(torch.isfinite(scale) & (count > 0), scale.clamp(min=floor),
-                        torch.ones_like(scale))
-    centre = torch.where(torch.isfinite(q50), q50, torch.zeros_like(q50))
+    ok = count > 0
+    scale = torch.where(torch.isfinite(scale) & ok, scale.clamp(min=floor), torch.ones_like(scale))
+    centre = torch.where(torch.isfinite(centre) & ok, centre, torch.zeros_like(centre))
     return centre, scale
 
 
