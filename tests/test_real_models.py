@@ -193,7 +193,7 @@ def test_student_t_location_with_unknown_degrees_of_freedom_on_newcomb():
     a small nu reach 1e18: standardised with their mean and sd, the real data were ~0
     to the network and an outlying simulation drove its outputs to 1e13, whose
     gradients overflowed -- training stopped as diverged at step 20. The inputs are now
-    standardised with the median and the IQR and squashed far out (standardise.py).
+    standardised with their winsorised mean and sd and squashed far out (standardise.py).
     Exact reference: quadrature over (mu, log sigma, log nu)."""
     d = load("newcomb")
     ref = exact.student_location(d["observations"]["y"])

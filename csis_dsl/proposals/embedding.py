@@ -231,7 +231,7 @@ class ObservationEmbedding(nn.Module):
             getattr(self, f"std_{n}").copy_(scale)
 
     def standardise(self, obs) -> Dict[str, torch.Tensor]:
-        """Each observed variable in robust sds from the simulations' median (not
+        """Each observed variable in robust sds from the simulations' winsorised mean (not
         squashed: the distance :func:`~csis_dsl.engine.diagnostics.far_observations`
         reports)."""
         out = {}
