@@ -33,7 +33,7 @@ from ..middle.affine import gaussian_in, gaussian_stmt, monotone, on_the_line, \
     quadratic_block, quadratic_likelihood
 from ..middle.plan import Plan
 from .chains import Chain
-from .standardise import robust_statistics, squash
+from .standardise import robust_statistics
 from .summed import Summed
 
 WHOLE_MAX = 256        # the widest context read whole
@@ -619,8 +619,8 @@ class SiteInputs(nn.Module):
             if c.latent:
                 f = families[c.name].features(x, 0)
             else:
-                f = squash((x.reshape(M, -1) - getattr(self, f"mean_{c.name}"))
-                           / getattr(self, f"std_{c.name}")).reshape(M, c.n, c.de)
+                f = ((x.reshape(M, -1) - getattr(self, f"mean_{c.name}"))
+                     / getattr(self, f"std_{c.name}")).reshape(M, c.n, c.de)
             if st.exists is not None:
                 ex = st.exists.expand((M,) + tuple(st.exists.shape[1:])).reshape(M, -1)
                 if ex.shape[1] == c.n:
