@@ -16,7 +16,11 @@ Part 3, the seed target (mean ESS >= 45 of 50 at x = (8, 9), 10 inferences) side
 side in one run: csis_dsl's fast path, the Pyro path, and pyro.infer.CSIS with the
 tutorial's hand-written guide (bench_engine's contender): training time to the target.
 
-    python bench/bench_scale.py
+Part 4 (only when asked: `python bench/bench_scale.py 4`), the fast path on a CUDA GPU:
+ms per step and traces/s of the seed model at batches up to 65536, and of three real
+models at batch 512.
+
+    python bench/bench_scale.py [1] [2] [3] [4]
 """
 import math
 import os
@@ -213,6 +217,36 @@ def part3(repeats=3):
         print(f"  pyro.infer.CSIS / {name}: {base / rows[name]:.0f}x (goal >= 50x)")
 
 
+def part4(device="cuda"):
+    """The fast path on a device (a GPU where there is one): ms per step and traces/s of
+    the seed model at growing batches, and of real models from bench/real at batch 512."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print("\nPart 4: no CUDA GPU here; skipped")
+        return
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"\nPart 4: the fast path on {name}: ms per step / traces per s")
+
+    def rate(m, B, steps):
+        m.train(num_steps=3, batch_size=B, progress=False, validation_size=0, device=device)
+        sync()
+        t = time.perf_counter()
+        m.train(num_steps=steps, batch_size=B, progress=False, validation_size=0)
+        sync()
+        return (time.perf_counter() - t) / steps
+
+    for B in (1, 512, 4096, 65536):
+        dt = rate(fresh(), B, 100 if B == 1 else 20)
+        print(f"  {'seed model, B=' + str(B):<26}{dt * 1e3:>9.2f} ms {B / dt:>12.0f}/s", flush=True)
+    import json
+    real = Path(__file__).resolve().parent / "real"
+    for model in ("glucose", "eight_schools", "coal"):
+        d = json.loads((real / f"{model}.json").read_text())
+        pyro.set_rng_seed(0)
+        dt = rate(csis_dsl.compile(real / f"{model}.ppl", args=d["args"]), 512, 10)
+        print(f"  {model + ', B=512':<26}{dt * 1e3:>9.2f} ms {512 / dt:>12.0f}/s", flush=True)
+
+
 if __name__ == "__main__":
     parts = sys.argv[1:] or ["1", "2", "3"]
     if "1" in parts:
@@ -221,3 +255,5 @@ if __name__ == "__main__":
         part2()
     if "3" in parts:
         part3()
+    if "4" in parts:
+        part4()
