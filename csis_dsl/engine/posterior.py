@@ -13,7 +13,7 @@ from .diagnostics import far_observations, k_threshold, pareto_k
 from .seeding import seeded
 
 
-COMPONENTS = ("network", "program", "broad")
+COMPONENTS = ("network", "program", "broad", "broad program")
 PILOT = 256          # draws of the pilot that sets the program's share (``infer``)
 SHARES = 21          # the program shares it compares: 0, 0.05, ..., 1
 
@@ -22,14 +22,14 @@ def component(net, name: str):
     """The context in which the guide proposes from one component of a mixture:
     ``"network"`` the trained proposal; ``"program"`` the program's own (every family's
     output at its initial bias: the prior, or an informed site's local posterior, at its
-    own width); ``"broad"`` the trained one with every scale doubled (discrete sites:
-    their prior)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(net.defensive_mixing(1.0 if name == "broad" else 0.0))
-    if name == "program":
-        stack.enter_context(net.networkless())
-    elif name not in COMPONENTS:
+    own width); ``"broad"`` and ``"broad program"`` each of those with every scale
+    doubled (discrete sites: their prior)."""
+    if name not in COMPONENTS:
         raise ValueError(f"no mixture component {name!r}; there are {COMPONENTS}")
+    stack = contextlib.ExitStack()
+    stack.enter_context(net.defensive_mixing(1.0 if name.startswith("broad") else 0.0))
+    if name.endswith("program"):
+        stack.enter_context(net.networkless())
     return stack
 
 
@@ -87,11 +87,16 @@ def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
 
 
 def shares_of(program: float, defensive: float) -> Dict[str, float]:
-    """The mixture infer draws from: the broad component at ``defensive``, the rest
-    split between the trained network and the program's own proposal."""
+    """The mixture infer draws from: the trained network's proposal and the program's
+    own at ``1 - program`` and ``program``, and their broadened selves in the same
+    proportions at ``defensive`` in all. The broad part is the defensive one (weights
+    bounded where a proposal is too narrow); it is split like the rest because a
+    network that extrapolates is no better broadened: its draws would then land where
+    the program's proposal rightly puts none and the posterior's density is high (the
+    neck of a hierarchical funnel, say), each with an enormous weight."""
     rest = 1.0 - defensive
     return {"network": rest * (1.0 - program), "program": rest * program,
-            "broad": defensive}
+            "broad": defensive * (1.0 - program), "broad program": defensive * program}
 
 
 @torch.no_grad()
@@ -114,10 +119,11 @@ def choose_program_share(model, guide, obs, defensive: float, n: int = PILOT) ->
         return 0.0
     beta = torch.linspace(0.0, 1.0, SHARES, dtype=torch.float64, device=log_p.device)
     rest = 1.0 - defensive
-    terms = [torch.log(rest * (1.0 - beta)).unsqueeze(1) + each["network"].double()[ok],
-             torch.log(rest * beta).unsqueeze(1) + each["program"].double()[ok]]
-    if "broad" in each:
-        terms.append((math.log(defensive) + each["broad"].double()[ok]).expand_as(terms[0]))
+    terms = []
+    for c, share in (("network", rest * (1.0 - beta)), ("program", rest * beta),
+                     ("broad", defensive * (1.0 - beta)), ("broad program", defensive * beta)):
+        if c in each:
+            terms.append(torch.log(share).unsqueeze(1) + each[c].double()[ok])
     log_q = torch.logsumexp(torch.stack(terms), 0)                 # (shares, draws)
     log_second = torch.logsumexp(2 * log_p[ok] - log_q - log_pilot.double()[ok], -1)
     log_second = torch.nan_to_num(log_second, nan=math.inf)
