@@ -6,11 +6,15 @@ freedom are a latent, a Cauchy error) simulates values that span many orders of
 magnitude: y = 8e18 beside y = 0.2. Standardised with the simulations' mean and sd,
 the typical observation becomes ~1e-17 (the sd is the outliers') and the outlier ~10
 -- the network sees nothing of the first and, through its layers, outputs of 1e13 for
-the second, whose gradients overflow (training stopped as "diverged"). The mean and
-sd of the simulations winsorised at their 1% and 99% quantiles do not move with the
-tails, and a logarithmic squash beyond ``KNEE`` of those sds keeps every input finite
-and of moderate size while leaving the bulk of the data, where the posterior's
-dependence on it is learnt, untouched (linear).
+the second, whose gradients overflow (training stopped as "diverged"). Where the tails
+are that heavy (the sd more than ``HEAVY`` times that of the values winsorised at their
+1% and 99% quantiles, or not finite) the winsorised mean and sd are used, which do not
+move with the tails; elsewhere the plain mean and sd, as before -- on light-tailed data
+the winsorised ones gained nothing and changed what training reached (the coal HMM's
+amortised ESS/N after 50 steps: 0.007 and 0.004 on two of five seeds, against
+0.55-0.75 on all five with the plain ones). A logarithmic squash beyond ``KNEE`` sds
+keeps every input finite and of moderate size while leaving the bulk of the data,
+where the posterior's dependence on it is learnt, untouched (linear).
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import torch
 
 KNEE = 10.0     # (winsorised) sds within which inputs stay linear (logarithmic beyond)
 WINSOR = 0.01  # the share of simulations at each end clipped for the statistics
+HEAVY = 2.0    # plain sd / winsorised sd beyond which the tails count as heavy (a
+               # Normal's is 1.05, a Poisson's or a Student-t(3)'s about 1.1-1.3)
 
 
 def _quantiles(x: torch.Tensor, qs) -> torch.Tensor:
@@ -41,13 +47,15 @@ def _quantiles(x: torch.Tensor, qs) -> torch.Tensor:
 
 @torch.no_grad()
 def robust_statistics(x: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(centre, scale), (k,) each, of simulations x (S, k): the mean and the sd of the
-    finite values winsorised at their 1% and 99% quantiles -- or, where that sd is 0 (a
-    rare event: a count or a binary value that is almost always one number), the sd of
-    the finite values; at least ``floor``; 0 and 1 where a column has no finite value.
-    Not the median and the IQR: on counts they jump between integers from one column to
-    the next by sampling noise (coal-mining disasters: medians of 1 and 2 for years the
-    prior treats alike), which the network then has to learn around."""
+    """(centre, scale), (k,) each, of simulations x (S, k), over the finite values: the
+    plain mean and sd where the tails are light, the mean and sd winsorised at the 1%
+    and 99% quantiles where they are heavy (the plain sd more than ``HEAVY`` times the
+    winsorised one, or not finite). Where the winsorised sd is 0 (a rare event: a count
+    or a binary value that is almost always one number) the plain sd; at least
+    ``floor``; 0 and 1 where a column has no finite value. Not the median and the IQR:
+    on counts they jump between integers from one column to the next by sampling noise
+    (coal-mining disasters: medians of 1 and 2 for years the prior treats alike), which
+    the network then has to learn around."""
     x = x.reshape(x.shape[0], -1)
     lo, hi = _quantiles(x, (WINSOR, 1.0 - WINSOR))
     finite = torch.isfinite(x)
@@ -59,9 +67,11 @@ def robust_statistics(x: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tenso
         mean = v.sum(0) / n
         var = torch.where(finite, (v - mean) ** 2, torch.zeros_like(v)).sum(0)
         return mean, (var / (n - 1).clamp(min=1)).sqrt()
-    centre, scale = moments(torch.minimum(torch.maximum(x, lo), hi))
-    _, sd = moments(x)
-    scale = torch.where(scale > 0, scale, sd)
+    w_centre, w_scale = moments(torch.minimum(torch.maximum(x, lo), hi))
+    centre, scale = moments(x)
+    heavy = (w_scale > 0) & ~(scale <= HEAVY * w_scale)
+    centre = torch.where(heavy, w_centre, centre)
+    scale = torch.where(heavy, w_scale, scale)
     ok = count > 0
     scale = torch.where(torch.isfinite(scale) & ok, scale.clamp(min=floor), torch.ones_like(scale))
     centre = torch.where(torch.isfinite(centre) & ok, centre, torch.zeros_like(centre))
