@@ -231,9 +231,9 @@ class ObservationEmbedding(nn.Module):
             getattr(self, f"std_{n}").copy_(scale)
 
     def standardise(self, obs) -> Dict[str, torch.Tensor]:
-        """Each observed variable in robust sds from the simulations' winsorised mean (not
-        squashed: the distance :func:`~csis_dsl.engine.diagnostics.far_observations`
-        reports)."""
+        """Each observed variable in sds from the simulations' mean (:func:`.robust_statistics`:
+        winsorised where their tails are heavy), not squashed: the distance
+        :func:`~csis_dsl.engine.diagnostics.far_observations` reports."""
         out = {}
         for n in self.observed:
             x = obs[n].to(torch.get_default_dtype()).reshape(obs[n].shape[0], -1)
