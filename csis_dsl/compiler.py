@@ -212,10 +212,11 @@ class CompiledModel:
         """Importance sampling with the trained guide (or the prior): a Posterior.
 
         ``refine_steps=N`` first adapts a copy of the proposal to these observations
-        (``refine``), then draws the samples from it. ``defensive``: every site
-        proposes from (1 - defensive) q + defensive q_broad (q with its scales doubled,
-        or the prior of a discrete site), which keeps the weights bounded where q is
-        too narrow. ``program``: the share of the rest drawn from the program's own
+        (``refine``), then draws the samples from it. ``defensive``: that share of the
+        traces comes from the proposals broadened (every scale doubled; the prior of a
+        discrete site), the network's and the program's in the shares of the rest,
+        which keeps the weights bounded where q is too narrow. ``program``: the share of
+        the rest drawn from the program's own
         proposal (the priors, and the informed sites' exact local posteriors, Laplace
         fits and messages, with no network) instead of the trained network's; "auto"
         (the default) sets it by a pilot of 256 draws to what gives the most effective
