@@ -22,6 +22,7 @@ models at batch 512.
 
     python bench/bench_scale.py [1] [2] [3] [4]
 """
+import json
 import math
 import os
 import statistics
@@ -227,23 +228,18 @@ def part4(device="cuda"):
     name = torch.cuda.get_device_name() if device == "cuda" else device
     print(f"\nPart 4: the fast path on {name}: ms per step / traces per s")
 
-    def rate(m, B, steps):
-        m.train(num_steps=3, batch_size=B, progress=False, validation_size=0, device=device)
+    def on_device(m, n, B):
+        m.train(num_steps=n, batch_size=B, progress=False, validation_size=0, device=device)
         sync()
-        t = time.perf_counter()
-        m.train(num_steps=steps, batch_size=B, progress=False, validation_size=0)
-        sync()
-        return (time.perf_counter() - t) / steps
 
     for B in (1, 512, 4096, 65536):
-        dt = rate(fresh(), B, 100 if B == 1 else 20)
+        dt = per_step(on_device, fresh(), B, 100 if B == 1 else 20)
         print(f"  {'seed model, B=' + str(B):<26}{dt * 1e3:>9.2f} ms {B / dt:>12.0f}/s", flush=True)
-    import json
     real = Path(__file__).resolve().parent / "real"
     for model in ("glucose", "eight_schools", "coal"):
         d = json.loads((real / f"{model}.json").read_text())
         pyro.set_rng_seed(0)
-        dt = rate(csis_dsl.compile(real / f"{model}.ppl", args=d["args"]), 512, 10)
+        dt = per_step(on_device, csis_dsl.compile(real / f"{model}.ppl", args=d["args"]), 512, 10)
         print(f"  {model + ', B=512':<26}{dt * 1e3:>9.2f} ms {512 / dt:>12.0f}/s", flush=True)
 
 

@@ -86,8 +86,9 @@ def defensive_draws(guide, obs, B: int, weight: float, mixing: str):
     return values, log_q
 
 
-def shares_of(program: float, defensive: float) -> Dict[str, float]:
-    """The mixture infer draws from: the trained network's proposal and the program's
+def shares_of(program, defensive: float) -> Dict[str, float]:
+    """The mixture infer draws from (``program`` a number, or a tensor of them for the
+    pilot's grid): the trained network's proposal and the program's
     own at ``1 - program`` and ``program``, and their broadened selves in the same
     proportions at ``defensive`` in all. The broad part is the defensive one (weights
     bounded where a proposal is too narrow); it is split like the rest because a
@@ -118,12 +119,8 @@ def choose_program_share(model, guide, obs, defensive: float, n: int = PILOT) ->
     if not bool(ok.any()):
         return 0.0
     beta = torch.linspace(0.0, 1.0, SHARES, dtype=torch.float64, device=log_p.device)
-    rest = 1.0 - defensive
-    terms = []
-    for c, share in (("network", rest * (1.0 - beta)), ("program", rest * beta),
-                     ("broad", defensive * (1.0 - beta)), ("broad program", defensive * beta)):
-        if c in each:
-            terms.append(torch.log(share).unsqueeze(1) + each[c].double()[ok])
+    terms = [torch.log(share).unsqueeze(1) + each[c].double()[ok]
+             for c, share in shares_of(beta, defensive).items() if c in each]
     log_q = torch.logsumexp(torch.stack(terms), 0)                 # (shares, draws)
     log_second = torch.logsumexp(2 * log_p[ok] - log_q - log_pilot.double()[ok], -1)
     log_second = torch.nan_to_num(log_second, nan=math.inf)
