@@ -55,6 +55,7 @@ import torch
 from ..backend.values import Stored
 from ..errors import ModelRuntimeError
 from .informing import gather_index, informing_loglik
+from .partners import GroupFit
 from .quadrature import fit_objective
 
 EFFECT_STEPS = 3   # Newton steps at most of the effects' conditional mode (the identity
@@ -76,12 +77,21 @@ class Collapsed:
         self.fams = [sp.net.families[n] for n in self.names]
         self.sizes = [f.udim for f in self.fams]       # the columns of each in u
         net, rt = sp.net, sp.runtime
-        self.informing = {z: net.inputs.informing[z] for z in effects}
-        self.direct = [o for o in observed
-                       if not any(o in names for names in self.informing.values())]
+        # effects integrated out together with later ones of the same instances (a
+        # varying intercept and slope: :func:`.context.partnered`), by their leader
+        self.groups = {z: net.inputs.partners[z] for z in effects if z in net.inputs.partners}
+        grouped = {p for found in self.groups.values() for p in found[1]}
+        self.informing = {z: net.inputs.informing[z] for z in effects
+                          if z not in self.groups and z not in grouped}
+        in_groups = {o for found in self.groups.values() for o in found[0]}
+        self.direct = [o for o in observed if o not in in_groups and
+                       not any(o in names for names in self.informing.values())]
+        self.group_index = {z: {o: gather_index(rt, o, e, net.families[z].info.n)
+                                for o, e in found[2].items()}
+                            for z, found in self.groups.items()}
         self.gathered = {z: {o: gather_index(rt, o, e, net.families[z].info.n)
                              for o, e in net.inputs.gathers.get(z, {}).items()}
-                         for z in effects}
+                         for z in self.informing}
 
     def _at(self, u: torch.Tensor):
         """Each fitted site's value at unconstrained u (M, D): {name: (its columns of u
@@ -105,8 +115,10 @@ class Collapsed:
         for o in self.direct:
             lp = rt.stmt_log_prob(rt.checked.vars[o].stmts[0], obs[o], overlay)
             total = total + lp.reshape(M, -1).sum(-1)
-        for z in self.effects:
+        for z in self.informing:
             total = total + self._effect(z, overlay)
+        for z in self.groups:
+            total = total + self._group(z, overlay)
         if prior:
             total = total + self._log_prior(at, overlay)
         return total
@@ -158,6 +170,30 @@ class Collapsed:
             ll = loglik(mode)
         return (ll.reshape(M, -1).sum(-1) + lp.reshape(M, -1).sum(-1)
                 - log_q.reshape(M, -1).sum(-1))
+
+    def _group(self, z, overlay):
+        """log p(the group's observations | overlay) with effect ``z`` and its partners
+        integrated out together, (M,): Besag's identity at their joint conditional mode
+        per instance (:class:`.partners.GroupFit`; exact for a linear-Gaussian
+        likelihood), with their exact priors and the fit's Gaussian as q."""
+        rt, M = self.sp.runtime, self.M
+        obs, partners, _, exact = self.groups[z]
+        group = GroupFit(rt, self.sp.net.families, [z] + list(partners), obs, self.obs,
+                         self.group_index[z], M, overlay)
+        fit = group.fit(exact, steps=EFFECT_STEPS)
+        if fit is None:
+            raise ValueError("the effects' joint fit failed")
+        modes, P, _ = fit
+        parts, vals = group.values(modes)
+        total = group.loglik(modes).reshape(M, -1).sum(-1)
+        for r, f, st, part in zip(group.names, group.fams, group.stmts, parts):
+            lp = rt.stmt_log_prob(st, vals[r].t, {**overlay, **vals})
+            jac = f.transform.log_abs_det_jacobian(part, f.transform(part))
+            total = total + lp.reshape(M, -1).sum(-1) + jac.reshape(M, -1).sum(-1)
+        L, bad = torch.linalg.cholesky_ex(P)
+        log_q = L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * P.shape[-1] * math.log(2 * math.pi)
+        log_q = torch.where(bad == 0, log_q, torch.full_like(log_q, math.nan))
+        return total - log_q.reshape(M, -1).sum(-1)
 
 
 @torch.no_grad()

@@ -394,7 +394,7 @@ def ahead(checked: Checked, plan: Plan, graph, order, info, families, informing,
 
 
 def collapsible(checked: Checked, plan: Plan, graph, order, info, families, informing,
-                max_joint: int = 6):
+                max_joint: int = 6, partners=None):
     """For a top-level site (a hyperparameter), the group effects proposed after
     it that can be integrated out when it is proposed (:mod:`.collapse`), the later
     hyperparameters to fit jointly with it, and the observations of the collapsed
@@ -408,10 +408,14 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
     latents (scalars or small vectors) after the site that an effect's prior or an
     observation reads, whose own priors read nothing drawn after the site; with the
     site, at most ``max_joint`` unconstrained numbers. No observation may read two
-    effects, nor any other latent after the site. Eight schools' ``mu`` (with ``tau``)
-    and ``tau``, radon's four hyperparameters (the floor slope found through the
-    intercepts' observations), Grunfeld's ``mu``, ``tau`` and ``sigma`` (with its LKJ
-    factor) qualify."""
+    effects, nor any other latent after the site, unless they are one group of
+    ``partners`` (:func:`partnered`: a varying intercept and slope, integrated out
+    together). Eight schools' ``mu`` (with ``tau``) and ``tau``, radon's four
+    hyperparameters (the floor slope found through the intercepts' observations),
+    Grunfeld's ``mu``, ``tau`` and ``sigma`` (with its LKJ factor), the Rats growth
+    curves' five qualify."""
+    partners = partners or {}
+    leader = {p: lead for lead, found in partners.items() for p in [lead] + list(found[1])}
     fam = families[info.name]
     if info.n != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
@@ -442,28 +446,104 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
                 later.append(z)
                 todo.append(z)
                 continue
-            v = checked.vars[z]
-            kid_obs = [o for o in plan.observed if graph.has_edge(z, o)]
-            if len(v.stmts) != 1 or not families[z].info.plate or not informing.get(z) \
-                    or sorted(kid_obs) != sorted(informing[z]):
-                return None
-            effects.add(z)
-            observed += [o for o in kid_obs if o not in observed]
-            todo.append(z)      # what its observations read too (a regression's slope)
-            for r in v.reads | v.control:       # a later hyperparameter of its prior
-                if checked.vars[r].kind != "arg" and order.get(r, -1) > me:
-                    if r in effects or not after(r) or not hyper(r):
-                        return None
-                    if r not in later:
-                        later.append(r)
-                        todo.append(r)
+            group = [z]
+            if z in leader:         # with the effects it is integrated out together with
+                lead = leader[z]
+                group = [lead] + list(partners[lead][1])
+                if order[lead] <= me:
+                    return None
+            for e in group:
+                v = checked.vars[e]
+                kid_obs = [o for o in plan.observed if graph.has_edge(e, o)]
+                if e in leader:
+                    fine = set(kid_obs) <= set(partners[leader[e]][0])
+                else:
+                    fine = bool(informing.get(e)) and sorted(kid_obs) == sorted(informing[e])
+                if len(v.stmts) != 1 or not families[e].info.plate or not fine:
+                    return None
+                effects.add(e)
+                observed += [o for o in kid_obs if o not in observed]
+                todo.append(e)      # what its observations read too (a regression's slope)
+                for r in v.reads | v.control:       # a later hyperparameter of its prior
+                    if checked.vars[r].kind != "arg" and order.get(r, -1) > me:
+                        if r in effects or not after(r) or not hyper(r):
+                            return None
+                        if r not in later:
+                            later.append(r)
+                            todo.append(r)
     if not effects or fam.udim + sum(families[r].udim for r in later) > max_joint:
         return None
     for o in observed:
         reads = later_reads(checked, order, info.name, o)
-        if not reads <= effects | set(later) or len(reads & effects) > 1:
+        if not reads <= effects | set(later) or \
+                len({leader.get(r, r) for r in reads & effects}) > 1:
             return None
     return observed, sorted(effects, key=order.get), sorted(later, key=order.get)
+
+
+def partnered(checked: Checked, plan: Plan, graph, order, info, families):
+    """For a plate site, the group effects proposed after it that its observations read
+    at the same instance -- a varying intercept and slope, ``y[i, t] ~
+    Normal(alpha[i] + beta[i] * x[t], s)`` or ``y[n] ~ Normal(alpha[g[n]] + beta[g[n]] *
+    x[n], s)`` (the BUGS Rats growth curves, radon with a varying floor slope) -- which
+    are integrated out of its location by a joint Laplace fit per instance
+    (:meth:`~.site_proposal.SiteProposal._paired`): the site's marginal given what was
+    drawn before it. Returns (observations, partners, {observation: the data index
+    expression} for those read through one), or None.
+
+    The partners are continuous plate latents of one statement with the site's
+    instances, in static loops from 0 without branches, whose priors read only data and
+    what is drawn before the site; every observation that reads the site or a partner
+    reads nothing else proposed after the site and reads each of them at its own
+    instance in one way: aligned (``y[i]``, ``y[i, t]``) or through one data index
+    (``g[n]``)."""
+    fam, site = families[info.name], checked.vars[info.name]
+
+    def eligible(name):
+        v, f = checked.vars[name], families[name] if name in families else None
+        if f is None or v.kind != "latent" or not f.info.plate or not f.joinable or \
+                not f.informable or len(v.stmts) != 1 or f.info.n < 2:
+            return False
+        place = plan.placement.get(v.stmts[0])
+        return place is not None and not place.guards and \
+            all(l.static and l.lo == 0 for l in place.loops)
+    if not eligible(info.name) or len(info.inst_shape) != 1:
+        return None
+    me = order[info.name]
+    obs = [o for o in plan.observed if graph.has_edge(info.name, o)]
+    later = set()
+    for o in obs:
+        later |= later_reads(checked, order, info.name, o)
+    if not later:
+        return None
+    for r in sorted(later, key=order.get):
+        v = checked.vars[r]
+        if not eligible(r) or families[r].info.inst_shape != info.inst_shape or any(
+                checked.vars[p].kind != "arg" and order[p] >= me for p in v.reads | v.control):
+            return None
+        obs += [o for o in plan.observed if graph.has_edge(r, o) and o not in obs]
+    group, gathers = [info.name] + sorted(later, key=order.get), {}
+    for o in obs:
+        if later_reads(checked, order, info.name, o) - later or not simple(checked, plan, o):
+            return None
+        ways = set()
+        for z in group:
+            if not graph.has_edge(z, o):
+                continue
+            zi = families[z].info
+            e = gathered(checked, plan, zi, o)
+            if e is not None:
+                ways.add(structure(e))
+                gathers[o] = e
+            elif plain(checked, plan, zi, o) and (
+                    read_own(checked, plan, checked.vars[o].stmts[0], z)
+                    or leading_own(checked, plan, checked.vars[o].stmts[0], z, 1)):
+                ways.add("aligned")
+            else:
+                return None
+        if len(ways) != 1:
+            return None
+    return obs, group[1:], gathers
 
 
 def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families,
@@ -495,15 +575,32 @@ def simple(checked: Checked, plan: Plan, o: str) -> bool:
 
 def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
     """One plain statement (:func:`simple`), aligned with the site's instances (see
-    :func:`informs`)."""
+    :func:`informs`): of the same dims, or of more dims led by them (repeated
+    measures, :func:`leading_own`)."""
     if not simple(checked, plan, o):
         return False
     v = checked.vars[o]
     site = checked.vars[info.name]
     if info.n > 1:
-        return tuple(v.family_dims) == info.inst_shape and all(
-            l.static and l.lo == 0 for l in site.loops)
+        if not all(l.static and l.lo == 0 for l in site.loops):
+            return False
+        dims, k = tuple(v.family_dims), len(info.inst_shape)
+        if dims == info.inst_shape:
+            return True
+        # repeated measures: ``y[i, t]`` for instance ``i`` of the site (its own index
+        # leading, more dims after it), each instance informed by its whole row
+        return len(dims) > k and dims[:k] == info.inst_shape and \
+            leading_own(checked, plan, v.stmts[0], info.name, k)
     return True
+
+
+def leading_own(checked: Checked, plan: Plan, s, name: str, k: int) -> bool:
+    """Whether statement ``s`` reads ``name`` only as ``name[i_1, ..., i_k, ...]`` with
+    its own first ``k`` loops' variables leading."""
+    own = [l.var for l in plan.loops_of(s)][:k]
+    reads, only = indexed_reads(s, name)
+    return bool(reads) and only and len(own) == k and all(
+        [getattr(i, "id", None) for i in e[:k]] == own for e in reads)
 
 
 class SiteInputs(nn.Module):
@@ -575,6 +672,20 @@ class SiteInputs(nn.Module):
         # them: their local log-likelihood is a quadratic (one Newton step is exact)
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)
                           for name, obs in self.informing.items()}
+        # plate sites whose observations read later effects of the same instances,
+        # fitted jointly with them per instance: name -> (observations, partners,
+        # data index expressions, which of the group the observations are a quadratic
+        # in)
+        self.partners = {}
+        if config.informed:
+            for info in infos:
+                if info.name in self.ahead:
+                    continue
+                found = partnered(checked, plan, graph, order, info, families)
+                if found is not None:
+                    block = quadratic_block(checked, [info.name] + found[1], found[0])
+                    self.partners[info.name] = found + (
+                        [n in block for n in [info.name] + found[1]],)
         # hyperparameters located with their group effects integrated out
         # (:mod:`.collapse`): name -> (observations, effects)
         self.collapse = {}
@@ -583,7 +694,7 @@ class SiteInputs(nn.Module):
                 if info.name in self.ahead:
                     continue
                 found = collapsible(checked, plan, graph, order, info, families,
-                                    self.informing)
+                                    self.informing, partners=self.partners)
                 if found is not None:
                     self.collapse[info.name] = found
         for c in self.det_names:

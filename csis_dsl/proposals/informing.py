@@ -42,5 +42,5 @@ def informing_loglik(rt, names, observations, overlay, M: int, m: int, n: int,
         elif whole:
             total = total + lp.reshape(M, -1).sum(-1, keepdim=True)
         else:
-            total = total + lp.reshape(M, m)
+            total = total + lp.reshape(M, m, -1).sum(-1)    # a row per instance
     return total

@@ -161,6 +161,31 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
     return list(z.split(sizes, -1)), P, ok
 
 
+def exact_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Tensor],
+               ) -> Optional[Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """:func:`joint_mode` where the log-likelihood is known to be a quadratic in all
+    the variables together (:func:`~csis_dsl.middle.affine.quadratic_block`): one
+    Newton step from the prior's location is the exact mode -- one gradient and its
+    Hessian, no search, no second pass. Returns what :func:`joint_mode` returns."""
+    sizes = [t.shape[-1] for t in locs]
+    loc, scale = torch.cat(locs, -1), torch.cat(scales, -1)
+    prec = scale ** -2
+    fit = _evaluate(loglik, loc, sizes, loc, prec)
+    if fit is None:
+        return None
+    obj, grad, H = fit
+    P = torch.diag_embed(prec) - 0.5 * (H + H.transpose(-1, -2))
+    L, bad = torch.linalg.cholesky_ex(P)
+    ok = (bad == 0) & torch.isfinite(obj) & torch.isfinite(grad).all(-1)
+    g = torch.where(ok.unsqueeze(-1), grad, torch.zeros_like(grad))
+    L = torch.where(ok.reshape(ok.shape + (1, 1)), L, torch.diag_embed(scale.reciprocal()))
+    z = loc + torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+    P = torch.where(ok.reshape(ok.shape + (1, 1)), P, torch.diag_embed(prec))
+    if not bool(ok.any()):
+        return None
+    return list(z.split(sizes, -1)), P, ok
+
+
 def line_search(objective: Callable, z: torch.Tensor, step: torch.Tensor, obj: torch.Tensor,
                 todo: torch.Tensor, tries: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Backtracking per row: the step (M, D) from z, halved up to ``tries`` - 1 times

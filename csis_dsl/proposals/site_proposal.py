@@ -29,6 +29,7 @@ from .marginal import (REFIT_STEPS, STEPS, block_profile, conditional_mean, gaus
                        joint_mode, site_message)
 from .summed import summed_loglik
 from .network import ProposalNetwork, first_flags, positions
+from .partners import GroupFit
 
 
 def _exchangeable(fams, locs, scales) -> bool:
@@ -86,6 +87,9 @@ class SiteProposal(pdist.TorchDistribution):
         self._gather_index = {}
         # observations shared with latents proposed later (and those latents)
         self.ahead = net.inputs.ahead.get(info.name) \
+            if runtime is not None and state.observations is not None else None
+        # later effects of the same instances, fitted jointly with it per instance
+        self.partners = net.inputs.partners.get(info.name) \
             if runtime is not None and state.observations is not None else None
         # group effects proposed later, integrated out exactly (:mod:`.collapse`)
         self.collapse = net.inputs.collapse.get(info.name) \
@@ -152,6 +156,8 @@ class SiteProposal(pdist.TorchDistribution):
                     self._facts = self._marginal(self._facts)
                 elif self.collapse is not None:
                     self._facts = self._collapsed(self._facts)
+                elif self.partners is not None:
+                    self._facts = self._paired(self._facts)
                 elif self.informing:
                     self._facts = self.family.inform(self._facts, self._loglik,
                                                      start=self._hint())
@@ -272,6 +278,32 @@ class SiteProposal(pdist.TorchDistribution):
         mode = torch.cat(modes, -1)
         self._keep_fit(names, [t.shape[-1] for t in locs], mode, P, usable, locs)
         return self._placed(facts, mode, P, usable, locs[0], scales[0], profile)
+
+    def _paired(self, facts):
+        """The facts of a plate's instances moved to their marginal posterior given what
+        was drawn before, with the later effects of the same instances that their
+        observations read integrated out (:mod:`.partners`: a varying slope after a
+        varying intercept), from the group's joint fit per instance -- exact where the
+        observations are Gaussian and affine in the group. The partners are then
+        informed given the site's drawn values by their own observations."""
+        obs, partners, gathers, exact = self.partners
+        rt, M, n = self.runtime, self.state.M, self.info.n
+        saved = (rt.invalid, rt.problem, rt.B)
+        try:
+            gathered = {o: gather_index(rt, o, e, n) for o, e in gathers.items()}
+            fit = GroupFit(rt, self.net.families, [self.info.name] + list(partners), obs,
+                           self.state.observations, gathered, M).fit(exact)
+        except (ModelRuntimeError, RuntimeError, ValueError):
+            fit = None
+        finally:
+            rt.invalid, rt.problem, rt.B = saved
+        if fit is None:
+            return facts
+        modes, P, usable = fit
+        k = self.family.udim
+        cov = torch.linalg.inv_ex(P)[0][:, :k, :k]
+        return self.family.located_each(facts, modes[0].reshape(M, n, k),
+                                        cov.reshape(M, n, k, k), usable.reshape(M, n))
 
     def _profiled(self, locs, exact, summed) -> bool:
         """Whether this site's marginal is its profile with a quadratic block integrated

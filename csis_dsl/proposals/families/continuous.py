@@ -517,18 +517,27 @@ class ContinuousProposal(ProposalFamily):
         marginal mean and sd. Unchanged where not ``usable`` (M,)."""
         if self.dependent:
             return facts
-        shape = facts[0].shape                                      # (M, n, udim)
-        M, n, k = shape
-        loc, sd = loc.reshape(shape), cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt().reshape(shape)
-        usable = usable.reshape(M, 1).expand(M, n)
+        M, n, k = facts[0].shape
+        idx = torch.arange(n * k).reshape(n, k)
+        block = cov[:, idx.unsqueeze(-1), idx.unsqueeze(-2)]        # (M, n, udim, udim)
+        return self.located_each(facts, loc.reshape(M, n, k), block,
+                                 usable.reshape(M, 1).expand(M, n))
+
+    def located_each(self, facts, loc, cov, usable):
+        """The facts of a site's instances placed each at its own Gaussian N(loc, cov)
+        of its unconstrained value (loc (M, n, udim), cov (M, n, udim, udim)): a
+        vector with full-covariance components in that Gaussian's whitened
+        coordinates, otherwise each element at its mean and sd. Unchanged where not
+        ``usable`` (M, n)."""
+        if self.dependent:
+            return facts
+        sd = cov.diagonal(dim1=-2, dim2=-1).clamp(min=0.0).sqrt()
         if not (self.info.de > 1 and self.head.full):
             ok = (usable & torch.isfinite(loc).all(-1) & torch.isfinite(sd).all(-1)
                   & (sd > 0).all(-1)).unsqueeze(-1)
             return (torch.where(ok, loc, facts[0]).detach(),
                     torch.where(ok, sd, facts[1]).detach()) + tuple(facts[2:])
-        idx = torch.arange(n * k).reshape(n, k)
-        block = cov[:, idx.unsqueeze(-1), idx.unsqueeze(-2)]        # (M, n, udim, udim)
-        prec = torch.linalg.inv_ex(block)[0]
+        prec = torch.linalg.inv_ex(cov)[0]
         L, bad = torch.linalg.cholesky_ex(0.5 * (prec + prec.transpose(-1, -2)))
         return self._whitened(facts, loc, sd, L, usable & (bad == 0))
 

@@ -1,0 +1,119 @@
+"""A varying intercept and a varying slope as separate scalars read by the same
+observations (``y[i, t] ~ Normal(alpha[i] + beta[i] * x[t], s)``, the BUGS Rats growth
+curves; or ``y[n] ~ Normal(alpha[g[n]] + beta[g[n]] * x[n], s)``): the intercept is
+located at its marginal with the slope integrated out, per group, and the slope at its
+exact conditional given the intercept drawn -- checked against the conjugate posterior
+of every group before any training; and a hyperparameter is located with both effects
+integrated out, checked against its exact marginal posterior by quadrature."""
+import math
+
+import pytest
+import torch
+
+import csis_dsl
+
+WIDE = """
+model wide {
+    arg int N;
+    arg int T;
+    arg real[T] x;
+    arg real sigma_y = 0.8;
+
+    for i in range(N) {
+        alpha[i] ~ Normal(2.0, 1.5);
+        beta[i] ~ Normal(-0.5, 0.7);
+        for t in range(T) {
+            observe y[i, t] ~ Normal(alpha[i] + beta[i] * x[t], sigma_y);
+        }
+    }
+}
+"""
+
+LONG = """
+model long {
+    arg int N;
+    arg int J;
+    arg int[N] g;
+    arg real[N] x;
+
+    sigma_y ~ HalfNormal(2.0);
+    for j in range(J) {
+        alpha[j] ~ Normal(2.0, 1.5);
+        beta[j] ~ Normal(-0.5, 0.7);
+    }
+    for n in range(N) {
+        observe y[n] ~ Normal(alpha[g[n]] + beta[g[n]] * x[n], sigma_y);
+    }
+}
+"""
+
+M0 = torch.tensor([2.0, -0.5], dtype=torch.float64)
+P0 = torch.diag(torch.tensor([1.5, 0.7], dtype=torch.float64) ** -2)
+
+
+def conjugate(X, y, sigma):
+    """The exact posterior (mean, sds) of one group's (alpha, beta)."""
+    P = P0 + X.T @ X / sigma ** 2
+    mean = torch.linalg.solve(P, P0 @ M0 + X.T @ y / sigma ** 2)
+    return mean, torch.linalg.inv(P).diagonal().sqrt()
+
+
+def test_the_slope_is_the_intercepts_partner_and_both_are_collapsed():
+    m = csis_dsl.compile_string(LONG, args={"N": 4, "J": 2, "g": [0, 0, 1, 1],
+                                            "x": [0.0, 1.0, 0.0, 1.0]})
+    inputs = m.guide.net.inputs
+    assert inputs.partners["alpha"][:2] == (["y"], ["beta"])
+    assert inputs.partners["alpha"][3] == [True, True]       # a quadratic in both
+    assert "beta" not in inputs.partners
+    assert inputs.collapse["sigma_y"][1] == ["alpha", "beta"]
+
+
+def test_intercepts_and_slopes_of_repeated_measures_before_training():
+    N, T = 6, 5
+    x = torch.linspace(-1.0, 1.0, T, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    a = 2.0 + 1.5 * torch.randn(N, generator=g, dtype=torch.float64)
+    b = -0.5 + 0.7 * torch.randn(N, generator=g, dtype=torch.float64)
+    y = a[:, None] + b[:, None] * x + 0.8 * torch.randn(N, T, generator=g, dtype=torch.float64)
+    m = csis_dsl.compile_string(WIDE, args={"N": N, "T": T, "x": x.tolist()})
+    m.guide.fit_statistics()
+    post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=0.0)
+    assert post.ess > 0.8 * post.num_samples
+    X = torch.stack([torch.ones(T, dtype=torch.float64), x], 1)
+    for i in range(N):
+        mean, sd = conjugate(X, y[i], 0.8)
+        got = torch.stack([post.mean("alpha")[i], post.mean("beta")[i]]).double()
+        assert float(((got - mean).abs() / sd).max()) < 0.15
+        got_sd = torch.stack([post.std("alpha")[i], post.std("beta")[i]]).double()
+        assert torch.allclose(got_sd, sd, rtol=0.1)
+
+
+def test_a_hyperparameter_with_both_effects_integrated_out_before_training():
+    N, J = 40, 5
+    g = torch.Generator().manual_seed(7)
+    grp = torch.arange(N) % J
+    x = torch.randn(N, generator=g, dtype=torch.float64)
+    a = 2.0 + 1.5 * torch.randn(J, generator=g, dtype=torch.float64)
+    b = -0.5 + 0.7 * torch.randn(J, generator=g, dtype=torch.float64)
+    y = a[grp] + b[grp] * x + 0.6 * torch.randn(N, generator=g, dtype=torch.float64)
+    m = csis_dsl.compile_string(LONG, args={"N": N, "J": J, "g": grp.tolist(), "x": x.tolist()})
+    m.guide.fit_statistics()
+    post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0)
+    assert post.ess > 0.7 * post.num_samples
+    # sigma_y's exact marginal: each group's y ~ N(X m0, X S0 X^T + s^2 I), by quadrature
+    s = torch.linspace(0.05, 3.0, 4000, dtype=torch.float64)
+    logp = torch.distributions.HalfNormal(2.0).log_prob(s)
+    S0 = torch.linalg.inv(P0)
+    for j in range(J):
+        X = torch.stack([torch.ones(int((grp == j).sum()), dtype=torch.float64), x[grp == j]], 1)
+        cov = X @ S0 @ X.T + s[:, None, None] ** 2 * torch.eye(X.shape[0], dtype=torch.float64)
+        logp = logp + torch.distributions.MultivariateNormal(X @ M0, cov).log_prob(y[grp == j])
+    w = torch.softmax(logp, 0)
+    mean = float((w * s).sum())
+    sd = math.sqrt(float((w * (s - mean) ** 2).sum()))
+    assert abs(float(post.mean("sigma_y")) - mean) < 0.1 * sd
+    assert float(post.std("sigma_y")) == pytest.approx(sd, rel=0.1)
+    for j in range(J):          # and the effects, against their conjugate posteriors
+        X = torch.stack([torch.ones(int((grp == j).sum()), dtype=torch.float64), x[grp == j]], 1)
+        mean_j, sd_j = conjugate(X, y[grp == j], mean)
+        assert abs(float(post.mean("alpha")[j]) - float(mean_j[0])) < 0.3 * float(sd_j[0])
