@@ -3,7 +3,7 @@
 * faithful, glucose, eight_schools, nile, coal_walk, radon, surgical, newcomb, sleep,
   anscombe: exact, by
   quadrature (exact.py).
-* pima: Pyro NUTS on the compiled model itself (the model a user gets).
+* pima, rats: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
   hand (a mixture likelihood; the forward algorithm), written here in plain Pyro; the
   posterior probabilities of the discrete latents are then exact given each draw
@@ -79,6 +79,13 @@ def pima():
     d = data("pima")
     m = csis_dsl.compile(HERE / "pima.ppl", args=d["args"])
     draws, rhat = two_chains(m.pyro_model, full_mass=True, observations=d["observations"])
+    return summary(draws), rhat
+
+
+def rats():
+    d = data("rats")
+    m = csis_dsl.compile(HERE / "rats.ppl", args=d["args"])
+    draws, rhat = two_chains(m.pyro_model, observations=d["observations"])
     return summary(draws), rhat
 
 
@@ -173,6 +180,12 @@ EXACT = {name: _exact(name, *how) for name, how in {
 }.items()}
 
 
+NUTS = {"pima": (pima, "Pyro NUTS on the compiled model"),
+        "quakes": (quakes, "Pyro NUTS, allocations summed out"),
+        "coal": (coal, "Pyro NUTS, forward algorithm"),
+        "rats": (rats, "Pyro NUTS on the compiled model")}
+
+
 def main(only=None):
     path = HERE / "references.json"
     refs = json.loads(path.read_text()) if only and path.exists() else {}
@@ -181,18 +194,16 @@ def main(only=None):
             if name in EXACT:
                 refs[name] = EXACT[name]()
                 continue
-            post, rhat = {"pima": pima, "quakes": quakes, "coal": coal}[name]()
+            fn, how = NUTS[name]
+            post, rhat = fn()
             print(f"{name}: worst split R-hat {rhat:.4f}", flush=True)
-            refs[name]["posterior"] = post
-            refs[name]["method"] = refs[name]["method"].rsplit("worst", 1)[0] + \
-                f"worst split R-hat {rhat:.4f}"
+            refs[name] = {"method": f"{how}, 2 chains x {SAMPLES} draws ({WARMUP} warm-up), "
+                                    f"worst split R-hat {rhat:.4f}", "posterior": post}
         path.write_text(json.dumps(refs, indent=1))
         return
     for name, make in EXACT.items():
         refs[name] = make()
-    for name, fn, how in (("pima", pima, "Pyro NUTS on the compiled model"),
-                          ("quakes", quakes, "Pyro NUTS, allocations summed out"),
-                          ("coal", coal, "Pyro NUTS, forward algorithm")):
+    for name, (fn, how) in NUTS.items():
         t = time.time()
         post, rhat = fn()
         print(f"{name}: worst split R-hat {rhat:.4f}, {time.time() - t:.0f} s", flush=True)
