@@ -90,7 +90,9 @@ class Trainer:
         # group is destroyed aborts the process at exit)
         self.loss = LossModule(model.guide)
         self.loss_module = self.loss
-        params = list(model.guide.parameters())
+        # the network's parameters, listed once (walking its modules every step cost
+        # 0.2 ms of a 4 ms step of the seed model)
+        self.params = params = list(model.guide.parameters())
         # the fused kernel updates all parameters in one call (several times faster than
         # the per-tensor loop for a network of this size); it needs float dense tensors
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
@@ -183,8 +185,7 @@ class Trainer:
         loss = self.loss_module(latents, obs, B, self.subsample)
         self.opt.zero_grad()
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(self.model.guide.parameters()), clip,
-                                              foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         if self.group is not None:
             loss = self.group.mean(loss)
         value = float(loss.detach())
