@@ -125,9 +125,12 @@ class CompiledModel:
         by ``simulate_to``; calling again continues where it stopped. Returns the
         TrainingHistory.
 
-        Every ``validate_every`` steps (default: 20 times a call) it records the loss on
-        held-out simulated traces and the ESS/N of importance sampling on held-out
-        simulated observation sets (``history.val_ess``); ``keep_best=True`` ends with
+        Every ``validate_every`` steps it records the loss on held-out simulated traces
+        and the ESS/N of importance sampling on held-out simulated observation sets
+        (``history.val_ess``). By default that is 20 times a call and at the last step,
+        but a validation is skipped while validating has taken more of the call's time
+        than training (beyond its first second): with costly proposals (collapsed fits)
+        one validation can cost ten steps; ``keep_best=True`` ends with
         the network state of the best such ESS/N over the whole training.
         ``device``: move the model there first (``to``).
 

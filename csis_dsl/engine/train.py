@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 
 from ..backend.observations import Observations
 
+VALIDATION_FLOOR = 1.0    # seconds of validation a call always allows (then at most
+                          # as much as it has spent training)
+
 
 @dataclass
 class TrainingHistory:
@@ -199,7 +202,12 @@ class Trainer:
         """``num_steps`` updates of ``batch_size`` traces each, from fresh simulations
         or, when given, from the iterator ``batches`` of (latents, observations)."""
         h = self.history
+        # by default 20 validations a call, but no more of the time than the training
+        # itself: a validation runs importance sampling on held-out sets, which for a
+        # model with costly proposals (collapsed fits) is worth ten training steps
+        budgeted = validate_every is None
         validate_every = validate_every or max(1, num_steps // 20)
+        validating = 0.0           # seconds spent validating in this call
         world = self.group.world if self.group is not None else 1
         start_step = h.steps[-1] if h.steps else 0
         base_time = h.wall_time[-1] if h.wall_time else 0.0
@@ -236,7 +244,12 @@ class Trainer:
                 h.traces_per_s.append(ema)
                 h.traces += world * batch_size
                 h.wall_time.append(base_time + now - t0)
-                if self.lead and ((i + 1) % validate_every == 0 or i + 1 == num_steps):
+                due = (i + 1) % validate_every == 0 or i + 1 == num_steps
+                if due and budgeted and i + 1 < num_steps and validating > max(
+                        VALIDATION_FLOOR, now - t0 - validating):
+                    due = False        # over its share of the time: the next one
+                if self.lead and due:
+                    t_val = time.perf_counter()
                     self.validate(step)
                     if h.val_loss[-1] == h.val_loss[-1]:     # finite: a good state
                         good = (step, {k: v.detach().clone()
@@ -245,6 +258,7 @@ class Trainer:
                                     ess=f"{h.val_ess[-1]:.2f}",
                                     best=f"{self.best[0]:.2f}" if self.best else "-",
                                     traces_s=f"{ema:.0f}")
+                    validating += time.perf_counter() - t_val
         except KeyboardInterrupt:
             h.interrupted = True
         finally:
