@@ -54,6 +54,7 @@ import torch
 
 from ..backend.values import Stored
 from ..errors import ModelRuntimeError
+from .context import leaders
 from .informing import gather_index, informing_loglik
 from .partners import GroupFit
 from .quadrature import fit_objective
@@ -79,7 +80,8 @@ class Collapsed:
         net, rt = sp.net, sp.runtime
         # effects integrated out together with later ones of the same instances (a
         # varying intercept and slope: :func:`.context.partnered`), by their leader
-        self.groups = {z: net.inputs.partners[z] for z in effects if z in net.inputs.partners}
+        lead = leaders(net.inputs.partners)
+        self.groups = {z: net.inputs.partners[z] for z in effects if lead.get(z) == z}
         grouped = {p for found in self.groups.values() for p in found[1]}
         self.informing = {z: net.inputs.informing[z] for z in effects
                           if z not in self.groups and z not in grouped}

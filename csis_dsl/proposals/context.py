@@ -415,7 +415,7 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
     Grunfeld's ``mu``, ``tau`` and ``sigma`` (with its LKJ factor), the Rats growth
     curves' five qualify."""
     partners = partners or {}
-    leader = {p: lead for lead, found in partners.items() for p in [lead] + list(found[1])}
+    leader = leaders(partners)
     fam = families[info.name]
     if info.n != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
@@ -544,6 +544,18 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
         if len(ways) != 1:
             return None
     return obs, group[1:], gathers
+
+
+def leaders(partners) -> Dict[str, str]:
+    """Each effect of a group of partners (:func:`partnered`) -> the site that leads its
+    group: the first to have it as a partner (in a group of three, the second also
+    leads a group of two given the first; integrated out, the three are one group)."""
+    leader = {}
+    for lead, found in partners.items():
+        if lead not in leader:
+            for p in [lead] + list(found[1]):
+                leader.setdefault(p, lead)
+    return leader
 
 
 def integrable(checked: Checked, plan: Plan, order, name: str, r: str, families,
