@@ -148,3 +148,28 @@ def test_the_fast_path_equals_the_pyro_path_with_partners():
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_three_effects_of_one_instance_are_one_group():
+    """A quadratic growth curve per group: a, b and c read by the same observations. b
+    also leads a group of two given a, but integrated out under the noise scale the
+    three are one group (context.leaders)."""
+    m = csis_dsl.compile_string("""
+model curves {
+    arg int N = 4;
+    arg int T = 5;
+    arg real[T] x = [-1.0, -0.5, 0.0, 0.5, 1.0];
+    s ~ HalfNormal(1.0);
+    for i in range(N) {
+        a[i] ~ Normal(0.0, 1.0);
+        b[i] ~ Normal(0.0, 1.0);
+        c[i] ~ Normal(0.0, 1.0);
+        for t in range(T) {
+            observe y[i, t] ~ Normal(a[i] + b[i] * x[t] + c[i] * x[t] * x[t], s);
+        }
+    }
+}
+""")
+    inputs = m.guide.net.inputs
+    assert inputs.partners["a"][1] == ["b", "c"] and inputs.partners["b"][1] == ["c"]
+    assert inputs.collapse["s"][1] == ["a", "b", "c"]
