@@ -29,6 +29,12 @@ model wide {
 }
 """
 
+# the same, through a deterministic value in between (Stan's transformed parameters)
+WIDE_THROUGH = WIDE.replace(
+    "observe y[i, t] ~ Normal(alpha[i] + beta[i] * x[t], sigma_y);",
+    "mu[i, t] = alpha[i] + beta[i] * x[t];\n            "
+    "observe y[i, t] ~ Normal(mu[i, t], sigma_y);")
+
 LONG = """
 model long {
     arg int N;
@@ -46,6 +52,11 @@ model long {
     }
 }
 """
+
+LONG_THROUGH = LONG.replace(
+    "observe y[n] ~ Normal(alpha[g[n]] + beta[g[n]] * x[n], sigma_y);",
+    "mu[n] = alpha[g[n]] + beta[g[n]] * x[n];\n        "
+    "observe y[n] ~ Normal(mu[n], sigma_y);")
 
 M0 = torch.tensor([2.0, -0.5], dtype=torch.float64)
 P0 = torch.diag(torch.tensor([1.5, 0.7], dtype=torch.float64) ** -2)
@@ -68,14 +79,16 @@ def test_the_slope_is_the_intercepts_partner_and_both_are_collapsed():
     assert inputs.collapse["sigma_y"][1] == ["alpha", "beta"]
 
 
-def test_intercepts_and_slopes_of_repeated_measures_before_training():
+@pytest.mark.parametrize("spec", [WIDE, WIDE_THROUGH], ids=["inline", "through_mu"])
+def test_intercepts_and_slopes_of_repeated_measures_before_training(spec):
     N, T = 6, 5
     x = torch.linspace(-1.0, 1.0, T, dtype=torch.float64)
     g = torch.Generator().manual_seed(5)
     a = 2.0 + 1.5 * torch.randn(N, generator=g, dtype=torch.float64)
     b = -0.5 + 0.7 * torch.randn(N, generator=g, dtype=torch.float64)
     y = a[:, None] + b[:, None] * x + 0.8 * torch.randn(N, T, generator=g, dtype=torch.float64)
-    m = csis_dsl.compile_string(WIDE, args={"N": N, "T": T, "x": x.tolist()})
+    m = csis_dsl.compile_string(spec, args={"N": N, "T": T, "x": x.tolist()})
+    assert m.guide.net.inputs.partners["alpha"][1] == ["beta"]
     m.guide.fit_statistics()
     post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0, program=0.0)
     assert post.ess > 0.8 * post.num_samples
@@ -88,7 +101,8 @@ def test_intercepts_and_slopes_of_repeated_measures_before_training():
         assert torch.allclose(got_sd, sd, rtol=0.1)
 
 
-def test_a_hyperparameter_with_both_effects_integrated_out_before_training():
+@pytest.mark.parametrize("spec", [LONG, LONG_THROUGH], ids=["inline", "through_mu"])
+def test_a_hyperparameter_with_both_effects_integrated_out_before_training(spec):
     N, J = 40, 5
     g = torch.Generator().manual_seed(7)
     grp = torch.arange(N) % J
@@ -96,7 +110,9 @@ def test_a_hyperparameter_with_both_effects_integrated_out_before_training():
     a = 2.0 + 1.5 * torch.randn(J, generator=g, dtype=torch.float64)
     b = -0.5 + 0.7 * torch.randn(J, generator=g, dtype=torch.float64)
     y = a[grp] + b[grp] * x + 0.6 * torch.randn(N, generator=g, dtype=torch.float64)
-    m = csis_dsl.compile_string(LONG, args={"N": N, "J": J, "g": grp.tolist(), "x": x.tolist()})
+    m = csis_dsl.compile_string(spec, args={"N": N, "J": J, "g": grp.tolist(), "x": x.tolist()})
+    assert m.guide.net.inputs.collapse["sigma_y"][1] == ["alpha", "beta"]
+    assert m.guide.net.inputs.informing["beta"] == ["y"]         # given alpha, exactly
     m.guide.fit_statistics()
     post = m.infer({"y": y.tolist()}, num_samples=4000, seed=0)
     assert post.ess > 0.7 * post.num_samples

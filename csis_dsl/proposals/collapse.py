@@ -179,9 +179,9 @@ class Collapsed:
         per instance (:class:`.partners.GroupFit`; exact for a linear-Gaussian
         likelihood), with their exact priors and the fit's Gaussian as q."""
         rt, M = self.sp.runtime, self.M
-        obs, partners, _, exact = self.groups[z]
+        obs, partners, _, exact, dets = self.groups[z]
         group = GroupFit(rt, self.sp.net.families, [z] + list(partners), obs, self.obs,
-                         self.group_index[z], M, overlay)
+                         self.group_index[z], M, overlay, dets)
         fit = group.fit(exact, steps=EFFECT_STEPS)
         if fit is None:
             raise ValueError("the effects' joint fit failed")

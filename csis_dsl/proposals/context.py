@@ -81,17 +81,23 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> Optional[List[
         return [] if plain(checked, plan, info, o) or \
             gathered(checked, plan, info, o) is not None else None
     found = derived(checked, plan, order, info.name, later)
-    if found is None or found[0] or not plain(checked, plan, info, o):
+    if found is None or found[0] or not (plain(checked, plan, info, o) or any(
+            gathered(checked, plan, info, d) is not None for d in found[1])):
         return None
     dets = found[1]
-    if info.n > 1:      # each read at its own index, down to the site
+    if info.n > 1:      # each read at its own index, down to the site (a value led by
+        k = len(info.inst_shape)        # the instances may read it at its leading one,
         stmts = [checked.vars[o].stmts[0]] + [checked.vars[d].stmts[0] for d in dets]
-        for st in stmts:
+        for st in stmts:                # or through a data index: mu[n] = a[g[n]] + ...)
             for r in dets + [info.name]:
                 if r in checked.vars[A.target_name(st.target)].reads and \
-                        not read_own(checked, plan, st, r):
+                        not read_own(checked, plan, st, r) and not (
+                            r == info.name and st is not stmts[0]
+                            and (leading_own(checked, plan, st, r, k) or gathered(
+                                checked, plan, info, A.target_name(st.target)) is not None)):
                     return None
-        if any(tuple(checked.vars[d].family_dims) != info.inst_shape for d in dets):
+        if any(tuple(checked.vars[d].family_dims)[:k] != info.inst_shape
+               and gathered(checked, plan, info, d) is None for d in dets):
             return None
     return dets
 
@@ -142,7 +148,7 @@ def gathered(checked: Checked, plan: Plan, info, o: str) -> Optional[A.Expr]:
         return None
     v = checked.vars[o]
     s = v.stmts[0]
-    if len(v.stmts) != 1 or v.is_family or not isinstance(s, A.Sample):
+    if len(v.stmts) != 1 or v.is_family or not isinstance(s, (A.Sample, A.Assign)):
         return None
     loops = plan.loops_of(s)
     if len(loops) != 1 or not loops[0].static or loops[0].lo != 0:
@@ -416,6 +422,9 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
     curves' five qualify."""
     partners = partners or {}
     leader = leaders(partners)
+    # the deterministic values between a group and its observations -> the group
+    between_of = {d: [lead] + list(partners[lead][1]) for lead in set(leader.values())
+                  for d in partners[lead][4]}
     fam = families[info.name]
     if info.n != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
@@ -437,10 +446,12 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
         seen.add(name)
         found = {c for c in graph.successors(name) if after(c)}
         for o in plan.observed:
-            if graph.has_edge(name, o):
+            if graph.has_edge(name, o) or name in leader and o in partners[leader[name]][0]:
                 if o not in observed:
                     observed.append(o)
-                found |= {r for r in later_reads(checked, order, info.name, o) if after(r)}
+                reads = later_reads(checked, order, info.name, o)
+                found |= {r for r in reads if after(r)} | {
+                    p for r in reads for p in between_of.get(r, ()) if after(p)}
         for z in sorted(found - effects - set(later), key=order.get):
             if hyper(z):
                 later.append(z)
@@ -456,7 +467,8 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
                 v = checked.vars[e]
                 kid_obs = [o for o in plan.observed if graph.has_edge(e, o)]
                 if e in leader:
-                    fine = set(kid_obs) <= set(partners[leader[e]][0])
+                    kid_obs = list(partners[leader[e]][0])     # (some through values)
+                    fine = True
                 else:
                     fine = bool(informing.get(e)) and sorted(kid_obs) == sorted(informing[e])
                 if len(v.stmts) != 1 or not families[e].info.plate or not fine:
@@ -473,9 +485,10 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
                             todo.append(r)
     if not effects or fam.udim + sum(families[r].udim for r in later) > max_joint:
         return None
+    between = {d for d, group in between_of.items() if group[0] in effects}
     for o in observed:
         reads = later_reads(checked, order, info.name, o)
-        if not reads <= effects | set(later) or \
+        if not reads <= effects | set(later) | between or \
                 len({leader.get(r, r) for r in reads & effects}) > 1:
             return None
     return observed, sorted(effects, key=order.get), sorted(later, key=order.get)
@@ -487,18 +500,19 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
     Normal(alpha[i] + beta[i] * x[t], s)`` or ``y[n] ~ Normal(alpha[g[n]] + beta[g[n]] *
     x[n], s)`` (the BUGS Rats growth curves, radon with a varying floor slope) -- which
     are integrated out of its location by a joint Laplace fit per instance
-    (:meth:`~.site_proposal.SiteProposal._paired`): the site's marginal given what was
-    drawn before it. Returns (observations, partners, {observation: the data index
-    expression} for those read through one), or None.
+    (:mod:`.partners`): the site's marginal given what was drawn before it. Returns
+    (observations, partners, {observation: the data index expression} for those read
+    through one, the deterministic values in between to recompute), or None.
 
     The partners are continuous plate latents of one statement with the site's
     instances, in static loops from 0 without branches, whose priors read only data and
     what is drawn before the site; every observation that reads the site or a partner
     reads nothing else proposed after the site and reads each of them at its own
     instance in one way: aligned (``y[i]``, ``y[i, t]``) or through one data index
-    (``g[n]``)."""
-    fam, site = families[info.name], checked.vars[info.name]
-
+    (``g[n]``). Deterministic values in between (``mu[i, t] = alpha[i] + beta[i] *
+    x[t]``) are recomputed where they are aligned: led by the instances, reading the
+    group at their own leading index and read by the observations at their own
+    index."""
     def eligible(name):
         v, f = checked.vars[name], families[name] if name in families else None
         if f is None or v.kind != "latent" or not f.info.plate or not f.joinable or \
@@ -507,26 +521,62 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
         place = plan.placement.get(v.stmts[0])
         return place is not None and not place.guards and \
             all(l.static and l.lo == 0 for l in place.loops)
+
+    def observations_of(name):
+        values = through_values(checked, graph, name)
+        return [o for o in plan.observed
+                if graph.has_edge(name, o) or any(graph.has_edge(d, o) for d in values)]
     if not eligible(info.name) or len(info.inst_shape) != 1:
         return None
     me = order[info.name]
-    obs = [o for o in plan.observed if graph.has_edge(info.name, o)]
+    obs = observations_of(info.name)
     later = set()
     for o in obs:
         later |= later_reads(checked, order, info.name, o)
-    if not later:
+    found = derived(checked, plan, order, info.name, later) if later else None
+    if not found or not found[0]:
         return None
-    for r in sorted(later, key=order.get):
+    partners, dets = sorted(found[0], key=order.get), found[1]
+    for r in partners:
         v = checked.vars[r]
         if not eligible(r) or families[r].info.inst_shape != info.inst_shape or any(
                 checked.vars[p].kind != "arg" and order[p] >= me for p in v.reads | v.control):
             return None
-        obs += [o for o in plan.observed if graph.has_edge(r, o) and o not in obs]
-    group, gathers = [info.name] + sorted(later, key=order.get), {}
-    for o in obs:
-        if later_reads(checked, order, info.name, o) - later or not simple(checked, plan, o):
+        obs += [o for o in observations_of(r) if o not in obs]
+    group, gathers = [info.name] + partners, {}
+    way = {}                    # each value in between: how it reads the instances
+    for d in dets:
+        st, dv = checked.vars[d].stmts[0], checked.vars[d]
+        if any(r in dv.reads and not read_own(checked, plan, st, r) for r in dets):
             return None
         ways = set()
+        for z in group:
+            if z not in dv.reads:
+                continue
+            e = gathered(checked, plan, families[z].info, d)
+            if e is not None:                   # mu[n] = alpha[g[n]] + ...
+                ways.add((structure(e), e))
+            elif tuple(dv.family_dims[:1]) == info.inst_shape and \
+                    leading_own(checked, plan, st, z, 1):
+                ways.add(("aligned", None))     # mu[i, t] = alpha[i] + ...
+            else:
+                return None
+        ways |= {way[r] for r in dets if r in dv.reads}
+        if len({w[0] for w in ways}) != 1:
+            return None
+        way[d] = ways.pop()
+    for o in obs:
+        reads = later_reads(checked, order, info.name, o)
+        st = checked.vars[o].stmts[0]
+        if reads - set(partners) - set(dets) or not simple(checked, plan, o) or any(
+                r in reads and not read_own(checked, plan, st, r) for r in dets):
+            return None
+        ways = set()
+        for d in dets:
+            if d in reads:
+                ways.add(way[d][0])
+                if way[d][1] is not None:
+                    gathers[o] = way[d][1]
         for z in group:
             if not graph.has_edge(z, o):
                 continue
@@ -536,14 +586,13 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
                 ways.add(structure(e))
                 gathers[o] = e
             elif plain(checked, plan, zi, o) and (
-                    read_own(checked, plan, checked.vars[o].stmts[0], z)
-                    or leading_own(checked, plan, checked.vars[o].stmts[0], z, 1)):
+                    read_own(checked, plan, st, z) or leading_own(checked, plan, st, z, 1)):
                 ways.add("aligned")
             else:
                 return None
         if len(ways) != 1:
             return None
-    return obs, group[1:], gathers
+    return obs, partners, gathers, dets
 
 
 def leaders(partners) -> Dict[str, str]:
@@ -601,8 +650,8 @@ def plain(checked: Checked, plan: Plan, info, o: str) -> bool:
             return True
         # repeated measures: ``y[i, t]`` for instance ``i`` of the site (its own index
         # leading, more dims after it), each instance informed by its whole row
-        return len(dims) > k and dims[:k] == info.inst_shape and \
-            leading_own(checked, plan, v.stmts[0], info.name, k)
+        return len(dims) > k and dims[:k] == info.inst_shape and (
+            info.name not in v.reads or leading_own(checked, plan, v.stmts[0], info.name, k))
     return True
 
 
@@ -665,6 +714,10 @@ class SiteInputs(nn.Module):
         for info in infos:
             found = {o: gathered(checked, plan, info, o)
                      for o in self.informing.get(info.name, [])}
+            for o in found:         # or through a value in between that reads it so
+                for d in self.recompute.get(info.name, ()) if found[o] is None else ():
+                    if d in checked.vars[o].reads and info.name in checked.vars[d].reads:
+                        found[o] = gathered(checked, plan, info, d)
             found = {o: e for o, e in found.items() if e is not None}
             if found:
                 self.gathers[info.name] = found
@@ -687,7 +740,7 @@ class SiteInputs(nn.Module):
         # plate sites whose observations read later effects of the same instances,
         # fitted jointly with them per instance: name -> (observations, partners,
         # data index expressions, which of the group the observations are a quadratic
-        # in)
+        # in, the deterministic values in between)
         self.partners = {}
         if config.informed:
             for info in infos:
@@ -695,9 +748,11 @@ class SiteInputs(nn.Module):
                     continue
                 found = partnered(checked, plan, graph, order, info, families)
                 if found is not None:
-                    block = quadratic_block(checked, [info.name] + found[1], found[0])
-                    self.partners[info.name] = found + (
-                        [n in block for n in [info.name] + found[1]],)
+                    obs, partners, gathers, dets = found
+                    block = quadratic_block(checked, [info.name] + partners, obs)
+                    self.partners[info.name] = (obs, partners, gathers,
+                                                [n in block for n in [info.name] + partners],
+                                                dets)
         # hyperparameters located with their group effects integrated out
         # (:mod:`.collapse`): name -> (observations, effects)
         self.collapse = {}

@@ -25,10 +25,13 @@ from .marginal import exact_mode, joint_mode
 class GroupFit:
     """The group ``names`` (the site, then its partners) of ``M`` traces, its priors
     read with ``overlay`` replacing stored variables (a hyperparameter's candidate
-    values), and the log density of its observations ``obs`` per instance."""
+    values), and the log density of its observations ``obs`` per instance (the
+    deterministic values ``dets`` between them recomputed from the group's values)."""
 
-    def __init__(self, rt, families, names, obs, observations, gathered, M, overlay=None):
+    def __init__(self, rt, families, names, obs, observations, gathered, M, overlay=None,
+                 dets=()):
         self.rt, self.names, self.obs, self.M = rt, list(names), obs, M
+        self.dets = dets            # deterministic values in between, recomputed
         self.observations, self.gathered = observations, gathered
         self.overlay = overlay or {}
         self.fams = [families[r] for r in self.names]
@@ -58,7 +61,7 @@ class GroupFit:
         _, vals = self.values(us)
         return informing_loglik(self.rt, self.obs, self.observations,
                                 {**self.overlay, **vals}, self.M, self.n, self.n,
-                                self.gathered).reshape(self.M * self.n)
+                                self.gathered, recompute=self.dets).reshape(self.M * self.n)
 
     def fit(self, exact, steps=None):
         """The joint mode and precision per instance, as :func:`.marginal.joint_mode`
