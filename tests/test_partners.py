@@ -189,3 +189,26 @@ model curves {
     inputs = m.guide.net.inputs
     assert inputs.partners["a"][1] == ["b", "c"] and inputs.partners["b"][1] == ["c"]
     assert inputs.collapse["s"][1] == ["a", "b", "c"]
+
+
+def test_a_value_through_a_data_index_is_read_in_its_own_loop_only():
+    """``mu[n] = a[g[n]] + b[g[n]] * x[n]`` then ``y[n] ~ Normal(mu[n], s)``: the index
+    is evaluated in the observation's loop, so it is used where both loops have the same
+    variable; with another (``for i ... y[i] ~ Normal(mu[i], s)``) the group is refused,
+    not mis-assigned."""
+    spec = """
+model lv {
+    arg int N = 6;
+    arg int J = 3;
+    arg int[N] g = [0, 1, 2, 0, 1, 2];
+    arg real[N] x = [0.0, 1.0, 2.0, 0.5, 1.5, 2.5];
+    s ~ HalfNormal(1.0);
+    for j in range(J) { a[j] ~ Normal(0.0, 2.0); b[j] ~ Normal(0.0, 1.0); }
+    for n in range(N) { mu[n] = a[g[n]] + b[g[n]] * x[n]; }
+    for VAR in range(N) { observe y[VAR] ~ Normal(mu[VAR], s); }
+}
+"""
+    same = csis_dsl.compile_string(spec.replace("VAR", "n")).guide.net.inputs
+    assert same.partners["a"][1] == ["b"] and same.informing["b"] == ["y"]
+    other = csis_dsl.compile_string(spec.replace("VAR", "i")).guide.net.inputs
+    assert "a" not in other.partners and other.informing["b"] == []

@@ -82,7 +82,7 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> Optional[List[
             gathered(checked, plan, info, o) is not None else None
     found = derived(checked, plan, order, info.name, later)
     if found is None or found[0] or not (plain(checked, plan, info, o) or any(
-            gathered(checked, plan, info, d) is not None for d in found[1])):
+            through_index(checked, plan, info, d, o) for d in found[1])):
         return None
     dets = found[1]
     if info.n > 1:      # each read at its own index, down to the site (a value led by
@@ -93,13 +93,25 @@ def informs(checked: Checked, plan: Plan, order, info, o: str) -> Optional[List[
                 if r in checked.vars[A.target_name(st.target)].reads and \
                         not read_own(checked, plan, st, r) and not (
                             r == info.name and st is not stmts[0]
-                            and (leading_own(checked, plan, st, r, k) or gathered(
-                                checked, plan, info, A.target_name(st.target)) is not None)):
+                            and (leading_own(checked, plan, st, r, k) or through_index(
+                                checked, plan, info, A.target_name(st.target), o))):
                     return None
         if any(tuple(checked.vars[d].family_dims)[:k] != info.inst_shape
-               and gathered(checked, plan, info, d) is None for d in dets):
+               and not through_index(checked, plan, info, d, o) for d in dets):
             return None
     return dets
+
+
+def through_index(checked: Checked, plan: Plan, info, d: str, o: str) -> bool:
+    """Whether value ``d`` reads the site's instances through a data index
+    (:func:`gathered`) that observation ``o`` can use as its own: ``o`` reads ``d`` at
+    its own index with the same loop variable (the index expression is evaluated in
+    ``o``'s loop)."""
+    if gathered(checked, plan, info, d) is None:
+        return False
+    so, sd = checked.vars[o].stmts[0], checked.vars[d].stmts[0]
+    return [l.var for l in plan.loops_of(so)] == [l.var for l in plan.loops_of(sd)] and \
+        read_own(checked, plan, so, d)
 
 
 def read_own(checked: Checked, plan: Plan, s, name: str) -> bool:
@@ -576,6 +588,10 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
             if d in reads:
                 ways.add(way[d][0])
                 if way[d][1] is not None:
+                    if not through_index(checked, plan, families[info.name].info, d, o) \
+                            and not any(through_index(checked, plan, families[z].info, d, o)
+                                        for z in partners):
+                        return None
                     gathers[o] = way[d][1]
         for z in group:
             if not graph.has_edge(z, o):
@@ -716,7 +732,8 @@ class SiteInputs(nn.Module):
                      for o in self.informing.get(info.name, [])}
             for o in found:         # or through a value in between that reads it so
                 for d in self.recompute.get(info.name, ()) if found[o] is None else ():
-                    if d in checked.vars[o].reads and info.name in checked.vars[d].reads:
+                    if info.name in checked.vars[d].reads and \
+                            through_index(checked, plan, info, d, o):
                         found[o] = gathered(checked, plan, info, d)
             found = {o: e for o, e in found.items() if e is not None}
             if found:
