@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import csis_dsl
+from conftest import assert_fast_path_equals_pyro_path
 
 WIDE = """
 model wide {
@@ -138,32 +139,11 @@ def test_a_hyperparameter_with_both_effects_integrated_out_before_training(spec)
 def test_the_fast_path_equals_the_pyro_path_with_partners():
     """The training loss and its gradient through the pair's fits, on the fast path and
     on the Pyro path (the guide traced replaying the model's latents), on one batch."""
-    import pyro
-    import pyro.poutine as poutine
-    from csis_dsl.engine.train import guide_loss
     N, J = 12, 3
     m = csis_dsl.compile_string(LONG, args={"N": N, "J": J, "g": [n % J for n in range(N)],
                                             "x": [0.25 * n - 1.0 for n in range(N)]})
     m.guide.fit_statistics(300)
-    B = 5
-    pyro.set_rng_seed(0)
-    tr = poutine.trace(m.pyro_model).get_trace(num_traces=B)
-    env = tr.nodes["_RETURN"]["value"]
-    latents = {n: env[n] for n in m.latents}
-    obs = {n: env[n] for n in m.observed}
-    params = [p for p in m.guide.parameters() if p.requires_grad]
-    fast = guide_loss(m, latents, obs, B)
-    g_fast = torch.autograd.grad(fast, params, allow_unused=True)
-    gtr = poutine.trace(poutine.replay(m.guide, trace=tr)).get_trace(observations=obs,
-                                                                     num_traces=B)
-    slow = -gtr.log_prob_sum() / B
-    g_slow = torch.autograd.grad(slow, params, allow_unused=True)
-    assert math.isfinite(float(fast.detach()))
-    assert float(fast.detach()) == pytest.approx(float(slow.detach()), rel=1e-5, abs=1e-4)
-    for a, b in zip(g_fast, g_slow):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert assert_fast_path_equals_pyro_path(m, 5) > 0
 
 
 def test_three_effects_of_one_instance_are_one_group():
