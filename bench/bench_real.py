@@ -1,5 +1,5 @@
-"""Real models on their real data (printed, never asserted): the published models (MODELS below) with
-the data shipped in bench/real/, each against a reference posterior you can trust
+"""Real models on their real data (printed, never asserted): the published models of
+MODELS below, with the data shipped in bench/real/, each against a reference posterior you can trust
 (bench/real/references.json: exact quadrature, or long Pyro NUTS runs with R-hat
 checked; see bench/real/references.py).
 
