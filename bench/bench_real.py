@@ -1,7 +1,7 @@
 """Real models on their real data (printed, never asserted): the published models of
-MODELS below, with the data shipped in bench/real/, each against a reference posterior you can trust
-(bench/real/references.json: exact quadrature, or long Pyro NUTS runs with R-hat
-checked; see bench/real/references.py).
+MODELS below, with the data shipped in bench/real/, each against a reference posterior
+you can trust (bench/real/references.json: exact quadrature, or long Pyro NUTS runs
+with R-hat checked; see bench/real/references.py).
 
 For each model: train for a wall-clock budget, then infer (amortised), then refine the
 proposal for the observations and infer again. Printed per row: ESS/N, Pareto k-hat,
