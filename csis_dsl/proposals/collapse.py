@@ -82,14 +82,14 @@ class Collapsed:
         # varying intercept and slope: :func:`.context.partnered`), by their leader
         lead = leaders(net.inputs.partners)
         self.groups = {z: net.inputs.partners[z] for z in effects if lead.get(z) == z}
-        grouped = {p for found in self.groups.values() for p in found[1]}
+        grouped = {p for found in self.groups.values() for p in found.partners}
         self.informing = {z: net.inputs.informing[z] for z in effects
                           if z not in self.groups and z not in grouped}
-        in_groups = {o for found in self.groups.values() for o in found[0]}
+        in_groups = {o for found in self.groups.values() for o in found.observed}
         self.direct = [o for o in observed if o not in in_groups and
                        not any(o in names for names in self.informing.values())]
         self.group_index = {z: {o: gather_index(rt, o, e, net.families[z].info.n)
-                                for o, e in found[2].items()}
+                                for o, e in found.gathers.items()}
                             for z, found in self.groups.items()}
         self.gathered = {z: {o: gather_index(rt, o, e, net.families[z].info.n)
                              for o, e in net.inputs.gathers.get(z, {}).items()}
@@ -179,19 +179,18 @@ class Collapsed:
         per instance (:class:`.partners.GroupFit`; exact for a linear-Gaussian
         likelihood), with their exact priors and the fit's Gaussian as q."""
         rt, M = self.sp.runtime, self.M
-        obs, partners, _, exact, dets = self.groups[z]
-        group = GroupFit(rt, self.sp.net.families, [z] + list(partners), obs, self.obs,
-                         self.group_index[z], M, overlay, dets)
-        fit = group.fit(exact, steps=EFFECT_STEPS)
+        found = self.groups[z]
+        group = GroupFit(rt, self.sp.net.families, [z] + found.partners, found.observed,
+                         self.obs, self.group_index[z], M, overlay, found.between)
+        fit = group.fit(found.exact, steps=EFFECT_STEPS)
         if fit is None:
             raise ValueError("the effects' joint fit failed")
         modes, P, _ = fit
         parts, vals = group.values(modes)
         total = group.loglik(modes).reshape(M, -1).sum(-1)
-        for r, f, st, part in zip(group.names, group.fams, group.stmts, parts):
-            lp = rt.stmt_log_prob(st, vals[r].t, {**overlay, **vals})
-            jac = f.transform.log_abs_det_jacobian(part, f.transform(part))
-            total = total + lp.reshape(M, -1).sum(-1) + jac.reshape(M, -1).sum(-1)
+        for f, st, part in zip(group.fams, group.stmts, parts):
+            total = total + f.prior_log_density(rt, st, part, f.transform(part),
+                                                {**overlay, **vals})
         L, bad = torch.linalg.cholesky_ex(P)
         log_q = L.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * P.shape[-1] * math.log(2 * math.pi)
         log_q = torch.where(bad == 0, log_q, torch.full_like(log_q, math.nan))

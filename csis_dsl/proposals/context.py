@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,15 @@ from .standardise import robust_statistics
 from .summed import Summed
 
 WHOLE_MAX = 256        # the widest context read whole
+
+
+class Partnered(NamedTuple):
+    """A plate site's partners (:func:`partnered`)."""
+    observed: List[str]           # the observations the group's fit reads
+    partners: List[str]           # the later effects of the same instances
+    gathers: Dict[str, A.Expr]    # observation -> the data index it reads them through
+    exact: List[bool]             # per member (the site first): a quadratic in the group
+    between: List[str]            # deterministic values in between, recomputed
 
 
 @dataclass
@@ -435,8 +444,8 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
     partners = partners or {}
     leader = leaders(partners)
     # the deterministic values between a group and its observations -> the group
-    between_of = {d: [lead] + list(partners[lead][1]) for lead in set(leader.values())
-                  for d in partners[lead][4]}
+    between_of = {d: [lead] + partners[lead].partners for lead in set(leader.values())
+                  for d in partners[lead].between}
     fam = families[info.name]
     if info.n != 1 or not fam.joinable or not fam.informable \
             or not top_level(checked, plan, info.name):
@@ -458,7 +467,8 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
         seen.add(name)
         found = {c for c in graph.successors(name) if after(c)}
         for o in plan.observed:
-            if graph.has_edge(name, o) or name in leader and o in partners[leader[name]][0]:
+            if graph.has_edge(name, o) or name in leader and \
+                    o in partners[leader[name]].observed:
                 if o not in observed:
                     observed.append(o)
                 reads = later_reads(checked, order, info.name, o)
@@ -472,14 +482,14 @@ def collapsible(checked: Checked, plan: Plan, graph, order, info, families, info
             group = [z]
             if z in leader:         # with the effects it is integrated out together with
                 lead = leader[z]
-                group = [lead] + list(partners[lead][1])
+                group = [lead] + partners[lead].partners
                 if order[lead] <= me:
                     return None
             for e in group:
                 v = checked.vars[e]
                 kid_obs = [o for o in plan.observed if graph.has_edge(e, o)]
                 if e in leader:
-                    kid_obs = list(partners[leader[e]][0])     # (some through values)
+                    kid_obs = list(partners[leader[e]].observed)  # (some through values)
                     fine = True
                 else:
                     fine = bool(informing.get(e)) and sorted(kid_obs) == sorted(informing[e])
@@ -513,8 +523,7 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
     x[n], s)`` (the BUGS Rats growth curves, radon with a varying floor slope) -- which
     are integrated out of its location by a joint Laplace fit per instance
     (:mod:`.partners`): the site's marginal given what was drawn before it. Returns
-    (observations, partners, {observation: the data index expression} for those read
-    through one, the deterministic values in between to recompute), or None.
+    a :class:`Partnered`, or None.
 
     The partners are continuous plate latents of one statement with the site's
     instances, in static loops from 0 without branches, whose priors read only data and
@@ -608,7 +617,8 @@ def partnered(checked: Checked, plan: Plan, graph, order, info, families):
                 return None
         if len(ways) != 1:
             return None
-    return obs, partners, gathers, dets
+    block = quadratic_block(checked, group, obs)
+    return Partnered(obs, partners, gathers, [n in block for n in group], dets)
 
 
 def leaders(partners) -> Dict[str, str]:
@@ -618,7 +628,7 @@ def leaders(partners) -> Dict[str, str]:
     leader = {}
     for lead, found in partners.items():
         if lead not in leader:
-            for p in [lead] + list(found[1]):
+            for p in [lead] + found.partners:
                 leader.setdefault(p, lead)
     return leader
 
@@ -730,11 +740,13 @@ class SiteInputs(nn.Module):
         for info in infos:
             found = {o: gathered(checked, plan, info, o)
                      for o in self.informing.get(info.name, [])}
-            for o in found:         # or through a value in between that reads it so
-                for d in self.recompute.get(info.name, ()) if found[o] is None else ():
-                    if info.name in checked.vars[d].reads and \
-                            through_index(checked, plan, info, d, o):
-                        found[o] = gathered(checked, plan, info, d)
+            for o in [o for o, e in found.items() if e is None]:
+                # or through a value in between that reads the site so
+                through = [d for d in self.recompute.get(info.name, ())
+                           if info.name in checked.vars[d].reads
+                           and through_index(checked, plan, info, d, o)]
+                if through:
+                    found[o] = gathered(checked, plan, info, through[0])
             found = {o: e for o, e in found.items() if e is not None}
             if found:
                 self.gathers[info.name] = found
@@ -755,9 +767,7 @@ class SiteInputs(nn.Module):
         self.quadratic = {name: quadratic_likelihood(checked, name, obs)
                           for name, obs in self.informing.items()}
         # plate sites whose observations read later effects of the same instances,
-        # fitted jointly with them per instance: name -> (observations, partners,
-        # data index expressions, which of the group the observations are a quadratic
-        # in, the deterministic values in between)
+        # fitted jointly with them per instance: name -> :class:`Partnered`
         self.partners = {}
         if config.informed:
             for info in infos:
@@ -765,11 +775,7 @@ class SiteInputs(nn.Module):
                     continue
                 found = partnered(checked, plan, graph, order, info, families)
                 if found is not None:
-                    obs, partners, gathers, dets = found
-                    block = quadratic_block(checked, [info.name] + partners, obs)
-                    self.partners[info.name] = (obs, partners, gathers,
-                                                [n in block for n in [info.name] + partners],
-                                                dets)
+                    self.partners[info.name] = found
         # hyperparameters located with their group effects integrated out
         # (:mod:`.collapse`): name -> (observations, effects)
         self.collapse = {}

@@ -286,13 +286,14 @@ class SiteProposal(pdist.TorchDistribution):
         varying intercept), from the group's joint fit per instance -- exact where the
         observations are Gaussian and affine in the group. The partners are then
         informed given the site's drawn values by their own observations."""
-        obs, partners, gathers, exact, dets = self.partners
+        found = self.partners
         rt, M, n = self.runtime, self.state.M, self.info.n
         saved = (rt.invalid, rt.problem, rt.B)
         try:
-            gathered = {o: gather_index(rt, o, e, n) for o, e in gathers.items()}
-            fit = GroupFit(rt, self.net.families, [self.info.name] + list(partners), obs,
-                           self.state.observations, gathered, M, dets=dets).fit(exact)
+            gathered = {o: gather_index(rt, o, e, n) for o, e in found.gathers.items()}
+            fit = GroupFit(rt, self.net.families, [self.info.name] + found.partners,
+                           found.observed, self.state.observations, gathered, M,
+                           dets=found.between).fit(found.exact)
         except (ModelRuntimeError, RuntimeError, ValueError):
             fit = None
         finally:
@@ -461,8 +462,9 @@ class SiteProposal(pdist.TorchDistribution):
         every draw shares the observations)."""
         observed, effects, later = self.collapse
         rt = self.runtime
+        partners = self.net.inputs.partners
         dets = [d for z in effects for d in self.net.inputs.recompute.get(z, ())] + [
-            d for z in effects for d in self.net.inputs.partners.get(z, ((),) * 5)[4]]
+            d for z in effects if z in partners for d in partners[z].between]
         locs = [loc0] + [f[0] for f in later_facts]
         scales = [scale0] + [f[1] for f in later_facts]
         rows, inverse = self._distinct_rows([self.info.name] + list(later), [],
