@@ -151,3 +151,53 @@ def test_gauss_hermite_nodes_integrate_polynomials_exactly():
         for p in range(2 * k):
             exact = 0.0 if p % 2 else math.sqrt(math.pi) * math.prod(range(p - 1, 0, -2)) / 2 ** (p / 2)
             assert abs(float((log_w.exp() * x ** p).sum()) - exact) < 1e-9 * max(1.0, exact), (k, p)
+
+
+def test_a_fit_takes_its_points_in_one_call_with_the_same_result():
+    """fit_objective asks for every point of a step at once (differences, line search,
+    quadrature nodes): the same fit as the objective evaluated point by point, on a
+    skewed log density of two numbers per row (a location and a log scale)."""
+    from csis_dsl.proposals.quadrature import fit_objective, one_at_a_time
+    calls = []
+    y = torch.tensor([[0.3, 1.2, -0.4, 2.0], [5.0, 4.0, 6.5, 5.5]], dtype=torch.float64)
+
+    def log_density(u):     # u (..., M, 2): N(y | mu, e^s) x N(0, 3^2) on both, (..., M)
+        calls.append(u.shape)
+        mu, s = u[..., :1], u[..., 1:]
+        return (-0.5 * ((y - mu) / s.exp()) ** 2 - s).sum(-1) - 0.5 * (u ** 2).sum(-1) / 9.0
+    u0 = torch.zeros(2, 2, dtype=torch.float64)
+    scale = torch.full((2, 2), 3.0, dtype=torch.float64)
+    a = fit_objective(one_at_a_time(log_density), u0, u0, scale)
+    singles = len(calls)
+    calls.clear()
+    b = fit_objective(log_density, u0, u0, scale)
+    for x, z in zip(a, b):
+        assert torch.equal(x, z)
+    assert len(calls) < singles / 3          # a step's points in one call, not one each
+
+
+def test_stacked_collapsed_evaluations_equal_one_at_a_time(monkeypatch):
+    """The collapsed objective evaluates its K points per row as one run of K M traces
+    (the runtime's traces repeated, :mod:`csis_dsl.backend.repeat`): the proposal is the
+    one made evaluating them one by one (a hierarchical mean and scale, the effects
+    integrated out)."""
+    import pyro
+    from csis_dsl.backend import repeat
+    J = 12
+    g = torch.Generator().manual_seed(4)
+    sigma = 0.5 + torch.rand(J, generator=g, dtype=torch.float64)
+    src = SCHOOLS.replace("    arg real mu = 2.0;\n\n    tau", "\n    mu ~ Normal(0.0, 5.0);\n    tau")
+    m = csis_dsl.compile_string(src, args={"J": J, "sigma": sigma.tolist()})
+    m.guide.fit_statistics()
+    sims = m.simulate(16)                   # 16 rows, each its own observations
+    obs = {"y": sims["y"]}
+
+    def proposed():
+        pyro.set_rng_seed(0)
+        return m.guide.propose(obs, 16)
+    stacked = proposed()
+    monkeypatch.setattr(repeat, "STACK_ELEMENTS", 1)       # one point a run
+    single = proposed()
+    for name in ("mu", "tau", "theta"):
+        assert torch.allclose(stacked[0][name], single[0][name], rtol=1e-5, atol=1e-5), name
+    assert torch.allclose(stacked[1], single[1], rtol=1e-5, atol=1e-4)

@@ -52,6 +52,7 @@ import math
 
 import torch
 
+from ..backend.repeat import points_per_run, repeat_each, repeated
 from ..backend.values import Stored
 from ..errors import ModelRuntimeError
 from .context import leaders
@@ -223,11 +224,35 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
         except (ModelRuntimeError, RuntimeError, ValueError):
             exact = False
 
-        def objective(u):
-            f = F(u, prior=True) if exact else F(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
+        evaluate = _stacked(F, rt, lambda K, obs: Collapsed(
+            sp, observed, effects, later, K * F.M, obs), exact)
+
+        def objective(u):                 # (K, M, D) -> (K, M)
+            f = evaluate(u) if exact else evaluate(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
             return torch.nan_to_num(f, nan=-math.inf)
         return fit_objective(objective, u, loc, scale)
     except (ModelRuntimeError, RuntimeError, ValueError):
         return None
     finally:
         rt.invalid, rt.problem = saved
+
+
+def _stacked(F, rt, make, prior: bool):
+    """``F`` (a :class:`Collapsed` of M rows) at K points per row, u (K, M, D) -> (K, M),
+    in one vectorised run of K M traces (:func:`..backend.repeat.repeated`; ``make(K,
+    observations)``: the Collapsed of those K M rows), as many points a run as
+    :func:`..backend.repeat.points_per_run` allows. ``prior``: with the exact prior
+    density."""
+    M = F.M
+    chunk = points_per_run(M, F.obs)
+    made = {}
+
+    def run(u):
+        K = u.shape[0]
+        if K == 1 or rt.B != M:
+            return torch.stack([F(p, prior=prior) for p in u])
+        with repeated(rt, K):
+            if K not in made:
+                made[K] = make(K, repeat_each(dict(F.obs), K, M))
+            return made[K](u.reshape(K * M, -1), prior=prior).reshape(K, M)
+    return lambda u: torch.cat([run(c) for c in u.split(chunk)])

@@ -36,8 +36,9 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from ..backend.repeat import repeat_rows
 from .families.continuous import hessian, local_fit
-from .quadrature import fit_objective
+from .quadrature import fit_objective, one_at_a_time
 
 STEPS = 6           # Newton steps at most (each a pass over the observations with its
                     # gradient and Hessian)
@@ -233,7 +234,8 @@ def gaussian_message(mean: torch.Tensor, var: torch.Tensor, loc0: torch.Tensor,
 
 def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
                   locs: List[torch.Tensor], scales: List[torch.Tensor],
-                  site_prior: Optional[Callable] = None,
+                  site_prior: Optional[Callable] = None, repeat: Optional[Callable] = None,
+                  chunk: int = 1,
                   ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The marginal of a scalar site (the first coordinate of the joint fit (mode, P))
     whose later variables are a quadratic block given it (a regression's noise scale,
@@ -254,27 +256,43 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
     to the Laplace fit's (1.1 there; 1.00 with hundreds of observations).
     ``site_prior(u)`` (M, 1) -> (M,): the site's exact prior log density in the
     unconstrained value (with the Jacobian), in place of its Gaussian, or None.
+    ``repeat(K)``: a context within which ``loglik`` and ``site_prior`` take K M rows,
+    block k a copy of the M (:func:`..backend.repeat.repeated`): the profile then takes
+    up to ``chunk`` points per row in one evaluation; without it, one at a time.
     Returns (mean (M, 1), precision (M, 1, 1), usable (M,)), or None."""
     sizes = [t.shape[-1] for t in locs]
     loc, scale = torch.cat(locs, -1), torch.cat(scales, -1)
     prec = scale ** -2
 
-    def objective(u):
-        z = conditional_mean(mode, P, torch.cat([u, mode[:, 1:]], -1), [0])
-        fit = _evaluate(loglik, z, sizes, loc, prec)
+    def objective(u, K=1):             # u (K M, 1), block k the k-th point of each row
+        mode_, P_, loc_, prec_ = (repeat_rows(t, K, mode.shape[0]) for t in (mode, P, loc, prec))
+        z = conditional_mean(mode_, P_, torch.cat([u, mode_[:, 1:]], -1), [0])
+        fit = _evaluate(loglik, z, sizes, loc_, prec_)
         if fit is None:
             return torch.full(u.shape[:1], -math.inf, dtype=u.dtype)
         obj, g, H = fit
-        A = torch.diag_embed(prec[:, 1:]) - 0.5 * (H + H.transpose(-1, -2))[:, 1:, 1:]
+        A = torch.diag_embed(prec_[:, 1:]) - 0.5 * (H + H.transpose(-1, -2))[:, 1:, 1:]
         L, bad = torch.linalg.cholesky_ex(A)
         step = torch.cholesky_solve(g[:, 1:].unsqueeze(-1), L).squeeze(-1)
         f = obj + 0.5 * (g[:, 1:] * step).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         if site_prior is not None:
-            f = f + 0.5 * prec[:, 0] * (u[:, 0] - loc[:, 0]) ** 2 + site_prior(u)
+            f = f + 0.5 * prec_[:, 0] * (u[:, 0] - loc_[:, 0]) ** 2 + site_prior(u)
         f = torch.where(bad == 0, f, torch.full_like(f, -math.inf))
         return torch.nan_to_num(f, nan=-math.inf)
+
+    def points(u):                      # (K, M, 1) -> (K, M), up to chunk points a run
+        out = []
+        for c in u.split(chunk):
+            K = c.shape[0]
+            if K == 1:
+                out.append(objective(c[0]).unsqueeze(0))
+                continue
+            with repeat(K):
+                out.append(objective(c.reshape(-1, c.shape[-1]), K).reshape(K, -1))
+        return torch.cat(out)
     sd = torch.linalg.inv_ex(P)[0][:, :1, 0].clamp(min=1e-30).sqrt()     # the joint fit's
-    return fit_objective(objective, mode[:, :1], locs[0], scales[0], widen=True, sd=sd,
+    return fit_objective(points if repeat is not None else one_at_a_time(objective),
+                         mode[:, :1], locs[0], scales[0], widen=True, sd=sd,
                          steps=PROFILE_STEPS)
 
 

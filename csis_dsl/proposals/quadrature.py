@@ -9,7 +9,11 @@ here uses evaluations only: saddle-free Newton steps on central differences with
 backtracking line search, the curvature measured again at the scale of the posterior
 found, and, for one or two numbers, the moments by adaptive Gauss-Hermite quadrature
 around the Laplace fit (a skewed marginal's mean and spread, not its mode and
-curvature). Every step runs on all M rows at once.
+curvature). Every step runs on all M rows at once, and the points it needs together
+(a step's differences, its line search, the quadrature's nodes) are evaluated in one
+call: an objective takes K points per row, u (K, M, D) -> (K, M) (the collapsed
+objective runs its K M evaluations as one vectorised run, :mod:`..backend.repeat`;
+:func:`one_at_a_time` makes one of a single point do).
 """
 from __future__ import annotations
 
@@ -27,10 +31,17 @@ SPREAD = 4.0         # the most the quadrature's variance may differ from the La
                      # fit's, in any direction, for its moments to be used
 
 
+def one_at_a_time(objective):
+    """An objective of one point per row, u (M, D) -> (M,), as one of K points per row
+    (K, M, D) -> (K, M), evaluated point by point."""
+    return lambda u: torch.stack([objective(p) for p in u])
+
+
 @torch.no_grad()
 def fit_objective(objective, u, loc, scale, widen: bool = False, sd=None, steps: int = STEPS):
     """The Laplace fit, with the moments of one or two numbers, of the log density
-    ``objective`` (u (M, D) -> (M,), -inf where not defined) from ``u``, with prior
+    ``objective`` (K points per row, u (K, M, D) -> (K, M), -inf where not defined:
+    :func:`one_at_a_time` makes one of a single point do) from ``u``, with prior
     locations and scales ``loc``, ``scale`` (M, D) (the step bounds and the precision
     floor). Returns (mean (M, D), precision (M, D, D), usable (M,)); where not usable
     the precision is the prior's. ``widen``: as :func:`moments`. ``sd`` (M, D): the
@@ -39,7 +50,7 @@ def fit_objective(objective, u, loc, scale, widen: bool = False, sd=None, steps:
     the scale found). ``steps``: Newton steps at most."""
     prec0 = scale ** -2
     h = 0.1 * scale if sd is None else torch.minimum(0.1 * scale, 0.5 * sd).clamp(min=1e-3 * scale)
-    f0 = objective(u)
+    f0 = objective(u.unsqueeze(0))[0]
     converged = torch.zeros(u.shape[0], dtype=torch.bool)
     for _ in range(steps):
         g, H = _curvature(objective, u, f0, h)
@@ -49,17 +60,7 @@ def fit_objective(objective, u, loc, scale, widen: bool = False, sd=None, steps:
         P, concave = _precision(H, prec0)
         step = torch.linalg.solve(P, g.unsqueeze(-1)).squeeze(-1)
         step = step / (step.abs() / (MAX_STEP * scale)).amax(-1, keepdim=True).clamp(min=1.0)
-        moved = torch.zeros_like(ok)
-        for _ in range(HALVINGS + 1):
-            todo = ~moved & (step != 0).any(-1)
-            if not bool(todo.any()):
-                break
-            f1 = objective(u + step)
-            better = todo & (f1 > f0)
-            u = torch.where(better.unsqueeze(-1), u + step, u)
-            f0 = torch.where(better, f1, f0)
-            moved = moved | better
-            step = torch.where(moved.unsqueeze(-1), step, 0.5 * step)
+        u, f0, step, moved = _line_search(objective, u, f0, step)
         # the next differences at the scale of the posterior found
         sd = torch.linalg.inv(P).diagonal(dim1=-2, dim2=-1).clamp(min=1e-30).sqrt()
         wide = h
@@ -82,6 +83,27 @@ def fit_objective(objective, u, loc, scale, widen: bool = False, sd=None, steps:
     return u, P, usable
 
 
+def _line_search(objective, u, f0, step):
+    """The step (M, D) and its halvings, all evaluated in one call: each row moves by
+    the longest of them that improves the objective. Returns (u, f0, the step taken
+    (where none was, the last halving), moved (M,))."""
+    M = u.shape[0]
+    frac = 0.5 ** torch.arange(HALVINGS + 1, dtype=u.dtype)            # (K,)
+    todo = (step != 0).any(-1)
+    if not bool(todo.any()):
+        return u, f0, step, torch.zeros_like(todo)
+    cand = u + frac[:, None, None] * step                             # (K, M, D)
+    f1 = objective(cand)                                              # (K, M)
+    better = (f1 > f0) & todo
+    moved = better.any(0)
+    first = better.to(torch.int8).argmax(0)                           # the longest
+    rows = torch.arange(M)
+    u = torch.where(moved.unsqueeze(-1), cand[first, rows], u)
+    f0 = torch.where(moved, f1[first, rows], f0)
+    taken = torch.where(moved, frac[first], 0.5 * frac[-1])
+    return u, f0, step * taken.unsqueeze(-1), moved
+
+
 def hermite_nodes(k: int, dtype=torch.float64):
     """The k nodes and log weights of Gauss-Hermite quadrature (weight exp(-x^2)), by
     Golub and Welsch: the eigenvalues of the Jacobi matrix of the Hermite polynomials,
@@ -94,21 +116,18 @@ def hermite_nodes(k: int, dtype=torch.float64):
 
 def _curvature(objective, u, f0, h):
     """Central differences of the objective at u (M, D): gradient (M, D) and Hessian
-    (M, D, D), steps h (M, D); 1 + 2D + D(D - 1) / 2 evaluations less the one given."""
+    (M, D, D), steps h (M, D); 1 + 2D + D(D - 1) / 2 evaluations less the one given, in
+    one call."""
     M, D = u.shape
     eye = torch.eye(D, dtype=u.dtype)
-    plus, minus = [], []
-    for i in range(D):
-        e = eye[i] * h
-        plus.append(objective(u + e))
-        minus.append(objective(u - e))
-    g = torch.stack([(plus[i] - minus[i]) / (2 * h[:, i]) for i in range(D)], -1)
-    H = torch.zeros(M, D, D, dtype=u.dtype)
-    for i in range(D):
-        H[:, i, i] = (plus[i] - 2 * f0 + minus[i]) / h[:, i] ** 2
-        for j in range(i):
-            fij = objective(u + eye[i] * h + eye[j] * h)
-            H[:, i, j] = H[:, j, i] = (fij - plus[i] - plus[j] + f0) / (h[:, i] * h[:, j])
+    pairs = [(i, j) for i in range(D) for j in range(i)]
+    shifts = torch.cat([eye, -eye] + [(eye[i] + eye[j]).unsqueeze(0) for i, j in pairs])
+    f = objective(u + shifts.unsqueeze(1) * h)             # (2D + D(D - 1) / 2, M)
+    plus, minus = f[:D], f[D:2 * D]
+    g = ((plus - minus) / (2 * h.t())).t()
+    H = torch.diag_embed(((plus - 2 * f0 + minus) / h.t() ** 2).t())
+    for k, (i, j) in enumerate(pairs):
+        H[:, i, j] = H[:, j, i] = (f[2 * D + k] - plus[i] - plus[j] + f0) / (h[:, i] * h[:, j])
     return g, H
 
 
@@ -140,7 +159,7 @@ def moments(objective, u, P, f0, usable, widen: bool = False):
     lw = torch.cartesian_prod(*[log_w] * D).reshape(-1, D).sum(-1)
     L = torch.linalg.cholesky_ex(torch.cholesky_inverse(torch.linalg.cholesky_ex(P)[0]))[0]
     z = u.unsqueeze(1) + math.sqrt(2.0) * grid @ L.transpose(-1, -2)    # (M, K^D, D)
-    f = torch.stack([objective(z[:, k]) for k in range(grid.shape[0])], -1)
+    f = objective(z.transpose(0, 1)).t()                             # (M, K^D)
     w = torch.softmax(torch.nan_to_num(f - f0.unsqueeze(-1), nan=-math.inf)
                       + lw + (grid ** 2).sum(-1), -1).unsqueeze(-1)   # (M, K^D, 1)
     w = torch.nan_to_num(w, nan=0.0)

@@ -18,6 +18,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
+from ..backend.repeat import points_per_run, repeat_each, repeated
 from ..backend.values import Stored
 from ..catalogue.supports import is_dependent
 from ..errors import ModelRuntimeError
@@ -235,21 +236,26 @@ class SiteProposal(pdist.TorchDistribution):
                 observations = self._rows_only(rows)
                 locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
                 start = [None if t is None else t[rows] for t in start]
-            shapes = [(R,) + tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
+            shapes = [tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
                       for n in names]
 
-            memo = {}
+            memo, copies = {}, {}
 
             def loglik(us):
-                overlay = {n: Stored(fam.transform(u.reshape(R, fam.info.n, -1)).reshape(shape))
-                           for n, fam, u, shape in zip(names, fams, us, shapes)}
+                # R rows, or K R under repeat (block k a copy: a profile's K points)
+                rows = us[0].shape[0]
+                if rows // R not in copies:
+                    copies[rows // R] = repeat_each(dict(observations), rows // R, R)
+                seen = copies[rows // R]
+                overlay = {n: Stored(fam.transform(u.reshape(rows, fam.info.n, -1)).reshape(
+                    (rows,) + shape)) for n, fam, u, shape in zip(names, fams, us, shapes)}
                 for dname in dets:      # the deterministic values they read, recomputed
                     overlay[dname] = Stored(rt.assigned(rt.checked.vars[dname].stmts[0],
                                                         overlay=overlay))
                 total = 0.0
                 for o, st in stmts:
-                    lp = rt.stmt_log_prob(st, observations[o], overlay)
-                    total = total + lp.reshape(R, -1).sum(-1)
+                    lp = rt.stmt_log_prob(st, seen[o], overlay)
+                    total = total + lp.reshape(rows, -1).sum(-1)
                 if summed:          # the allocations or chains after the site, summed out
                     total = total + summed_loglik(rt, summed, observations, overlay, R,
                                                   net.families, memo)
@@ -261,7 +267,9 @@ class SiteProposal(pdist.TorchDistribution):
             if fit is not None and self._profiled(locs, exact, summed):
                 try:
                     profile = block_profile(loglik, torch.cat(fit[0], -1), fit[1], locs,
-                                            scales, self._exact_prior(locs[0], rows is None))
+                                            scales, self._exact_prior(locs[0], rows is None),
+                                            repeat=lambda K: repeated(rt, K),
+                                            chunk=points_per_run(R, observations, obs))
                 except (ModelRuntimeError, RuntimeError, ValueError):
                     profile = None          # the joint fit's marginal serves
             if fit is not None and rows is not None:
