@@ -65,10 +65,13 @@ class Group:
             dist.broadcast(b, 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # its name is changing
-            # find_unused_parameters: some weights get no gradient in a step (the value
-            # embedding of the last site, a conditional site absent from a batch)
-            return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False,
-                                           find_unused_parameters=True)
+            # some weights get no gradient in a step (the value embedding of the last
+            # site, a conditional site absent from a batch): EveryWeight gives them a
+            # zero one, instead of find_unused_parameters, whose search of the graph
+            # each step cost 2 processes 0.2x of their speed-up (0.95-0.97x -> 1.13-1.18x
+            # at batch 512, 1.32-1.39x -> 1.44-1.54x at 4096, seed model)
+            return DistributedDataParallel(EveryWeight(module), device_ids=ids,
+                                           broadcast_buffers=False)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over the ranks."""
@@ -135,6 +138,20 @@ class LossModule(nn.Module):
 
     def forward(self, latents, obs, B: int, subsample=None):
         return -self.guide.log_q(obs, latents, B, subsample).mean()
+
+
+class EveryWeight(nn.Module):
+    """``module``'s output plus zero times every weight: each weight then has a
+    gradient in every step (zero where the step did not use it), as
+    DistributedDataParallel without ``find_unused_parameters`` needs."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kw):
+        out = self.module(*args, **kw)
+        return out + 0.0 * torch.cat([p.reshape(-1) for p in self.module.parameters()]).sum()
 
 
 def free_port() -> int:
