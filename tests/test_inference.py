@@ -98,6 +98,30 @@ def test_refinement_is_never_worse_than_where_it_starts(gaussian):
     assert r.guide is not gaussian.guide or r.kept_start
 
 
+def test_a_refinement_is_judged_in_the_mixture_infer_draws_from(gaussian):
+    """Whether a refinement is kept is decided by the ESS infer will get with it: the
+    network's proposal mixed with the program's own at the pilot's share. A network
+    moved far off is poor alone but harmless there (the pilot gives the program the
+    draws): judged alone, it would have been compared on a proposal infer hardly
+    uses."""
+    import copy
+    from csis_dsl.backend.observations import Observations
+    from csis_dsl.engine.posterior import importance
+    from csis_dsl.engine.refine import ess_of
+    obs = Observations.of(gaussian.checked, {"x1": 1.0, "x2": 2.0})
+    g = copy.deepcopy(gaussian.guide)
+    g.net.add_adapters()
+    with torch.no_grad():                # the network's proposal moved far off
+        g.net.adapters["z"]["shift"].fill_(6.0)
+        g.net.adapters["z"]["log_factor"].fill_(-2.0)
+    torch.manual_seed(0)
+    judged = ess_of(gaussian, g, obs, 2000)
+    alone = importance(gaussian, obs, 2000, guide=g, defensive=0.1, program=0.0, seed=1).ess
+    used = importance(gaussian, obs, 2000, guide=g, defensive=0.1, program="auto", seed=2).ess
+    assert alone < 0.3 * 2000 < 0.7 * 2000 < used
+    assert abs(judged - used) < 0.1 * 2000
+
+
 def test_infer_refine_steps_and_summary(gaussian):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

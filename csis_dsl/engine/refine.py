@@ -161,7 +161,7 @@ def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 
             bar.set_postfix(ess=f"{out.ess[-1]:.0f}/{draws}", alpha=f"{alpha:.2f}")
         bar.close()
         # never worse than where it started: the start, the end and the state where
-        # the smoothed ESS peaked, compared on fresh draws
+        # the smoothed ESS peaked, compared on fresh draws from the mixture infer uses
         n = max(2048, 4 * draws)
         out.start_ess, out.final_ess = (ess_of(model, g, obs, n) for g in (start, guide))
         if best is not None and len(out.ess) > 1:
@@ -179,10 +179,15 @@ def refine(model, observations, steps: int = 200, draws: int = 256, lr: float = 
 
 @torch.no_grad()
 def ess_of(model, guide, obs, n, defensive=0.1) -> float:
-    """The ESS of n fresh draws from the defensive mixture of ``guide`` (as infer
-    draws them)."""
-    from .posterior import defensive_draws
-    values, log_q = defensive_draws(guide, obs, n, defensive, "trace")
+    """The ESS of n fresh draws from the mixture ``infer`` draws from with ``guide``:
+    its defensive mixture with the program's own proposal at the share a pilot picks
+    (:func:`.posterior.choose_program_share`), not of the network's proposal alone:
+    where the pilot gives the program most of the draws (surgical mortality: 85%), the
+    network alone says little about what infer will get, and a refined network better
+    alone can be worse there."""
+    from .posterior import choose_program_share, mixture_draws, shares_of
+    shares = shares_of(choose_program_share(model, guide, obs, defensive), defensive)
+    values, log_q, _ = mixture_draws(guide, obs, n, shares)
     log_latent, log_obs, _ = model.pyro_model.score(n, obs, values)
     log_w = (log_latent + log_obs - log_q).double()
     log_w = torch.where(torch.isnan(log_w), torch.full_like(log_w, -math.inf), log_w)
