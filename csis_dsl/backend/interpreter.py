@@ -261,9 +261,10 @@ class Runtime:
         p = normalise(param.kind, p)
         if param.kind in MATRIX_KINDS:     # checked as relations (problems)
             return p
-        bad = ~check_values(param.kind, p)
-        if not bool(bad.any()):
+        ok = check_values(param.kind, p)
+        if bool(ok.all()):
             return p
+        bad = ~ok
         real_bad = bad if active is None else bad & extend_to(active, bad)
         if bool(real_bad.any()):
             traces = real_bad.reshape(real_bad.shape[0], -1).any(1)
