@@ -76,6 +76,25 @@ def repeated(rt, K: int):
             else invalid
 
 
+def in_runs(rt, u: torch.Tensor, chunk: int, evaluate) -> torch.Tensor:
+    """A function of ``rt``'s M traces at K points each, u (K, M, D) -> (K, M): up to
+    ``chunk`` points a run, each run ``evaluate(points (k M, D), k) -> (k M,)`` with
+    the traces repeated k times (:func:`repeated`); one point a run, or all of them
+    where ``rt`` does not run these M traces, with ``rt`` as it is."""
+    M = u.shape[1]
+    if rt.B != M:
+        chunk = 1
+    out = []
+    for c in u.split(chunk):
+        K = c.shape[0]
+        if K == 1:
+            out.append(evaluate(c[0], 1).unsqueeze(0))
+            continue
+        with repeated(rt, K):
+            out.append(evaluate(c.reshape(K * M, -1), K).reshape(K, M))
+    return torch.cat(out)
+
+
 def repeat_each(d: dict, K: int, M: int) -> dict:
     """A dict of tensors with a row per trace (M) or one row, as K M (:func:`repeat_rows`)."""
     return {k: repeat_rows(t, K, M) if torch.is_tensor(t) else t for k, t in d.items()}

@@ -52,7 +52,7 @@ import math
 
 import torch
 
-from ..backend.repeat import points_per_run, repeat_each, repeated
+from ..backend.repeat import in_runs, points_per_run, repeat_each
 from ..backend.values import Stored
 from ..errors import ModelRuntimeError
 from .context import leaders
@@ -239,20 +239,16 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
 
 def _stacked(F, rt, make, prior: bool):
     """``F`` (a :class:`Collapsed` of M rows) at K points per row, u (K, M, D) -> (K, M),
-    in one vectorised run of K M traces (:func:`..backend.repeat.repeated`; ``make(K,
-    observations)``: the Collapsed of those K M rows), as many points a run as
+    as one vectorised run of K M traces (:func:`..backend.repeat.in_runs`; ``make(K,
+    observations)``: the Collapsed of those K M rows) where
     :func:`..backend.repeat.points_per_run` allows. ``prior``: with the exact prior
     density."""
     M = F.M
     chunk = points_per_run(M, F.obs)
-    made = {}
+    made = {1: F}
 
-    def run(u):
-        K = u.shape[0]
-        if K == 1 or rt.B != M:
-            return torch.stack([F(p, prior=prior) for p in u])
-        with repeated(rt, K):
-            if K not in made:
-                made[K] = make(K, repeat_each(dict(F.obs), K, M))
-            return made[K](u.reshape(K * M, -1), prior=prior).reshape(K, M)
-    return lambda u: torch.cat([run(c) for c in u.split(chunk)])
+    def evaluate(u, K):
+        if K not in made:
+            made[K] = make(K, repeat_each(dict(F.obs), K, M))
+        return made[K](u, prior=prior)
+    return lambda u: in_runs(rt, u, chunk, evaluate)

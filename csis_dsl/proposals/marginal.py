@@ -36,7 +36,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from ..backend.repeat import repeat_rows
+from ..backend.repeat import in_runs, repeat_rows
 from .families.continuous import hessian, local_fit
 from .quadrature import fit_objective, one_at_a_time
 
@@ -234,8 +234,7 @@ def gaussian_message(mean: torch.Tensor, var: torch.Tensor, loc0: torch.Tensor,
 
 def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
                   locs: List[torch.Tensor], scales: List[torch.Tensor],
-                  site_prior: Optional[Callable] = None, repeat: Optional[Callable] = None,
-                  chunk: int = 1,
+                  site_prior: Optional[Callable] = None, runtime=None, chunk: int = 1,
                   ) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The marginal of a scalar site (the first coordinate of the joint fit (mode, P))
     whose later variables are a quadratic block given it (a regression's noise scale,
@@ -256,9 +255,9 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
     to the Laplace fit's (1.1 there; 1.00 with hundreds of observations).
     ``site_prior(u)`` (M, 1) -> (M,): the site's exact prior log density in the
     unconstrained value (with the Jacobian), in place of its Gaussian, or None.
-    ``repeat(K)``: a context within which ``loglik`` and ``site_prior`` take K M rows,
-    block k a copy of the M (:func:`..backend.repeat.repeated`): the profile then takes
-    up to ``chunk`` points per row in one evaluation; without it, one at a time.
+    ``runtime``: the runtime ``loglik`` and ``site_prior`` read, which then take up to
+    ``chunk`` points per row in one run of its traces repeated (K M rows, block k a
+    copy of the M: :func:`..backend.repeat.in_runs`); without it, one at a time.
     Returns (mean (M, 1), precision (M, 1, 1), usable (M,)), or None."""
     sizes = [t.shape[-1] for t in locs]
     loc, scale = torch.cat(locs, -1), torch.cat(scales, -1)
@@ -279,20 +278,10 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
             f = f + 0.5 * prec_[:, 0] * (u[:, 0] - loc_[:, 0]) ** 2 + site_prior(u)
         f = torch.where(bad == 0, f, torch.full_like(f, -math.inf))
         return torch.nan_to_num(f, nan=-math.inf)
-
-    def points(u):                      # (K, M, 1) -> (K, M), up to chunk points a run
-        out = []
-        for c in u.split(chunk):
-            K = c.shape[0]
-            if K == 1:
-                out.append(objective(c[0]).unsqueeze(0))
-                continue
-            with repeat(K):
-                out.append(objective(c.reshape(-1, c.shape[-1]), K).reshape(K, -1))
-        return torch.cat(out)
     sd = torch.linalg.inv_ex(P)[0][:, :1, 0].clamp(min=1e-30).sqrt()     # the joint fit's
-    return fit_objective(points if repeat is not None else one_at_a_time(objective),
-                         mode[:, :1], locs[0], scales[0], widen=True, sd=sd,
+    points = one_at_a_time(objective) if runtime is None else \
+        (lambda u: in_runs(runtime, u, chunk, objective))
+    return fit_objective(points, mode[:, :1], locs[0], scales[0], widen=True, sd=sd,
                          steps=PROFILE_STEPS)
 
 

@@ -18,7 +18,7 @@ import pyro.distributions as pdist
 import torch
 from torch.distributions import constraints
 
-from ..backend.repeat import points_per_run, repeat_each, repeated
+from ..backend.repeat import points_per_run, repeat_each
 from ..backend.values import Stored
 from ..catalogue.supports import is_dependent
 from ..errors import ModelRuntimeError
@@ -268,7 +268,7 @@ class SiteProposal(pdist.TorchDistribution):
                 try:
                     profile = block_profile(loglik, torch.cat(fit[0], -1), fit[1], locs,
                                             scales, self._exact_prior(locs[0], rows is None),
-                                            repeat=lambda K: repeated(rt, K),
+                                            runtime=rt,
                                             chunk=points_per_run(R, observations, obs))
                 except (ModelRuntimeError, RuntimeError, ValueError):
                     profile = None          # the joint fit's marginal serves
