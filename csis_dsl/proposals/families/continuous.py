@@ -434,16 +434,8 @@ class ContinuousProposal(ProposalFamily):
                                       new, best[k])
             u0, _, g, H = best
             g = g - prior_prec * (u0 - loc0)
-            H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
-            if joint:
-                lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
-                L, bad = torch.linalg.cholesky_ex(torch.diag_embed(prior_prec) + (
-                    V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2))
-                ok = bad == 0
-                L = torch.where(ok[..., None, None], L, prior)
-            else:
-                L = prior_prec + (-H).clamp(min=0.0)
-                ok = torch.ones_like(fine)
+            L, ok = _fit_precision(H, prior_prec, prior, joint)
+            ok = torch.ones_like(fine) if ok is None else ok
             step = solve(L, g)
             ok = ok & torch.isfinite(step).all(-1)
             if not exact:
@@ -468,16 +460,7 @@ class ContinuousProposal(ProposalFamily):
         _, g, hvp = fit
         H = hessian(hvp, u, joint)
         g = torch.where(torch.isfinite(g), g, torch.zeros_like(g)) - prior_prec * (u - loc0)
-        H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
-        if joint:
-            lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
-            L, bad = torch.linalg.cholesky_ex(torch.diag_embed(prior_prec) + (
-                V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2))
-            ok = bad == 0
-            L = torch.where(ok[..., None, None], L, prior)
-        else:
-            L = prior_prec + (-H).clamp(min=0.0)
-            ok = None
+        L, ok = _fit_precision(H, prior_prec, prior, joint)
         step = solve(L, g)
         fine = torch.isfinite(step).all(-1)
         ok = fine if ok is None else ok & fine
@@ -642,6 +625,22 @@ class ContinuousProposal(ProposalFamily):
         pooled = None if self.info.plate else (mean, std)
         return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
                              self.transform, self.info.support)
+
+
+def _fit_precision(H, prior_prec, prior, joint: bool):
+    """The precision of a Laplace fit from the log-likelihood's Hessian H (non-finite
+    entries taken as 0; directions of positive curvature dropped) and the prior's
+    precision per element: per element, or with ``joint`` its Cholesky factor (the
+    prior's, ``prior``, where it fails). Returns (L, where it was factored: None per
+    element)."""
+    H = torch.where(torch.isfinite(H), H, torch.zeros_like(H))
+    if not joint:
+        return prior_prec + (-H).clamp(min=0.0), None
+    lam, V = torch.linalg.eigh(-0.5 * (H + H.transpose(-1, -2)))
+    L, bad = torch.linalg.cholesky_ex(torch.diag_embed(prior_prec) + (
+        V * lam.clamp(min=0.0).unsqueeze(-2)) @ V.transpose(-1, -2))
+    ok = bad == 0
+    return torch.where(ok[..., None, None], L, prior), ok
 
 
 def _widened(L, step, joint: bool, prior):
