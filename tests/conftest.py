@@ -29,6 +29,17 @@ def compile_spec(stem, **kw):
     return csis_dsl.compile(SPECS / f"{stem}.ppl", data=data if data.exists() else None, **kw)
 
 
+def program_posterior(m, observations, num_samples, seed=0, defensive=0.0):
+    """Importance sampling before any training with the program's own proposal alone
+    (its informed locations, no network; ``defensive``: the broadened share), warnings
+    silenced: what the model's static choices give by themselves."""
+    m.guide.fit_statistics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return m.infer(observations, num_samples=num_samples, seed=seed, program=1.0,
+                       defensive=defensive)
+
+
 def assert_fast_path_equals_pyro_path(m, B):
     """The training loss of the fast path (the interpreter and the network run directly)
     and of the Pyro path (the model traced, the guide traced replaying its latents, as

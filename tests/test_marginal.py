@@ -8,7 +8,7 @@ import torch
 
 import csis_dsl
 from csis_dsl.proposals.marginal import joint_mode, site_message
-from conftest import ROOT
+from conftest import ROOT, program_posterior
 
 REGRESSION = """model reg {
     arg int N;
@@ -247,10 +247,7 @@ def test_a_non_centred_effect_is_informed_through_its_value():
     m = csis_dsl.compile_string(NONCENTRED, args={"J": 8, "sigma": sigma.tolist()})
     assert m.guide.net.inputs.informing["eta"] == ["y"]
     assert m.guide.net.inputs.recompute["eta"] == ["theta"]
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer({"y": y}, num_samples=2000, seed=0, program=1.0, defensive=0.0)
+    post = program_posterior(m, {"y": y}, 2000)
     assert post.ess > 0.95 * post.num_samples
     mean = 5.0 * (y - 3.0) / (sigma ** 2 + 25.0)
     sd = (sigma ** 2 / (sigma ** 2 + 25.0)).sqrt()
@@ -261,10 +258,7 @@ def test_a_non_centred_effect_is_informed_through_its_value():
     shifted = NONCENTRED.replace("tau * eta[j]", "tau * eta[J - 1 - j]")
     m = csis_dsl.compile_string(shifted, args={"J": 8, "sigma": sigma.tolist()})
     assert m.guide.net.inputs.informing["eta"] == ["y"]
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer({"y": y}, num_samples=2000, seed=0, program=1.0, defensive=0.0)
+    post = program_posterior(m, {"y": y}, 2000)
     assert post.ess > 0.95 * post.num_samples
     assert ((post.mean("eta").float() - mean.flip(0)).abs() < 0.1 * sd.flip(0)).all()
     # read at two indices: refused
@@ -319,10 +313,7 @@ def test_a_scale_with_few_observations_is_located_with_the_block_integrated_out(
     X = torch.tensor([[1.0, v] for v in x], dtype=torch.float64)
     (mean, sd), (s_mean, s_sd) = exact.regression(
         X, y, 10.0, 1.0, torch.linspace(1e-3, 1.0, 20001, dtype=torch.float64))
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer({"y": y}, num_samples=4000, seed=0, program=1.0)
+    post = program_posterior(m, {"y": y}, 4000, defensive=0.1)
     assert post.ess > 0.7 * post.num_samples and post.pareto_k < 0.7
     for name, mu, s in (("intercept", mean[0], sd[0]), ("slope", mean[1], sd[1]),
                         ("sigma", s_mean, s_sd)):

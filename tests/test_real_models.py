@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import csis_dsl
-from conftest import ROOT
+from conftest import ROOT, program_posterior
 
 REAL = ROOT / "bench" / "real"
 sys.path.insert(0, str(REAL))
@@ -121,10 +121,7 @@ def test_a_random_walk_of_log_rates_on_the_coal_counts():
     ref = {"sigma": ref["s"], "log_rate": ref["x"]}
     torch.manual_seed(0)
     m = csis_dsl.compile(REAL / "coal_walk.ppl", args=d["args"])
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer(d["observations"], num_samples=3000, seed=0, program=1.0, defensive=0.0)
+    post = program_posterior(m, d["observations"], 3000)
     assert post.ess > 0.4 * post.num_samples
     check_against(post, ref, mean_tol=0.15, sd_tol=0.15)
     from csis_dsl.engine.train import joint_batch
@@ -148,10 +145,7 @@ def test_varying_intercepts_on_the_minnesota_radon_survey():
     ref["mu_alpha"] = ref.pop("mu")
     m = csis_dsl.compile(REAL / "radon.ppl", args=a)
     assert set(m.guide.net.inputs.collapse) == {"sigma_y", "sigma_alpha", "mu_alpha", "beta"}
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer(o, num_samples=2000, seed=0, program=1.0, defensive=0.0)
+    post = program_posterior(m, o, 2000)
     assert post.ess > 0.5 * post.num_samples
     check_against(post, ref, mean_tol=0.15, sd_tol=0.15)
     m.train(num_steps=3, batch_size=32, seed=0, progress=False, validation_size=0)
@@ -169,11 +163,7 @@ def test_varying_intercepts_and_slopes_of_the_bugs_rats():
     m = csis_dsl.compile(REAL / "rats.ppl", args=d["args"])
     assert set(m.guide.net.inputs.collapse) == {"mu_alpha", "mu_beta", "sigma_alpha",
                                                "sigma_beta", "sigma_y"}
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer(d["observations"], num_samples=1000, seed=0, program=1.0,
-                       defensive=0.0)
+    post = program_posterior(m, d["observations"], 1000)
     assert post.ess > 0.5 * post.num_samples
     check_against(post, {k: (torch.tensor(v["mean"], dtype=torch.float64),
                              torch.tensor(v["sd"], dtype=torch.float64))
@@ -196,11 +186,7 @@ def test_random_effects_on_log_odds_in_the_surgical_mortality_data():
     ref = exact.binomial_intercepts(d["observations"]["r"], d["args"]["n"])
     m = csis_dsl.compile(REAL / "surgical.ppl", args=d["args"])
     assert set(m.guide.net.inputs.collapse) == {"mu", "sigma"}
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        post = m.infer(d["observations"], num_samples=3000, seed=0, program=1.0,
-                       defensive=0.0)
+    post = program_posterior(m, d["observations"], 3000)
     assert post.ess > 0.6 * post.num_samples
     check_against(post, ref, mean_tol=0.15, sd_tol=0.15)
     for name in ("mu", "sigma"):
@@ -228,10 +214,7 @@ def test_student_t_location_with_unknown_degrees_of_freedom_on_newcomb():
 def untrained(name, seed=0):
     d = load(name)
     m = csis_dsl.compile(REAL / f"{name}.ppl", args=d["args"])
-    m.guide.fit_statistics()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return m.infer(d["observations"], num_samples=4000, seed=seed, program=1.0), d
+    return program_posterior(m, d["observations"], 4000, seed=seed, defensive=0.1), d
 
 
 def test_a_line_through_anscombes_first_data_set():

@@ -18,6 +18,7 @@ value: the same interpreter serves the Pyro model, the guide and the fast path.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 import torch
@@ -69,6 +70,17 @@ class Runtime:
         self.problem: Optional[ModelRuntimeError] = None   # the first, when not strict
         self.env: Dict[str, Stored] = {n: Stored(v.unsqueeze(0)) for n, v in args.items()}
         self.done: set = set()            # families already emitted as a whole
+
+    @contextmanager
+    def scratch(self):
+        """Within: evaluations that leave nothing behind (a proposal's fits try
+        candidate values that are not the trace's) -- the invalid marks, the first
+        problem and the batch size are put back after."""
+        saved = (self.invalid, self.problem, self.B)
+        try:
+            yield self
+        finally:
+            self.invalid, self.problem, self.B = saved
 
     # ---------------------------------------------------------------- contexts
     def loop_value(self, loops: List[Loop], k: int, at=None) -> Val:

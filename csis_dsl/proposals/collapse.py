@@ -209,32 +209,30 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
     where the fit starts (NaN: at the prior location). ``observations``: those of the
     M rows, where they are fewer than the site's (the runtime then runs M traces)."""
     rt = sp.runtime
-    saved = (rt.invalid.clone(), rt.problem)
-    try:
-        F = Collapsed(sp, observed, effects, later, loc0.shape[0], observations)
-        loc = torch.cat([loc0] + [f[0] for f in later_facts], -1)       # (M, D)
-        scale = torch.cat([scale0] + [f[1] for f in later_facts], -1)
-        prec0 = scale ** -2
-        u = loc.clone()
-        if start is not None:
-            u = torch.where(torch.isfinite(start), start, loc)
-        # the exact prior where it can be evaluated at the start, its Gaussian otherwise
+    with rt.scratch():
         try:
-            exact = bool(torch.isfinite(F.log_prior(u)).all())
+            F = Collapsed(sp, observed, effects, later, loc0.shape[0], observations)
+            loc = torch.cat([loc0] + [f[0] for f in later_facts], -1)       # (M, D)
+            scale = torch.cat([scale0] + [f[1] for f in later_facts], -1)
+            prec0 = scale ** -2
+            u = loc.clone()
+            if start is not None:
+                u = torch.where(torch.isfinite(start), start, loc)
+            # the exact prior where it can be evaluated at the start, its Gaussian otherwise
+            try:
+                exact = bool(torch.isfinite(F.log_prior(u)).all())
+            except (ModelRuntimeError, RuntimeError, ValueError):
+                exact = False
+
+            evaluate = _stacked(F, rt, lambda K, obs: Collapsed(
+                sp, observed, effects, later, K * F.M, obs), exact)
+
+            def objective(u):                 # (K, M, D) -> (K, M)
+                f = evaluate(u) if exact else evaluate(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
+                return torch.nan_to_num(f, nan=-math.inf)
+            return fit_objective(objective, u, loc, scale)
         except (ModelRuntimeError, RuntimeError, ValueError):
-            exact = False
-
-        evaluate = _stacked(F, rt, lambda K, obs: Collapsed(
-            sp, observed, effects, later, K * F.M, obs), exact)
-
-        def objective(u):                 # (K, M, D) -> (K, M)
-            f = evaluate(u) if exact else evaluate(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
-            return torch.nan_to_num(f, nan=-math.inf)
-        return fit_objective(objective, u, loc, scale)
-    except (ModelRuntimeError, RuntimeError, ValueError):
-        return None
-    finally:
-        rt.invalid, rt.problem = saved
+            return None
 
 
 def _stacked(F, rt, make, prior: bool):

@@ -215,71 +215,69 @@ class SiteProposal(pdist.TorchDistribution):
         names = [self.info.name] + list(later)
         fams = [self.family] + [net.families[r] for r in later]
         locs, scales = [facts[0].reshape(M, -1)], [facts[1].reshape(M, -1)]
-        saved = (rt.invalid, rt.problem, rt.B)
-        try:
-            for loc, scale in self._later_priors(later):
-                locs.append(loc)
-                scales.append(scale)
-            mixture = summed or any(rt.checked.vars[o].dist == "Mixture" for o in obs)
-            if mixture and _exchangeable(fams, locs, scales) and not self._told_apart(obs):
-                return facts
-            in_sums = {o for s in summed for o in s.observed}
-            stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs if o not in in_sums]
-            self._condition_hints()
-            start = [self.state.hints.get(n) for n in names]
-            # rows with the same inputs have the same fit: fitted once (the first site
-            # at inference, where every draw shares the observations)
-            rows, inverse = self._distinct_rows(names, summed, obs, dets, locs, scales, start)
-            R = M if rows is None else rows.numel()
-            observations = self.state.observations
-            if rows is not None:
-                observations = self._rows_only(rows)
-                locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
-                start = [None if t is None else t[rows] for t in start]
-            shapes = [tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
-                      for n in names]
+        with rt.scratch():
+            try:
+                for loc, scale in self._later_priors(later):
+                    locs.append(loc)
+                    scales.append(scale)
+                mixture = summed or any(rt.checked.vars[o].dist == "Mixture" for o in obs)
+                if mixture and _exchangeable(fams, locs, scales) and not self._told_apart(obs):
+                    return facts
+                in_sums = {o for s in summed for o in s.observed}
+                stmts = [(o, rt.checked.vars[o].stmts[0]) for o in obs if o not in in_sums]
+                self._condition_hints()
+                start = [self.state.hints.get(n) for n in names]
+                # rows with the same inputs have the same fit: fitted once (the first site
+                # at inference, where every draw shares the observations)
+                rows, inverse = self._distinct_rows(names, summed, obs, dets, locs, scales, start)
+                R = M if rows is None else rows.numel()
+                observations = self.state.observations
+                if rows is not None:
+                    observations = self._rows_only(rows)
+                    locs, scales = [t[rows] for t in locs], [t[rows] for t in scales]
+                    start = [None if t is None else t[rows] for t in start]
+                shapes = [tuple(net.by_name[n].inst_shape) + tuple(net.by_name[n].elem_shape)
+                          for n in names]
 
-            memo, copies = {}, {}
+                memo, copies = {}, {}
 
-            def loglik(us):
-                # R rows, or K R under repeat (block k a copy: a profile's K points)
-                rows = us[0].shape[0]
-                if rows // R not in copies:
-                    copies[rows // R] = repeat_each(dict(observations), rows // R, R)
-                seen = copies[rows // R]
-                overlay = {n: Stored(fam.transform(u.reshape(rows, fam.info.n, -1)).reshape(
-                    (rows,) + shape)) for n, fam, u, shape in zip(names, fams, us, shapes)}
-                for dname in dets:      # the deterministic values they read, recomputed
-                    overlay[dname] = Stored(rt.assigned(rt.checked.vars[dname].stmts[0],
-                                                        overlay=overlay))
-                total = 0.0
-                for o, st in stmts:
-                    lp = rt.stmt_log_prob(st, seen[o], overlay)
-                    total = total + lp.reshape(rows, -1).sum(-1)
-                if summed:          # the allocations or chains after the site, summed out
-                    total = total + summed_loglik(rt, summed, observations, overlay, R,
-                                                  net.families, memo)
-                return total
-            # from a conditional of an earlier fit, a few steps finish the job
-            fit = joint_mode(loglik, locs, scales, start, exact=exact,
-                             steps=REFIT_STEPS if start[0] is not None else STEPS)
-            profile = None
-            if fit is not None and self._profiled(locs, exact, summed):
-                try:
-                    profile = block_profile(loglik, torch.cat(fit[0], -1), fit[1], locs,
-                                            scales, self._exact_prior(locs[0], rows is None),
-                                            runtime=rt,
-                                            chunk=points_per_run(R, observations, obs))
-                except (ModelRuntimeError, RuntimeError, ValueError):
-                    profile = None          # the joint fit's marginal serves
-            if fit is not None and rows is not None:
-                locs, scales = [t[inverse] for t in locs], [t[inverse] for t in scales]
-                fit = ([t[inverse] for t in fit[0]], fit[1][inverse], fit[2][inverse])
-                profile = None if profile is None else tuple(t[inverse] for t in profile)
-        except (ModelRuntimeError, RuntimeError, ValueError):
-            fit = None
-        finally:
-            rt.invalid, rt.problem, rt.B = saved
+                def loglik(us):
+                    # R rows, or K R under repeat (block k a copy: a profile's K points)
+                    rows = us[0].shape[0]
+                    if rows // R not in copies:
+                        copies[rows // R] = repeat_each(dict(observations), rows // R, R)
+                    seen = copies[rows // R]
+                    overlay = {n: Stored(fam.transform(u.reshape(rows, fam.info.n, -1)).reshape(
+                        (rows,) + shape)) for n, fam, u, shape in zip(names, fams, us, shapes)}
+                    for dname in dets:      # the deterministic values they read, recomputed
+                        overlay[dname] = Stored(rt.assigned(rt.checked.vars[dname].stmts[0],
+                                                            overlay=overlay))
+                    total = 0.0
+                    for o, st in stmts:
+                        lp = rt.stmt_log_prob(st, seen[o], overlay)
+                        total = total + lp.reshape(rows, -1).sum(-1)
+                    if summed:          # the allocations or chains after the site, summed out
+                        total = total + summed_loglik(rt, summed, observations, overlay, R,
+                                                      net.families, memo)
+                    return total
+                # from a conditional of an earlier fit, a few steps finish the job
+                fit = joint_mode(loglik, locs, scales, start, exact=exact,
+                                 steps=REFIT_STEPS if start[0] is not None else STEPS)
+                profile = None
+                if fit is not None and self._profiled(locs, exact, summed):
+                    try:
+                        profile = block_profile(loglik, torch.cat(fit[0], -1), fit[1], locs,
+                                                scales, self._exact_prior(locs[0], rows is None),
+                                                runtime=rt,
+                                                chunk=points_per_run(R, observations, obs))
+                    except (ModelRuntimeError, RuntimeError, ValueError):
+                        profile = None          # the joint fit's marginal serves
+                if fit is not None and rows is not None:
+                    locs, scales = [t[inverse] for t in locs], [t[inverse] for t in scales]
+                    fit = ([t[inverse] for t in fit[0]], fit[1][inverse], fit[2][inverse])
+                    profile = None if profile is None else tuple(t[inverse] for t in profile)
+            except (ModelRuntimeError, RuntimeError, ValueError):
+                fit = None
         if fit is None:
             return facts
         modes, P, usable = fit
@@ -296,16 +294,14 @@ class SiteProposal(pdist.TorchDistribution):
         informed given the site's drawn values by their own observations."""
         found = self.partners
         rt, M, n = self.runtime, self.state.M, self.info.n
-        saved = (rt.invalid, rt.problem, rt.B)
-        try:
-            gathered = {o: gather_index(rt, o, e, n) for o, e in found.gathers.items()}
-            fit = GroupFit(rt, self.net.families, [self.info.name] + found.partners,
-                           found.observed, self.state.observations, gathered, M,
-                           dets=found.between).fit(found.exact)
-        except (ModelRuntimeError, RuntimeError, ValueError):
-            fit = None
-        finally:
-            rt.invalid, rt.problem, rt.B = saved
+        with rt.scratch():
+            try:
+                gathered = {o: gather_index(rt, o, e, n) for o, e in found.gathers.items()}
+                fit = GroupFit(rt, self.net.families, [self.info.name] + found.partners,
+                               found.observed, self.state.observations, gathered, M,
+                               dets=found.between).fit(found.exact)
+            except (ModelRuntimeError, RuntimeError, ValueError):
+                fit = None
         if fit is None:
             return facts
         modes, P, usable = fit
@@ -439,13 +435,11 @@ class SiteProposal(pdist.TorchDistribution):
         observed, effects, later = self.collapse
         rt, M = self.runtime, self.state.M
         hint = self._hint()
-        saved = (rt.invalid, rt.problem)
-        try:
-            later_facts = self._later_priors(later)
-        except (ModelRuntimeError, RuntimeError, ValueError):
-            later_facts = None
-        finally:
-            rt.invalid, rt.problem = saved
+        with rt.scratch():
+            try:
+                later_facts = self._later_priors(later)
+            except (ModelRuntimeError, RuntimeError, ValueError):
+                later_facts = None
         # the fit starts where the last joint fit, conditioned on what was drawn since,
         # puts each of its members (NaN: at its prior location)
         loc0, scale0 = facts[0].reshape(M, -1), facts[1].reshape(M, -1)
@@ -481,14 +475,11 @@ class SiteProposal(pdist.TorchDistribution):
         if rows is None:
             return collapsed_fit(self, observed, effects, loc0, scale0, start, later,
                                  later_facts)
-        saved = (rt.invalid, rt.problem, rt.B)
-        try:
+        with rt.scratch():
             observations = self._rows_only(rows)
             fit = collapsed_fit(self, observed, effects, loc0[rows], scale0[rows],
                                 None if start is None else start[rows], later,
                                 [(l[rows], s[rows]) for l, s in later_facts], observations)
-        finally:
-            rt.invalid, rt.problem, rt.B = saved
         return None if fit is None else tuple(t[inverse] for t in fit)
 
     def _message(self):
