@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import csis_dsl
-from csis_dsl.proposals.families.continuous import MixtureHead, TriangularNormal
+from csis_dsl.proposals.families.continuous import (MixtureHead, TriangularNormal,
+                                                    TriangularStudentT)
 
 
 def test_triangular_normal_is_the_gaussian_it_says():
@@ -32,6 +33,31 @@ def test_triangular_normal_is_the_gaussian_it_says():
     c = cov[0, 0]
     assert (draws.T.cov() - c).abs().max() < 0.05 * c.diagonal().max()
     assert (draws.mean(0) - loc[0, 0]).abs().max() < 0.05 * c.diagonal().max().sqrt()
+
+
+def test_triangular_student_t_is_the_multivariate_t_it_says():
+    """The broad components of a full-covariance site: log density against Pyro's
+    MultivariateStudentT with the same scale matrix, and its draws' covariance,
+    df / (df - 2) times that matrix."""
+    import pyro.distributions as pd
+    torch.manual_seed(0)
+    d, df = 3, 5.0
+    head = MixtureHead(8, d, d, 2, full_covariance=True)
+    loc, scale = torch.randn(4, 2, d), torch.rand(4, 2, d) + 0.5
+    lower = torch.randn(4, 2, d * (d - 1) // 2)
+    q = TriangularStudentT(df, loc, scale, lower, head.tril_idx, head.pick, head.put)
+    T = q._matrix().double()
+    U = T @ torch.diag_embed(1 / scale.double())
+    cov = torch.linalg.inv(U.transpose(-1, -2) @ U)
+    want = pd.MultivariateStudentT(torch.tensor(df, dtype=torch.float64), loc.double(),
+                                   torch.linalg.cholesky(cov))
+    x = 3 * torch.randn(4, 2, d)
+    assert torch.allclose(q.log_prob(x).double(), want.log_prob(x.double()), rtol=1e-4)
+    one = TriangularStudentT(df, loc[:1, :1], scale[:1, :1], lower[:1, :1], head.tril_idx,
+                             head.pick, head.put)
+    draws = one.sample((200_000,)).reshape(-1, d).double()
+    c = cov[0, 0] * df / (df - 2)
+    assert (draws.T.cov() - c).abs().max() < 0.06 * c.diagonal().max()
 
 
 def test_a_vector_seen_through_gaussian_noise_is_proposed_exactly_before_training():

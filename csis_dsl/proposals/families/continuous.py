@@ -32,6 +32,28 @@ from .base import (_log1m, affine_match, linear, moments, OutputLayer, place, Pr
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
 WIDEN = 2.0     # the defensive component's scale, relative to the proposal's
+TAIL_DF = 3.0   # its degrees of freedom: a Student-t, so that its tails are polynomial
+
+
+def broadening(n: int):
+    """The broad component of a site of ``n`` instances, per instance: (its scale
+    relative to the proposal's, its degrees of freedom). One instance: WIDEN times wider
+    and a Student-t of TAIL_DF degrees of freedom, whose polynomial tails cover a
+    posterior's exponential or skewed tail (a hierarchical model's group scale, or its
+    mean, whose marginal is a scale mixture). A site of n instances spreads that over
+    them, WIDEN ** (1 / n) and TAIL_DF * n each: at the proposal's centre the whole
+    site's broad density is below the proposal's by about log WIDEN, whatever n.
+    Widening every instance by WIDEN costs 0.32 n nats on average (the Kullback-Leibler
+    divergence), so a trace broadened in every instance of a plate had almost no
+    density where the posterior is and bounded nothing: a draw whose hyperparameters
+    lay in their tail was weighted by p over the broad trace's density, 12 effects x
+    0.8 nats too small on surgical mortality (bench/real), whose program proposal had
+    ESS/N 0.22-0.34 in three seeds of eight and 0.66-0.79 in all eight after. (The
+    effects are drawn from their conditionals given the hyperparameters: exact, or
+    Laplace fits. A plate's instances are each protected little; before, a plate of
+    more than a few was not protected either.)"""
+    n = max(int(n), 1)
+    return WIDEN ** (1.0 / n), TAIL_DF * n
 
 
 class TriangularNormal(Distribution):
@@ -76,6 +98,56 @@ class TriangularNormal(Distribution):
             batch + (d, d)).clone()
         T[..., self.idx[0], self.idx[1]] = self.lower.expand(batch + self.lower.shape[-1:])
         return T
+
+
+class TriangularStudentT(TriangularNormal):
+    """The multivariate Student-t with ``df`` degrees of freedom and the scale matrix of
+    a :class:`TriangularNormal` of the same parameters: a draw is that Gaussian's
+    deviation from loc times sqrt(df / g), g ~ chi-square(df)."""
+
+    def __init__(self, df: float, loc, scale, lower, idx, pick, put):
+        super().__init__(loc, scale, lower, idx, pick, put)
+        self.df = df
+
+    def log_prob(self, x):
+        z = (x - self.loc) / self.scale
+        y = z + (self.lower * (z @ self.pick)) @ self.put
+        d, nu = self.loc.shape[-1], self.df
+        const = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2)
+                 - 0.5 * d * math.log(nu * math.pi))
+        return const - self.scale.log().sum(-1) - 0.5 * (nu + d) * torch.log1p((y * y).sum(-1) / nu)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()):
+        x = super().sample(sample_shape)
+        g = torch.distributions.Chi2(torch.full(x.shape[:-1], self.df, dtype=x.dtype,
+                                                device=x.device)).sample()
+        return self.loc + (x - self.loc) * (self.df / g).sqrt().unsqueeze(-1)
+
+
+class Defensive(Distribution):
+    """(1 - weight) main + weight broad, two distributions of one shape: the defensive
+    mixture of a proposal and its broad version, whose weights p / q are then bounded by
+    p / (weight broad) wherever the proposal is too narrow or too light-tailed."""
+    arg_constraints = {}
+
+    def __init__(self, main, broad, weight: float):
+        self.main, self.broad, self.weight = main, broad, weight
+        super().__init__(main.batch_shape, main.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.main.support
+
+    def log_prob(self, x):
+        return torch.logaddexp(self.main.log_prob(x) + _log1m(self.weight),
+                               self.broad.log_prob(x) + math.log(self.weight))
+
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()):
+        a, b = self.main.sample(sample_shape), self.broad.sample(sample_shape)
+        pick = torch.rand(a.shape[:a.dim() - len(self.event_shape)], device=a.device) < self.weight
+        return torch.where(pick.reshape(pick.shape + (1,) * len(self.event_shape)), b, a)
 
 
 class Unwhiten(Transform):
@@ -147,13 +219,15 @@ class MixtureHead(nn.Module):
     WHITE_LOC, WHITE_SCALE, WHITE_LOWER = 5.0, 3.0, 1.0
 
     def forward(self, h, loc_u, scale_u, adapt=None, defensive=0.0, pooled=None,
-                whitened=False):
+                whitened=False, broad=(WIDEN, TAIL_DF)):
         """h: (M, H); loc_u, scale_u: (M, udim) -> a mixture over (M, udim).
 
         ``adapt`` (a refinement's per-instance parameters, rows first): an affine map
         u -> u exp(log_factor) + shift of the whole mixture in unconstrained space, and
         offsets of the component logits. ``defensive`` > 0: the mixture becomes
-        (1 - defensive) q + defensive q_wide, q_wide its components WIDEN times wider.
+        (1 - defensive) q + defensive q_broad, q_broad its components ``broad`` =
+        (widening, degrees of freedom): that many times wider, and Student-ts
+        (:func:`broadening`).
 
         ``pooled`` (the statistics of prior simulations, mean and sd): each component is
         the prior (loc_u, scale_u) times a Gaussian pseudo-observation the network
@@ -193,25 +267,37 @@ class MixtureHead(nn.Module):
         # finite whatever the prior of this trace (an absurd earlier draw can make it so)
         loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
         scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
-        if defensive:
-            logits = torch.cat([torch.log_softmax(logits, -1) + _log1m(defensive),
-                                torch.log_softmax(logits, -1) + math.log(defensive)], -1)
-            loc = torch.cat([loc, loc], 1)
-            scale = torch.cat([scale, scale * WIDEN], 1)
-            lower = None if lower is None else torch.cat([lower, lower], 1)
+        mix = Categorical(logits=logits, validate_args=False)
+        if not defensive:
+            return MixtureSameFamily(mix, self._components(loc, scale, lower), validate_args=False)
+        # the broad version: every component wider and a Student-t (a Gaussian, however
+        # wide, has lighter tails than a scale's or a skewed location's posterior, whose
+        # weights then have no finite variance)
+        widen, df = broad
+        broad = MixtureSameFamily(mix, self._components(loc, scale * widen, lower, df),
+                                  validate_args=False)
+        if defensive >= 1.0:
+            return broad
+        main = MixtureSameFamily(mix, self._components(loc, scale, lower), validate_args=False)
+        return Defensive(main, broad, defensive)
+
+    def _components(self, loc, scale, lower, df=None):
+        """The K components (rows, K, udim): Normals, or Student-ts of ``df`` degrees of
+        freedom (at most the learned ones with ``tails="student"``)."""
         if self.full:
             # the precision factor T diag(1 / scale), T unit lower triangular
-            comp = TriangularNormal(loc, scale, lower, self.tril_idx, self.pick, self.put)
-        elif self.student:
-            df = 2.0 + F.softplus(self.raw_df)
-            if defensive:
-                df = torch.cat([df, df])
-            comp = Independent(StudentT(df.unsqueeze(-1).expand(loc.shape), loc, scale,
+            if df is None:
+                return TriangularNormal(loc, scale, lower, self.tril_idx, self.pick, self.put)
+            return TriangularStudentT(df, loc, scale, lower, self.tril_idx, self.pick, self.put)
+        if self.student:
+            learned = 2.0 + F.softplus(self.raw_df)
+            df = learned if df is None else learned.clamp(max=df)
+            return Independent(StudentT(df.unsqueeze(-1).expand(loc.shape), loc, scale,
                                         validate_args=False), 1, validate_args=False)
-        else:
-            comp = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
-        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), comp,
-                                 validate_args=False)
+        if df is not None:
+            return Independent(StudentT(torch.full_like(loc, df), loc, scale,
+                                        validate_args=False), 1, validate_args=False)
+        return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
 class PushedMixture(Proposal):
@@ -601,6 +687,7 @@ class ContinuousProposal(ProposalFamily):
 
     def forward(self, h, facts, adapt=None, defensive=0.0):
         loc, scale, mean, std = facts[:4]
+        broad = broadening(self.info.n)
         if adapt is not None:
             ctx = adapt.get("context")
             coupled = torch.zeros_like(adapt["shift"]) if ctx is None else \
@@ -608,7 +695,7 @@ class ContinuousProposal(ProposalFamily):
             adapt = (adapt["shift"], adapt["log_factor"], adapt["logits"], coupled)
         if self.dependent:
             transform, support = bounded_transform(*facts[4:])
-            return PushedMixture(self.head(h, loc, scale, adapt, defensive), transform, support)
+            return PushedMixture(self.head(h, loc, scale, adapt, defensive, broad=broad), transform, support)
         if len(facts) > 4:
             # informed jointly: the mixture lives in the whitened coordinates of the
             # Laplace approximation (loc, precision L L^T); a refinement's affine
@@ -620,10 +707,11 @@ class ContinuousProposal(ProposalFamily):
                 pre.append(AffineTransform(shift + coupled, torch.exp(log_factor), event_dim=1))
                 logits_only = (torch.zeros_like(shift), torch.zeros_like(shift), dlogits,
                                torch.zeros_like(shift))
-            base = self.head(h, loc, scale, logits_only, defensive, whitened=True)
+            base = self.head(h, loc, scale, logits_only, defensive, whitened=True,
+                             broad=broad)
             return PushedMixture(base, self.transform, self.info.support, pre)
         pooled = None if self.info.plate else (mean, std)
-        return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled),
+        return PushedMixture(self.head(h, loc, scale, adapt, defensive, pooled, broad=broad),
                              self.transform, self.info.support)
 
 
