@@ -52,6 +52,45 @@ def _after(m):
             "state": {k: v.clone() for k, v in m.guide.state_dict().items()}}
 
 
+def test_flat_parameters_update_as_the_tensors_would(monkeypatch):
+    """engine/flat.py: the network's parameters as views of one tensor, zeroed, clipped
+    and updated by Adam in one operation each. Three steps on the same batches give
+    the parameters of the per-tensor path -- also after a zero_grad(set_to_none=True)
+    and a load_state_dict, and after every parameter got a new tensor (as a move to a
+    device does), which the next step links again."""
+    from csis_dsl.engine import train as T
+    from csis_dsl.engine.flat import FlatParameters
+    models = []
+    for flat in (True, False):
+        pyro.set_rng_seed(0)
+        m = csis_dsl.compile(SPECS / "gaussian.ppl")
+        m.guide.fit_statistics()
+        with monkeypatch.context() as mp:
+            if not flat:
+                mp.setattr(FlatParameters, "possible", staticmethod(lambda params: False))
+            trainer = T.Trainer(m, 1e-2, 0, None)
+        assert (trainer.flat is not None) == flat
+        models.append((m, trainer))
+    pyro.set_rng_seed(1)
+    batches = [T.joint_batch(models[0][0], 64) for _ in range(3)]
+    for k, (latents, obs) in enumerate(batches):
+        losses = [tr.step(latents, obs, 64, clip=0.5, good=(0, None)) for _, tr in models]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+        a, b = (dict(m.guide.named_parameters()) for m, _ in models)
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-6), (k, name)
+        if k == 0:
+            models[0][0].guide.zero_grad(set_to_none=True)
+            state = {n: v.clone() for n, v in models[0][0].guide.state_dict().items()}
+            models[0][0].guide.load_state_dict(state)
+        if k == 1:              # new tensors for every parameter, as a move to a device
+            for m, _ in models:
+                m.guide.double().float()
+    flat = models[0][1].flat
+    storage = flat.param.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in flat.params)
+
+
 def test_two_gloo_processes_make_the_update_of_one_on_the_whole_batch(tmp_path):
     from csis_dsl.backend.observations import Observations
     from csis_dsl.engine.distributed import spawn

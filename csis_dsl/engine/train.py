@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..backend.observations import Observations
+from .flat import FlatParameters
 
 VALIDATION_FLOOR = 1.0    # seconds of validation a call always allows (then at most
                           # as much as it has spent training)
@@ -96,11 +97,10 @@ class Trainer:
         # the network's parameters, listed once (walking its modules every step cost
         # 0.2 ms of a 4 ms step of the seed model)
         self.params = params = list(model.guide.parameters())
-        # the fused kernel updates all parameters in one call (several times faster than
-        # the per-tensor loop for a network of this size); it needs float dense tensors
-        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
-                    for p in params)
-        self.opt = torch.optim.Adam(params, lr=lr, fused=fused or None)
+        # one flat tensor of all of them (flat.py): zeroing, clipping and Adam in one
+        # operation each
+        self.flat = FlatParameters(params) if FlatParameters.possible(params) else None
+        self.opt = self._optimiser()
         self.history = TrainingHistory()
         if seed is not None:
             pyro.set_rng_seed(seed)
@@ -167,12 +167,23 @@ class Trainer:
         fresh optimiser) and say what to change."""
         from ..errors import TrainingError
         self.model.guide.load_state_dict(good[1])
-        self.opt = torch.optim.Adam(self.model.guide.parameters(), lr=self.lr)
+        if self.flat is not None:
+            self.flat.linked(self.opt)
+        self.opt = self._optimiser()
         raise TrainingError(
             f"training diverged at step {step}: the loss is {loss} (or its gradient is not "
             f"finite); the network is back at its state of step {good[0]}. Lower the "
             f"learning rate (lr={self.lr:g} now) or check that the model's densities stay "
             "finite")
+
+    def _optimiser(self):
+        """Adam over the flat parameter, or the parameters. The fused kernel updates
+        them in one call (several times faster than the per-tensor loop for a network of
+        this size); it needs float dense tensors on the CPU or a GPU."""
+        params = [self.flat.param] if self.flat is not None else self.params
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                    for p in params)
+        return torch.optim.Adam(params, lr=self.lr, fused=fused or None)
 
     def restore_best(self):
         """Put back the network state with the best validation ESS/N."""
@@ -185,10 +196,19 @@ class Trainer:
         every rank's batch): the batch's loss (the mean over the ranks)."""
         if self.group is not None and self.loss_module is self.loss:
             self.loss_module = self.group.wrap(self.loss, self.model.device)
+        flat = self.flat
+        if flat is not None:
+            flat.linked(self.opt)
         loss = self.loss_module(latents, obs, B, self.subsample)
-        self.opt.zero_grad()
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        if flat is None:
+            self.opt.zero_grad()
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        else:
+            flat.zero_grad()
+            loss.backward()
+            flat.gathered()
+            norm = flat.clip(clip)
         if self.group is not None:
             loss = self.group.mean(loss)
         value = float(loss.detach())
