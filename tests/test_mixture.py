@@ -121,8 +121,8 @@ def test_no_draw_comes_from_a_network_the_pilot_drops():
     assert post.mixture == pytest.approx({"program": 0.9, "broad program": 0.1})
     z = post.values("z").double()
     mean, sd = analytic(**OBS)
-    # beyond 3 sd: 0.9 P(|N(0, 1)| > 3) + 0.1 P(|t_3| > 1.5) = 0.0025 + 0.0231 from the
-    # program's mixture (its broad part a Student-t of 3 degrees of freedom, twice as
+    # beyond 3 sd: 0.9 P(|N(0, 1)| > 3) + 0.1 P(|t_6| > 1.5) = 0.0024 + 0.0184 from the
+    # program's mixture (its broad part a Student-t of 6 degrees of freedom, twice as
     # wide); the network's broadened self would add about 0.1 more
     assert float(((z - mean).abs() > 3 * sd).double().mean()) < 0.04
     o = Observations.of(m.checked, OBS, batch=8)
