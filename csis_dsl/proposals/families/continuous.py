@@ -77,9 +77,13 @@ class TriangularNormal(Distribution):
         self.pick, self.put = pick, put            # (d, n) and (n, d): one-hot
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
 
-    def log_prob(self, x):
+    def whitened(self, x):
+        """y = T (x - loc) / s: standard normal under this Gaussian."""
         z = (x - self.loc) / self.scale
-        y = z + (self.lower * (z @ self.pick)) @ self.put
+        return z + (self.lower * (z @ self.pick)) @ self.put
+
+    def log_prob(self, x):
+        y = self.whitened(x)
         d = self.loc.shape[-1]
         return -self.scale.log().sum(-1) - 0.5 * (y * y).sum(-1) - 0.5 * d * math.log(2 * math.pi)
 
@@ -113,8 +117,7 @@ class TriangularStudentT(TriangularNormal):
         self.df = df
 
     def log_prob(self, x):
-        z = (x - self.loc) / self.scale
-        y = z + (self.lower * (z @ self.pick)) @ self.put
+        y = self.whitened(x)
         d, nu = self.loc.shape[-1], self.df
         const = (math.lgamma((nu + d) / 2) - math.lgamma(nu / 2)
                  - 0.5 * d * math.log(nu * math.pi))
