@@ -23,20 +23,33 @@ def test_fast_path_equals_the_pyro_path(name):
 
 # ---------------------------------------------------------------- torch.distributed
 
-def _one_ddp_step(folder):
-    """Each of 2 gloo ranks: the same start, its half of one batch, one update."""
+def _one_ddp_step(folder, flat):
+    """Each of 2 gloo ranks: the same start, its half of one batch, one update -- with
+    the network's parameters in one flat tensor (one all-reduce, overlapped with
+    ``meanwhile``) or not (DistributedDataParallel)."""
     from csis_dsl.backend.observations import Observations
     from csis_dsl.engine import distributed
+    from csis_dsl.engine.flat import FlatParameters
     from csis_dsl.engine.train import Trainer
     group = distributed.from_environment()
     distributed.join(group, torch.device("cpu"))
     m, latents, obs, B = _start(folder)
+    if group.rank == 1:           # rank 0's weights are the ones every rank starts from
+        with torch.no_grad():
+            for p in m.guide.parameters():
+                p.add_(1.0)
+    if not flat:
+        FlatParameters.possible = staticmethod(lambda params: False)
     r = slice(group.rank * B // 2, (group.rank + 1) * B // 2)
     tr = Trainer(m, 1e-2, 0, None, group)
-    tr.step({k: v[r] for k, v in latents.items()},
-            Observations({k: v[r] for k, v in obs.items()}), B // 2, 10.0, None)
+    assert (tr.flat is not None) == flat
+    done = []
+    loss = tr.step({k: v[r] for k, v in latents.items()},
+                   Observations({k: v[r] for k, v in obs.items()}), B // 2, 10.0, None,
+                   meanwhile=lambda: done.append(True))
+    assert done == [True]
     if group.lead:
-        torch.save(_after(m), folder / "ddp.pt")
+        torch.save(dict(_after(m), loss=loss), folder / "ddp.pt")
 
 
 def _start(folder):
@@ -91,7 +104,8 @@ def test_flat_parameters_update_as_the_tensors_would(monkeypatch):
     assert all(p.untyped_storage().data_ptr() == storage for p in flat.params)
 
 
-def test_two_gloo_processes_make_the_update_of_one_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("flat", [True, False], ids=["one-all-reduce", "ddp"])
+def test_two_gloo_processes_make_the_update_of_one_on_the_whole_batch(tmp_path, flat):
     from csis_dsl.backend.observations import Observations
     from csis_dsl.engine.distributed import spawn
     from csis_dsl.engine.train import Trainer, joint_batch
@@ -102,11 +116,12 @@ def test_two_gloo_processes_make_the_update_of_one_on_the_whole_batch(tmp_path):
     latents, obs = joint_batch(m, B)
     torch.save(m.guide.state_dict(), tmp_path / "start.pt")
     torch.save({"latents": latents, "obs": dict(obs), "B": B}, tmp_path / "batch.pt")
-    spawn(2, _one_ddp_step, tmp_path, threads=1)
+    spawn(2, _one_ddp_step, tmp_path, flat, threads=1)
     ddp = torch.load(tmp_path / "ddp.pt")
 
     m, latents, obs, B = _start(tmp_path)
-    Trainer(m, 1e-2, 0, None).step(latents, Observations(obs), B, 10.0, None)
+    loss = Trainer(m, 1e-2, 0, None).step(latents, Observations(obs), B, 10.0, None)
+    assert ddp["loss"] == pytest.approx(loss, rel=1e-5)    # the mean of the two halves'
     one = _after(m)
     assert sum(g is not None for g in one["grads"]) > 10
     for a, b in zip(one["grads"], ddp["grads"]):

@@ -1,8 +1,10 @@
 """Data-parallel training on ``torch.distributed``.
 
 Every rank simulates its own batch from its own seed stream; the gradients of the mean
-loss are averaged over the ranks by ``DistributedDataParallel`` (gloo on the CPU, nccl
-on GPUs), so that each update is the update of one process on the concatenated batch.
+loss are averaged over the ranks (gloo on the CPU, nccl on GPUs), so that each update is
+the update of one process on the concatenated batch: by one all-reduce of the flat
+gradient and the loss (:class:`Averaging`), during which the next batch is simulated,
+or by ``DistributedDataParallel`` for a network whose parameters are not one tensor.
 Rank 0 alone shows the progress bar, validates and writes the checkpoint.
 
 The ranks come from the environment as ``torchrun`` sets it (RANK, WORLD_SIZE,
@@ -73,11 +75,48 @@ class Group:
             return DistributedDataParallel(EveryWeight(module), device_ids=ids,
                                            broadcast_buffers=False)
 
+    def share(self, module: nn.Module, flat: torch.Tensor):
+        """Give every rank rank 0's weights (``flat``: all of them, one tensor) and
+        buffers, as DistributedDataParallel does when it wraps a module."""
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+        dist.broadcast(flat.data, 0)
+
+    def average(self, grad: torch.Tensor, loss: torch.Tensor) -> "Averaging":
+        """Start averaging a flat gradient and the loss over the ranks (:class:`Averaging`)."""
+        return Averaging(self, grad, loss)
+
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of a tensor over the ranks."""
         x = x.detach().clone()
         dist.all_reduce(x)
         return x / self.world
+
+
+class Averaging:
+    """The mean over the ranks of the gradient ``grad`` (all the network's, one flat
+    tensor: :mod:`.flat`) and of the loss, in one all-reduce started when made, so that
+    the process can simulate its next batch meanwhile; :meth:`wait` puts the mean
+    gradient into ``grad`` and returns the mean loss.
+
+    Why not DistributedDataParallel here: it needs a second collective for the loss,
+    and waits for its all-reduce at the end of the backward pass. On this 2-core
+    machine, gloo's all-reduce of the seed model's 24 000 gradients costs 0.6-0.8 ms of
+    CPU and 1-1.4 ms of wall time, so 2 processes at batch 512 made 1.03-1.07x the
+    traces/s of one through it; one collective overlapped with the simulation makes
+    1.4-1.5x (1.66x at 4096). DistributedDataParallel still averages the gradients of a
+    network whose parameters cannot be laid out in one tensor."""
+
+    def __init__(self, group: Group, grad: torch.Tensor, loss: torch.Tensor):
+        self.group, self.grad = group, grad
+        self.buffer = torch.cat([grad.reshape(-1), loss.detach().reshape(1).to(grad.dtype)])
+        self.work = dist.all_reduce(self.buffer, async_op=True)
+
+    def wait(self) -> torch.Tensor:
+        self.work.wait()
+        self.buffer.div_(self.group.world)
+        self.grad.copy_(self.buffer[:-1].view_as(self.grad))
+        return self.buffer[-1]
 
 
 def from_environment() -> Optional[Group]:

@@ -94,6 +94,7 @@ class Trainer:
         # group is destroyed aborts the process at exit)
         self.loss = LossModule(model.guide)
         self.loss_module = self.loss
+        self.shared = False           # whether rank 0's weights were given to every rank
         # the network's parameters, listed once (walking its modules every step cost
         # 0.2 ms of a 4 ms step of the seed model)
         self.params = params = list(model.guide.parameters())
@@ -191,26 +192,41 @@ class Trainer:
             self.model.guide.load_state_dict(self.best[2])
             self.history.best_step = self.best[1]
 
-    def step(self, latents, obs, B: int, clip: float, good, number: int = 0) -> float:
+    def step(self, latents, obs, B: int, clip: float, good, number: int = 0,
+             meanwhile=None) -> float:
         """One update on one batch (in a distributed job, on the mean gradient over
-        every rank's batch): the batch's loss (the mean over the ranks)."""
-        if self.group is not None and self.loss_module is self.loss:
-            self.loss_module = self.group.wrap(self.loss, self.model.device)
-        flat = self.flat
+        every rank's batch): the batch's loss (the mean over the ranks). ``meanwhile``:
+        what to do while the ranks average their gradients (simulate the next batch);
+        in one process, after the update."""
+        flat, group = self.flat, self.group
+        if group is not None and flat is None and self.loss_module is self.loss:
+            self.loss_module = group.wrap(self.loss, self.model.device)
         if flat is not None:
             flat.linked(self.opt)
+            if group is not None and not self.shared:
+                group.share(self.loss, flat.param)
+                self.shared = True
         loss = self.loss_module(latents, obs, B, self.subsample)
         if flat is None:
             self.opt.zero_grad()
             loss.backward()
+            if group is not None:
+                loss = group.mean(loss)
+            if meanwhile is not None:
+                meanwhile()
             norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         else:
             flat.zero_grad()
             loss.backward()
             flat.gathered()
+            if group is not None:
+                averaging = group.average(flat.param.grad, loss)
+                if meanwhile is not None:
+                    meanwhile()
+                loss = averaging.wait()
+            elif meanwhile is not None:
+                meanwhile()
             norm = flat.clip(clip)
-        if self.group is not None:
-            loss = self.group.mean(loss)
         value = float(loss.detach())
         if not (math.isfinite(value) and torch.isfinite(norm)):
             self.diverged(number, value, good)
@@ -236,6 +252,10 @@ class Trainer:
         bar = tqdm(range(num_steps), disable=not (progress and self.lead), desc="training",
                    unit="step", dynamic_ncols=True)
         ema = None
+        # the next batch is simulated (or read) while the ranks average the gradients
+        fetch = (lambda: joint_batch(self.model, batch_size)) if batches is None else \
+            (lambda: next(batches))
+        upcoming = []
         good = (start_step, {k: v.detach().clone() for k, v in self.model.guide.state_dict().items()})
         try:
             for i in bar:
@@ -249,11 +269,11 @@ class Trainer:
                     rate = rate * lr_decay ** (i / max(num_steps, 1))
                 for g in self.opt.param_groups:
                     g["lr"] = rate
-                if batches is None:
-                    latents, obs = joint_batch(self.model, batch_size)
-                else:
-                    latents, obs = next(batches)
-                value = self.step(latents, obs, batch_size, clip, good, start_step + i + 1)
+                latents, obs = upcoming[0] if upcoming else fetch()
+                upcoming.clear()
+                value = self.step(latents, obs, batch_size, clip, good, start_step + i + 1,
+                                  meanwhile=(lambda: upcoming.append(fetch()))
+                                  if i + 1 < num_steps else None)
                 now = time.perf_counter()
                 step = start_step + i + 1
                 h.steps.append(step)
@@ -284,6 +304,7 @@ class Trainer:
         finally:
             bar.close()
             self.loss_module = self.loss
+            self.shared = False
         if keep_best:
             self.restore_best()
         return h
