@@ -104,7 +104,7 @@ class Averaging:
     machine, gloo's all-reduce of the seed model's 24 000 gradients costs 0.6-0.8 ms of
     CPU and 1-1.4 ms of wall time, so 2 processes at batch 512 made 1.03-1.07x the
     traces/s of one through it; one collective overlapped with the simulation makes
-    1.4-1.5x (1.66x at 4096). DistributedDataParallel still averages the gradients of a
+    1.30-1.39x (1.46-1.65x at 4096, three runs of bench/bench_scale.py). DistributedDataParallel still averages the gradients of a
     network whose parameters cannot be laid out in one tensor."""
 
     def __init__(self, group: Group, grad: torch.Tensor, loss: torch.Tensor):

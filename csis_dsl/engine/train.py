@@ -197,7 +197,7 @@ class Trainer:
         """One update on one batch (in a distributed job, on the mean gradient over
         every rank's batch): the batch's loss (the mean over the ranks). ``meanwhile``:
         what to do while the ranks average their gradients (simulate the next batch);
-        in one process, after the update."""
+        in one process, or through DistributedDataParallel, after the update."""
         flat, group = self.flat, self.group
         if group is not None and flat is None and self.loss_module is self.loss:
             self.loss_module = group.wrap(self.loss, self.model.device)
@@ -212,8 +212,6 @@ class Trainer:
             loss.backward()
             if group is not None:
                 loss = group.mean(loss)
-            if meanwhile is not None:
-                meanwhile()
             norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
         else:
             flat.zero_grad()
@@ -223,14 +221,15 @@ class Trainer:
                 averaging = group.average(flat.param.grad, loss)
                 if meanwhile is not None:
                     meanwhile()
+                    meanwhile = None
                 loss = averaging.wait()
-            elif meanwhile is not None:
-                meanwhile()
             norm = flat.clip(clip)
         value = float(loss.detach())
         if not (math.isfinite(value) and torch.isfinite(norm)):
             self.diverged(number, value, good)
         self.opt.step()
+        if meanwhile is not None:
+            meanwhile()
         return value
 
     def run(self, num_steps, batch_size, lr_decay=None, clip=10.0, progress=True,
