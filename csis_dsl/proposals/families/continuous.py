@@ -257,20 +257,20 @@ class MixtureHead(nn.Module):
         raw = linear(self.out, h).view(h.shape[0], self.k, self.per)
         logits = raw[..., 0]
         lower = raw[..., 1 + 2 * u:] if self.full else None
-        if whitened:
-            loc = self.WHITE_LOC * torch.tanh(raw[..., 1:1 + u] / self.WHITE_LOC)
-            scale = self.WHITE_SCALE * torch.tanh(
-                (F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5) / self.WHITE_SCALE)
-            lower = self.WHITE_LOWER * torch.tanh(lower / self.WHITE_LOWER)
-        elif pooled is None:
-            loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * self.LOC * torch.tanh(
-                raw[..., 1:1 + u] / self.LOC)
-            diag = self.SCALE * torch.tanh(
-                (F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5) / self.SCALE)
-            scale = scale_u.unsqueeze(1) * diag                        # (rows, K, udim)
+        if whitened or pooled is None:
+            # offsets and widths within soft bounds: in the whitened coordinates of a
+            # Laplace approximation, or in units of the facts' location and scale
+            at, wide = (self.WHITE_LOC, self.WHITE_SCALE) if whitened else (self.LOC, self.SCALE)
+            loc = _soft(raw[..., 1:1 + u], at)
+            scale = _soft(F.softplus(raw[..., 1 + u:1 + 2 * u]) + 1e-5, wide)   # (rows, K, udim)
+            if whitened:
+                lower = _soft(lower, self.WHITE_LOWER)
+            else:
+                loc = loc_u.unsqueeze(1) + scale_u.unsqueeze(1) * loc
+                scale = scale_u.unsqueeze(1) * scale
         else:
             mean, sd = (t.unsqueeze(1) for t in pooled)
-            m = mean + sd * self.LOC * torch.tanh(raw[..., 1:1 + u] / self.LOC)
+            m = mean + sd * _soft(raw[..., 1:1 + u], self.LOC)
             tau = F.softplus(raw[..., 1 + u:1 + 2 * u] - 4.0) / sd ** 2
             prec = 1 / scale_u.unsqueeze(1) ** 2 + tau
             loc = (loc_u.unsqueeze(1) / scale_u.unsqueeze(1) ** 2 + tau * m) / prec
@@ -315,6 +315,11 @@ class MixtureHead(nn.Module):
             return Independent(StudentT(torch.full_like(loc, df), loc, scale,
                                         validate_args=False), 1, validate_args=False)
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+
+
+def _soft(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """x within (-bound, bound), softly: about x where |x| is well below the bound."""
+    return bound * torch.tanh(x / bound)
 
 
 class PushedMixture(Proposal):
