@@ -21,6 +21,41 @@ def test_fast_path_equals_the_pyro_path(name):
     assert assert_fast_path_equals_pyro_path(m, 6) > 0
 
 
+def test_literal_parameters_are_folded_once_and_give_the_same_densities():
+    """A parameter made of literals alone is evaluated and checked once (the plan's
+    folding), per dtype; the log densities are the hand-computed ones at every run, in
+    float32 and float64, and a literal that breaks its parameter's rule is reported at
+    every run, never kept."""
+    from csis_dsl.errors import ModelRuntimeError
+    m = csis_dsl.compile_string("""model f { b ~ Normal(0.5 * 2.0, sqrt(4.0));
+        observe c ~ Categorical([0.25, 0.5, 0.25]);
+        observe y ~ Normal(b, exp(1.0 - 1.0) * 2.0); }""")
+    b = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    lat = torch.distributions.Normal(1.0, 2.0).log_prob(b)
+    obs = math.log(0.5) + torch.distributions.Normal(b, 2.0).log_prob(torch.tensor(0.3))
+    for dtype in (torch.float32, torch.float32, torch.float64, torch.float64):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            got = m.pyro_model.score(2, observations={"c": 1, "y": 0.3},
+                                     values={"b": b.to(dtype)})
+        finally:
+            torch.set_default_dtype(old)
+        assert got[0].dtype == got[1].dtype == dtype
+        assert torch.allclose(got[0].double(), lat, atol=1e-5)
+        assert torch.allclose(got[1].double(), obs, atol=1e-5)
+    kept = {(k[1], k[3]) for k in m.plan.folding._values}
+    assert {("positive", torch.float32), ("positive", torch.float64), ("probs", torch.float32),
+            ("real", torch.float64)} <= kept
+    bad = csis_dsl.compile_string("model g { b ~ Normal(0.0, 1.0); "
+                                  "observe y ~ Normal(b, log(0.0)); }")
+    for _ in range(2):
+        with pytest.raises(ModelRuntimeError, match="scale of Normal must be positive"):
+            bad.simulate(3, seed=0)
+    kept = [v for k, v in bad.plan.folding._values.items() if k[1] == "positive"]
+    assert kept and all(bool(torch.isfinite(v).all() and (v > 0).all()) for v in kept)
+
+
 # ---------------------------------------------------------------- torch.distributed
 
 def _one_ddp_step(folder, flat):

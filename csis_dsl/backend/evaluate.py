@@ -10,6 +10,7 @@ from ..errors import ModelRuntimeError
 from ..frontend import ast as A
 from ..frontend.types import Type
 from ..catalogue.functions import FUNCTIONS
+from ..middle.folding import Folding
 from .values import Val, align, combine, float_of
 
 _ARITH = {
@@ -71,19 +72,30 @@ class Evaluator:
 
     ``lookup(name) -> Val`` gives variables (already laid out for this context);
     ``active`` is the mask of (trace, loop-index) positions where the statement runs,
-    used to report reads of elements that do not exist.
+    used to report reads of elements that do not exist; ``folding``
+    (:class:`.folding.Folding`), with the ``device`` of the run: where literal-only
+    expressions are evaluated once.
     """
 
     def __init__(self, lookup: Callable[[str], Val], prefix: int,
-                 active: Optional[torch.Tensor] = None, where: str = ""):
+                 active: Optional[torch.Tensor] = None, where: str = "",
+                 folding: Optional[Folding] = None, device=None):
         self.lookup = lookup
         self.prefix = prefix
         self.active = active
         self.where = where
+        self.folding, self.device = folding, device
 
     def __call__(self, e: A.Expr) -> Val:
-        m = getattr(self, "_" + type(e).__name__)
-        return m(e)
+        f = self.folding
+        if f is not None and f.literal(e):
+            t = f.get(e, "value", self.device)
+            if t is not None:
+                return Val(t.reshape((1,) * self.prefix + t.shape), None, self.prefix)
+            v = getattr(self, "_" + type(e).__name__)(e)
+            f.put(e, "value", self.device, v.t, self.prefix)
+            return v
+        return getattr(self, "_" + type(e).__name__)(e)
 
     def const(self, x, dtype=None) -> Val:
         t = torch.tensor(x, dtype=dtype)

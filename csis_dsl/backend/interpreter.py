@@ -67,6 +67,7 @@ class Runtime:
         self.body = body if body is not None else checked.program.body
         self.strict = strict
         self.invalid = torch.zeros(B, dtype=torch.bool)
+        self.device = self.invalid.device     # made where the run's tensors are made
         self.problem: Optional[ModelRuntimeError] = None   # the first, when not strict
         self.env: Dict[str, Stored] = {n: Stored(v.unsqueeze(0)) for n, v in args.items()}
         self.done: set = set()            # families already emitted as a whole
@@ -122,7 +123,8 @@ class Runtime:
         return lookup
 
     def evaluator(self, loops, active=None, fixed=None, where="", overlay=None):
-        return Evaluator(self.lookup_fn(loops, fixed, overlay), 1 + len(loops), active, where)
+        return Evaluator(self.lookup_fn(loops, fixed, overlay), 1 + len(loops), active, where,
+                         self.plan.folding, self.device)
 
     def active_mask(self, s: A.Stmt, loops: List[Loop], fixed=None, overlay=None):
         """(B, *loop dims) bool: where statement ``s`` runs, or None (everywhere)."""
@@ -189,7 +191,7 @@ class Runtime:
         spec = DISTRIBUTIONS[s.dist.call.func]
         ev = self.evaluator(loops, active, fixed, self.where(s, name), overlay)
         P = 1 + len(loops)
-        params = [self.check_param(float_of(ev(a).t), p, spec.name, active, P, s)
+        params = [self.parameter(ev, a, p, spec.name, active, P, s)
                   for p, a in zip(spec.params, s.dist.call.args)]
         # broadcast the batch part of every parameter to (B, *loops, *element batch)
         event = spec.event_shape(params)
@@ -266,16 +268,32 @@ class Runtime:
         if self.problem is None:
             self.problem = ModelRuntimeError(msg, s.span, self.checked.source)
 
+    def parameter(self, ev, a: A.Expr, param, dname, active, P, s):
+        """Parameter ``param`` of a distribution, the value of expression ``a``,
+        checked (:meth:`check_param`); a literal-only one is checked once and read back
+        after (:mod:`..middle.folding`)."""
+        folding = self.plan.folding
+        if not folding.literal(a):
+            return self.check_param(float_of(ev(a).t), param, dname, active, P, s)[0]
+        t = folding.get(a, param.kind, self.device)
+        if t is not None:
+            return t.reshape((1,) * P + t.shape)
+        t, passed = self.check_param(float_of(ev(a).t), param, dname, active, P, s)
+        if passed:
+            folding.put(a, param.kind, self.device, t, P)
+        return t
+
     def check_param(self, p, param, dname, active, P, s):
         """Parameters out of range where the statement runs are a ModelRuntimeError
-        naming it; where it does not run they are replaced by a safe value."""
+        naming it; where it does not run they are replaced by a safe value. Returns the
+        parameter and whether every element passed (nothing replaced)."""
         kind = PARAM_KINDS[param.kind]
         p = normalise(param.kind, p)
         if param.kind in MATRIX_KINDS:     # checked as relations (problems)
-            return p
+            return p, True
         ok = check_values(param.kind, p)
         if bool(ok.all()):
-            return p
+            return p, True
         bad = ~ok
         real_bad = bad if active is None else bad & extend_to(active, bad)
         if bool(real_bad.any()):
@@ -287,7 +305,7 @@ class Runtime:
                 raise ModelRuntimeError(f"{msg} in {int(traces.sum())} trace(s)", s.span)
             self.zero_density(traces, msg, s)
         fill = kind.safe if kind.safe is not None else 1.0 / p.shape[-1]
-        return torch.where(extend_to(bad, p), torch.full_like(p, fill), p)
+        return torch.where(extend_to(bad, p), torch.full_like(p, fill), p), False
 
     # ---------------------------------------------------------------- statements
     def sample(self, s: A.Sample):

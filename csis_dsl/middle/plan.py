@@ -18,6 +18,7 @@ from ..errors import CompileError, Diagnostic
 from ..frontend import ast as A
 from ..frontend.checked import Checked, Loop
 from .affine import gaussian_in
+from .folding import Folding
 
 
 @dataclass(eq=False)
@@ -77,6 +78,8 @@ class Plan:
     # the order the guide produces them (:func:`proposal_order`)
     proposal_body: List[A.Stmt] = field(default_factory=list)
     proposal_vars: List[str] = field(default_factory=list)
+    # the literal-only expressions and their values, evaluated once (:mod:`.folding`)
+    folding: Folding = field(default_factory=Folding)
 
     def loops_of(self, s: A.Stmt) -> List[Loop]:
         return self.placement[s].loops
