@@ -324,3 +324,72 @@ def test_a_scale_with_few_observations_is_located_with_the_block_integrated_out(
     # a broad part of Normals or of Student-ts alike)
     for name, s in (("intercept", sd[0]), ("slope", sd[1]), ("sigma", s_sd)):
         assert abs(float(post.std(name)) / float(s) - 1) < 0.4, name
+
+
+def test_joint_mode_climbs_the_exact_prior():
+    """Poisson counts with a Gamma(a, b) prior on their rate, fitted in the log rate u:
+    with the prior's exact density (Jacobian included: a u - b e^u) the mode is the
+    conjugate posterior's, log((a + sum y) / (b + N)), and the precision there
+    a + sum y. The Gaussian matched to the prior's moments in u puts the mode more than
+    a third of a posterior sd away."""
+    a, b = 2.0, 0.1
+    y = torch.tensor([3.0, 5.0, 4.0])
+
+    def loglik(us):
+        return torch.distributions.Poisson(us[0].exp()).log_prob(y).sum(-1)
+
+    def log_prior(u):
+        return (torch.distributions.Gamma(a, b).log_prob(u.exp()) + u).sum(-1)
+    mean, sd = a / b, math.sqrt(a) / b
+    v = math.log1p((sd / mean) ** 2)
+    locs, scales = [torch.full((1, 1), math.log(mean) - v / 2)], [torch.full((1, 1), math.sqrt(v))]
+    modes, P, usable = joint_mode(loglik, locs, scales, priors=[log_prior])
+    A, B = a + float(y.sum()), b + len(y)
+    post_sd = 1 / math.sqrt(A)
+    assert bool(usable.all())
+    assert abs(float(modes[0]) - math.log(A / B)) < 0.05 * post_sd   # (decrement 1e-3)
+    assert abs(float(P[0, 0, 0]) / A - 1) < 0.02
+    gauss = joint_mode(loglik, locs, scales)[0]
+    assert abs(float(gauss[0]) - math.log(A / B)) > 0.33 * post_sd
+
+
+STUDENT = """model t {
+    arg int N;
+    mu ~ Normal(0.0, 10.0);
+    nu ~ Gamma(2.0, 0.1);
+    for i in range(N) { observe y[i] ~ StudentT(nu, mu, 1.0); }
+}"""
+TDATA = [-0.3, 0.4, 0.1, -0.2, 0.6, 0.0, 7.5, -6.0]
+
+
+def _student_reference():
+    """The posterior of STUDENT on TDATA by quadrature over (mu, log nu), float64:
+    the means and sds of mu and nu."""
+    mu = torch.linspace(-4.0, 4.0, 801, dtype=torch.float64)
+    u = torch.linspace(-3.0, 7.0, 1001, dtype=torch.float64)
+    nu = u.exp()
+    y = torch.tensor(TDATA, dtype=torch.float64)
+    lp = torch.distributions.Normal(0.0, 10.0).log_prob(mu)[:, None] \
+        + (torch.distributions.Gamma(2.0, 0.1).log_prob(nu) + u)[None, :] \
+        + torch.distributions.StudentT(nu[None, :, None], mu[:, None, None], 1.0
+                                       ).log_prob(y).sum(-1)
+    w = torch.softmax(lp.reshape(-1), 0).reshape(lp.shape)
+    wm, wu = w.sum(1), w.sum(0)
+    m_mu, m_nu = float((wm * mu).sum()), float((wu * nu).sum())
+    return (m_mu, float((wm * (mu - m_mu) ** 2).sum().sqrt()),
+            m_nu, float((wu * (nu - m_nu) ** 2).sum().sqrt()))
+
+
+def test_a_location_fitted_with_a_gamma_distributed_degrees_of_freedom():
+    """A Student-t location with two gross outliers and nu ~ Gamma(2, 0.1) (Juarez and
+    Steel's prior, Newcomb's model): mu is fitted jointly with nu, then nu by itself,
+    both with nu's exact prior. The program's proposal alone, before any training, has
+    ESS/N above 0.9 (0.97-0.98 over seeds and defensive shares) and the reference's
+    means (quadrature); with the Gaussian matched to the prior's moments in log nu,
+    which puts small nu too far down, it had ESS/N 0.10-0.13, k-hat 0.6-0.8."""
+    m = csis_dsl.compile_string(STUDENT, args={"N": len(TDATA)})
+    post = program_posterior(m, {"y": TDATA}, 4000)
+    m_mu, s_mu, m_nu, s_nu = _student_reference()
+    assert post.ess > 0.9 * post.num_samples and post.pareto_k < 0.7
+    assert abs(float(post.mean("mu")) - m_mu) < 0.1 * s_mu
+    assert abs(float(post.mean("nu")) - m_nu) < 0.1 * s_nu

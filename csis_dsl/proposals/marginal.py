@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..backend.repeat import in_runs, repeat_rows
-from .families.continuous import hessian, local_fit
+from .families.continuous import hessian, local_fit, prior_terms
 from .quadrature import fit_objective, one_at_a_time
 
 STEPS = 6           # Newton steps at most (each a pass over the observations with its
@@ -48,13 +48,27 @@ MAX_STEP = 5.0      # prior scales a step may move any coordinate outside a quad
 PROFILE_STEPS = 3   # Newton steps at most of a profile (from the joint mode, at its scale)
 
 
-def _evaluate(loglik, z, sizes, loc, prec, with_hessian=True):
+def _evaluate(loglik, z, sizes, loc, prec, with_hessian=True, priors=None):
     """The objective (log prior + log-likelihood) at z (M, D), and with
-    ``with_hessian`` its gradient and Hessian (the families' :func:`local_fit` and
-    :func:`hessian`); None where the likelihood does not depend on z."""
+    ``with_hessian`` its gradient, the Hessian of the log-likelihood (the families'
+    :func:`local_fit` and :func:`hessian`) and the prior's curvature (M, D); None where
+    the likelihood does not depend on z. Each variable's prior is the Gaussian
+    N(loc, 1 / prec), or its exact log density where ``priors`` gives one
+    (:func:`prior_terms`)."""
     def joint(t):
         return loglik(list(t.split(sizes, -1)))
-    prior = -0.5 * (prec * (z - loc) ** 2).sum(-1)
+    prior = -0.5 * prec * (z - loc) ** 2
+    pg, pc = -prec * (z - loc), prec
+    if priors is not None and any(p is not None for p in priors):
+        zs, precs = z.split(sizes, -1), prec.split(sizes, -1)
+        vals, grads, curvs = list(prior.split(sizes, -1)), list(pg.split(sizes, -1)), \
+            list(pc.expand_as(z).split(sizes, -1))
+        for k, p in enumerate(priors):
+            if p is not None:
+                lp, g, c = prior_terms(p, zs[k], precs[k])
+                vals[k], grads[k], curvs[k] = lp.unsqueeze(-1), g, c
+        prior, pg, pc = torch.cat(vals, -1), torch.cat(grads, -1), torch.cat(curvs, -1)
+    prior = prior.sum(-1)
     if not with_hessian:
         with torch.no_grad():
             return joint(z) + prior
@@ -62,12 +76,13 @@ def _evaluate(loglik, z, sizes, loc, prec, with_hessian=True):
     if fit is None:
         return None
     ll, g, hvp = fit
-    return ll + prior, g - prec * (z - loc), hessian(hvp, z, joint=True)
+    return ll + prior, g + pg, hessian(hvp, z, joint=True), pc.expand_as(z)
 
 
 def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Tensor],
                start: Optional[List[Optional[torch.Tensor]]] = None, steps: int = STEPS,
                exact: Optional[List[bool]] = None,
+               priors: Optional[List[Optional[Callable]]] = None,
                ) -> Optional[Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]]:
     """The mode of N(locs, scales^2) x likelihood over several variables together, and
     the precision there.
@@ -88,6 +103,11 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
     regression's coefficients given its noise scale). The first step then moves those
     alone, to their exact conditional mode, and no step is clamped in them.
 
+    ``priors``: per variable, its exact log prior density at unconstrained values
+    (M, 1) -> (M,), or None (the Gaussian N(loc, scale^2)): the steps then climb the
+    exact objective, with the prior's own curvature (at least a tenth of the
+    Gaussian's, :func:`~.families.continuous.prior_terms`).
+
     Returns (the mode split per variable, the joint precision (M, D, D), where (M,) the
     fit is usable), or None where the likelihood does not depend on the variables."""
     sizes = [t.shape[-1] for t in locs]
@@ -101,23 +121,24 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
     if start is not None and any(s is not None for s in start):
         z = torch.cat([s.reshape(M, -1) if s is not None else l for s, l in zip(start, locs)], -1)
         z = torch.where(torch.isfinite(z), z, loc)
-    fit = _evaluate(loglik, z, sizes, loc, prec)
+    fit = _evaluate(loglik, z, sizes, loc, prec, priors=priors)
     if fit is None:
         return None
-    obj, grad, H = fit
+    obj, grad, H, curv = fit
     fine = torch.isfinite(obj) & torch.isfinite(grad).all(-1) & torch.isfinite(H).flatten(1).all(-1)
     if not bool(fine.all()) and not torch.equal(z, loc):     # a bad start: the prior's
-        fit0 = _evaluate(loglik, loc, sizes, loc, prec)
+        fit0 = _evaluate(loglik, loc, sizes, loc, prec, priors=priors)
         if fit0 is not None:
             bad = ~fine
             z = torch.where(bad.unsqueeze(-1), loc, z)
             obj = torch.where(bad, fit0[0], obj)
             grad = torch.where(bad.unsqueeze(-1), fit0[1], grad)
             H = torch.where(bad.reshape(M, 1, 1), fit0[2], H)
-    diag = torch.diag_embed(prec)
+            curv = torch.where(bad.unsqueeze(-1), fit0[3], curv)
     stalled = torch.zeros(M, dtype=torch.bool)
     for it in range(steps + 1):
         ok = torch.isfinite(obj) & torch.isfinite(grad).all(-1) & torch.isfinite(H).flatten(1).all(-1)
+        diag = torch.diag_embed(curv)          # the prior's curvature
         Hs = -0.5 * (H + H.transpose(-1, -2))
         Hs = torch.where(ok.reshape(M, 1, 1), Hs, torch.zeros_like(Hs))
         lam, V = torch.linalg.eigh(Hs)
@@ -144,18 +165,19 @@ def joint_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
         todo = ok & (dec >= 1e-3) & ~stalled
         if not bool(todo.any()):
             break
-        t, moved = line_search(lambda x: _evaluate(loglik, x, sizes, loc, prec, False),
+        t, moved = line_search(lambda x: _evaluate(loglik, x, sizes, loc, prec, False, priors),
                                z, step, obj, todo, HALVINGS + 1)
         stalled = stalled | (todo & ~moved)
         if not bool(moved.any()):
             break
         z_new = z + torch.where(moved, t, torch.zeros_like(t)).unsqueeze(-1) * step
-        fit = _evaluate(loglik, z_new, sizes, loc, prec)
+        fit = _evaluate(loglik, z_new, sizes, loc, prec, priors=priors)
         keep = moved & torch.isfinite(fit[0])
         z = torch.where(keep.unsqueeze(-1), z_new, z)
         obj = torch.where(keep, fit[0], obj)
         grad = torch.where(keep.unsqueeze(-1), fit[1], grad)
         H = torch.where(keep.reshape(M, 1, 1), fit[2], H)
+        curv = torch.where(keep.unsqueeze(-1), fit[3], curv)
     ok = torch.isfinite(obj)
     if not bool(ok.any()):
         return None
@@ -174,7 +196,7 @@ def exact_mode(loglik: Callable, locs: List[torch.Tensor], scales: List[torch.Te
     fit = _evaluate(loglik, loc, sizes, loc, prec)
     if fit is None:
         return None
-    obj, grad, H = fit
+    obj, grad, H, _ = fit
     P = torch.diag_embed(prec) - 0.5 * (H + H.transpose(-1, -2))
     L, bad = torch.linalg.cholesky_ex(P)
     ok = (bad == 0) & torch.isfinite(obj) & torch.isfinite(grad).all(-1)
@@ -269,7 +291,7 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
         fit = _evaluate(loglik, z, sizes, loc_, prec_)
         if fit is None:
             return torch.full(u.shape[:1], -math.inf, dtype=u.dtype)
-        obj, g, H = fit
+        obj, g, H, _ = fit
         A = torch.diag_embed(prec_[:, 1:]) - 0.5 * (H + H.transpose(-1, -2))[:, 1:, 1:]
         L, bad = torch.linalg.cholesky_ex(A)
         step = torch.cholesky_solve(g[:, 1:].unsqueeze(-1), L).squeeze(-1)

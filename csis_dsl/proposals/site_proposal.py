@@ -161,7 +161,8 @@ class SiteProposal(pdist.TorchDistribution):
                     self._facts = self._paired(self._facts)
                 elif self.informing:
                     self._facts = self.family.inform(self._facts, self._loglik,
-                                                     start=self._hint())
+                                                     start=self._hint(),
+                                                     **self._own_prior(self._facts))
             return self._facts if j is None else tuple(f[:, j:j + 1] for f in self._facts)
         facts = self._family_facts(x, j)
         if self.informing:
@@ -172,6 +173,16 @@ class SiteProposal(pdist.TorchDistribution):
             else:
                 facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
         return facts
+
+    def _own_prior(self, facts) -> dict:
+        """``prior=`` for the family's Laplace fit of this site
+        (:meth:`~.families.continuous.ContinuousProposal.laplace`): its exact log
+        prior density at unconstrained values (M, 1, 1) -> (M, 1) where
+        :meth:`_exact_prior_of` gives one, else nothing."""
+        prior = self._exact_prior_of(self.info.name, facts[0].reshape(self.state.M, -1))
+        if prior is None:
+            return {}
+        return {"prior": lambda u: prior(u.reshape(-1, 1)).reshape(u.shape[:-1])}
 
     def _hint(self):
         """Where a joint fit for an earlier site puts this one (M, 1, de), or None."""
@@ -260,8 +271,10 @@ class SiteProposal(pdist.TorchDistribution):
                         total = total + summed_loglik(rt, summed, observations, overlay, R,
                                                       net.families, memo)
                     return total
+                # the exact priors of the scalars whose priors read only args
+                priors = [self._exact_prior_of(n, t) for n, t in zip(names, locs)]
                 # from a conditional of an earlier fit, a few steps finish the job
-                fit = joint_mode(loglik, locs, scales, start, exact=exact,
+                fit = joint_mode(loglik, locs, scales, start, exact=exact, priors=priors,
                                  steps=REFIT_STEPS if start[0] is not None else STEPS)
                 profile = None
                 if fit is not None and self._profiled(locs, exact, summed):
@@ -323,14 +336,42 @@ class SiteProposal(pdist.TorchDistribution):
         transform's Jacobian included, (R,) -- or None where it cannot be evaluated (at
         ``at``, (R, 1)), or where the fit runs on R distinct rows of the M and the prior
         reads more than args (what was drawn before is stored for all M)."""
-        rt, fam = self.runtime, self.family
+        rt = self.runtime
         v = rt.checked.vars[self.info.name]
         if not all_rows and any(rt.checked.vars[r].kind != "arg" for r in v.reads | v.control):
             return None
+        return self._log_prior(self.info.name, at)
+
+    # priors whose matched Gaussian (:meth:`~.families.continuous.ContinuousFamily.
+    # located`) is the prior itself
+    GAUSSIAN_PRIORS = {"Normal", "LogNormal"}
+
+    def _exact_prior_of(self, name: str, at):
+        """What a Laplace fit of latent ``name`` uses as its prior, where that is not
+        the Gaussian its family locates with: the exact log density at unconstrained
+        values u (R, 1) -> (R,) (:meth:`_log_prior`) of a scalar outside any plate whose
+        prior reads only args and is not Gaussian in its unconstrained space; else
+        None."""
+        rt = self.runtime
+        fam = self.net.families[name] if name in self.net.families else None
+        v = rt.checked.vars[name]
+        if fam is None or not getattr(fam, "informable", False) or fam.udim != 1 \
+                or fam.info.n != 1 or v.is_family or (v.dist in self.GAUSSIAN_PRIORS and
+                                                      v.stmts[0].dist.trunc is None) \
+                or any(rt.checked.vars[r].kind != "arg" for r in v.reads | v.control):
+            return None
+        return self._log_prior(name, at)
+
+    def _log_prior(self, name: str, at):
+        """Latent ``name``'s exact prior log density at unconstrained values u (R, 1),
+        the transform's Jacobian included, (R,); None where it is not finite (or cannot
+        be evaluated) at ``at`` (R, 1)."""
+        rt, fam = self.runtime, self.net.families[name]
+        stmt = rt.checked.vars[name].stmts[0]
 
         def log_prior(u):
             part = u.reshape(u.shape[0], 1, fam.udim)
-            return fam.prior_log_density(rt, v.stmts[0], part, fam.transform(part), {})
+            return fam.prior_log_density(rt, stmt, part, fam.transform(part), {})
         try:
             probe = log_prior(at)
         except (ModelRuntimeError, RuntimeError, ValueError):
