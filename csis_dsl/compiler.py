@@ -29,12 +29,15 @@ PHASES = ("ast", "checked", "graph", "dot", "pyro")
 
 def _on_device(method):
     """Run a method of the model on its device (after moving the model to
-    ``device=...`` when the call gives one)."""
+    ``device=...`` when the call gives one), outside torch's inference mode: a call
+    made inside ``torch.inference_mode()`` would otherwise build the network's weights
+    or fit its statistics as inference tensors, which no later training can use
+    ("Inference tensors do not track version counter")."""
     @functools.wraps(method)
     def run(self, *a, **kw):
         if kw.get("device") is not None:
             self.to(kw["device"])
-        with on(self.device):
+        with torch.inference_mode(False), on(self.device):
             return method(self, *a, **kw)
     return run
 
@@ -112,7 +115,8 @@ class CompiledModel:
     def guide(self):
         """The generated proposal network (a torch.nn.Module and a Pyro guide)."""
         if self._guide is None:
-            self.configure()
+            with torch.inference_mode(False):
+                self.configure()
         return self._guide
 
     @_on_device

@@ -363,3 +363,22 @@ def test_values_from_pyro_inference_that_break_a_parameter_have_zero_density():
                            disable_progbar=True)
     mcmc.run(observations={"y": 0.5})
     assert (mcmc.get_samples()["a"] > 0).all()
+
+
+def test_a_model_first_used_inside_inference_mode_still_trains():
+    """A user's script that simulates, infers or runs the Pyro model inside
+    ``torch.inference_mode()`` first (the network built and its statistics fitted
+    there, literal parameters folded there) can train the model after, and the
+    posterior is the analytic one: precision 1 / 5 + 2 / 2, mean (1 / 5 + (x1 + x2) / 2)
+    over it, for the seed model (prior N(1, 5), two measurements of variance 2)."""
+    m = csis_dsl.compile(SPECS / "gaussian.ppl")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.simulate(3, seed=0)
+        m.infer({"x1": 1.0, "x2": 2.0}, num_samples=10, seed=0)
+    m.train(num_steps=20, batch_size=64, seed=0, progress=False, validation_size=0)
+    post = m.infer({"x1": 8.0, "x2": 9.0}, num_samples=4000, seed=0)
+    prec = 1 / 5 + 2 / 2
+    mean, sd = (1 / 5 + (8.0 + 9.0) / 2) / prec, math.sqrt(1 / prec)
+    assert abs(float(post.mean("z")) - mean) < 0.05 * sd
+    assert abs(float(post.std("z")) / sd - 1) < 0.05

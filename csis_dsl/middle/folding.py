@@ -56,7 +56,8 @@ class Folding:
 
     def put(self, e: A.Expr, what: str, device: torch.device, t: torch.Tensor, prefix: int):
         """Keep ``t`` (``prefix`` batch and loop dims, then the value's own) where its
-        batch and loop dims are all of size 1."""
-        if all(n == 1 for n in t.shape[:prefix]):
+        batch and loop dims are all of size 1 -- and not inside torch's inference mode,
+        whose tensors no later autograd run could use."""
+        if all(n == 1 for n in t.shape[:prefix]) and not torch.is_inference_mode_enabled():
             self._values[e, what, device, torch.get_default_dtype()] = \
                 t.detach().reshape(t.shape[prefix:])
