@@ -336,13 +336,18 @@ class SiteProposal(pdist.TorchDistribution):
         transform's Jacobian included, (R,) -- or None where it cannot be evaluated (at
         ``at``, (R, 1)), or where the fit runs on R distinct rows of the M and the prior
         reads more than args (what was drawn before is stored for all M)."""
-        rt = self.runtime
-        v = rt.checked.vars[self.info.name]
-        if not all_rows and any(rt.checked.vars[r].kind != "arg" for r in v.reads | v.control):
+        if not all_rows and not self._prior_reads_only_args(self.info.name):
             return None
         return self._log_prior(self.info.name, at)
 
-    # priors whose matched Gaussian (:meth:`~.families.continuous.ContinuousFamily.
+    def _prior_reads_only_args(self, name: str) -> bool:
+        """Whether latent ``name``'s prior statement (its parameters and guards) reads
+        only args: the same prior in every row of a fit."""
+        checked = self.runtime.checked
+        v = checked.vars[name]
+        return all(checked.vars[r].kind == "arg" for r in v.reads | v.control)
+
+    # priors whose matched Gaussian (:meth:`~.families.continuous.ContinuousProposal.
     # located`) is the prior itself
     GAUSSIAN_PRIORS = {"Normal", "LogNormal"}
 
@@ -352,13 +357,12 @@ class SiteProposal(pdist.TorchDistribution):
         values u (R, 1) -> (R,) (:meth:`_log_prior`) of a scalar outside any plate whose
         prior reads only args and is not Gaussian in its unconstrained space; else
         None."""
-        rt = self.runtime
         fam = self.net.families[name] if name in self.net.families else None
-        v = rt.checked.vars[name]
+        v = self.runtime.checked.vars[name]
         if fam is None or not getattr(fam, "informable", False) or fam.udim != 1 \
                 or fam.info.n != 1 or v.is_family or (v.dist in self.GAUSSIAN_PRIORS and
                                                       v.stmts[0].dist.trunc is None) \
-                or any(rt.checked.vars[r].kind != "arg" for r in v.reads | v.control):
+                or not self._prior_reads_only_args(name):
             return None
         return self._log_prior(name, at)
 
