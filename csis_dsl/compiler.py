@@ -74,7 +74,8 @@ class CompiledModel:
                               f"{', '.join(NetworkConfig.__dataclass_fields__)}") from None
         except ValueError as err:
             raise OptionError(f"configure: {err}") from None
-        self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings).to(self.device)
+        with torch.inference_mode(False):     # weights that training can use (_on_device)
+            self._guide = Guide(self.pyro_model, self.graph, cfg, obs_embeddings).to(self.device)
         self._trainer = None
         self.history = None
         return self
@@ -115,8 +116,7 @@ class CompiledModel:
     def guide(self):
         """The generated proposal network (a torch.nn.Module and a Pyro guide)."""
         if self._guide is None:
-            with torch.inference_mode(False):
-                self.configure()
+            self.configure()
         return self._guide
 
     @_on_device

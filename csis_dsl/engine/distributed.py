@@ -104,8 +104,9 @@ class Averaging:
     machine, gloo's all-reduce of the seed model's 24 000 gradients costs 0.6-0.8 ms of
     CPU and 1-1.4 ms of wall time, so 2 processes at batch 512 made 1.03-1.07x the
     traces/s of one through it; one collective overlapped with the simulation makes
-    1.30-1.39x (1.46-1.65x at 4096, three runs of bench/bench_scale.py). DistributedDataParallel still averages the gradients of a
-    network whose parameters cannot be laid out in one tensor."""
+    1.19-1.41x (1.46-1.77x at 4096; six runs of bench/bench_scale.py over two days).
+    DistributedDataParallel still averages the gradients of a network whose parameters
+    cannot be laid out in one tensor."""
 
     def __init__(self, group: Group, grad: torch.Tensor, loss: torch.Tensor):
         self.group, self.grad = group, grad

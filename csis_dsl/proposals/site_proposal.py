@@ -162,7 +162,7 @@ class SiteProposal(pdist.TorchDistribution):
                 elif self.informing:
                     self._facts = self.family.inform(self._facts, self._loglik,
                                                      start=self._hint(),
-                                                     **self._own_prior(self._facts))
+                                                     prior=self._own_prior(self._facts))
             return self._facts if j is None else tuple(f[:, j:j + 1] for f in self._facts)
         facts = self._family_facts(x, j)
         if self.informing:
@@ -174,15 +174,13 @@ class SiteProposal(pdist.TorchDistribution):
                 facts = self.family.inform(facts, lambda c: self._loglik(c, x, j))
         return facts
 
-    def _own_prior(self, facts) -> dict:
-        """``prior=`` for the family's Laplace fit of this site
-        (:meth:`~.families.continuous.ContinuousProposal.laplace`): its exact log
-        prior density at unconstrained values (M, 1, 1) -> (M, 1) where
-        :meth:`_exact_prior_of` gives one, else nothing."""
+    def _own_prior(self, facts):
+        """The exact log prior density of this site for its family's Laplace fit
+        (:meth:`~.families.continuous.ContinuousProposal.laplace`), at unconstrained
+        values (M, 1, 1) -> (M, 1), where :meth:`_exact_prior_of` gives one; else None."""
         prior = self._exact_prior_of(self.info.name, facts[0].reshape(self.state.M, -1))
-        if prior is None:
-            return {}
-        return {"prior": lambda u: prior(u.reshape(-1, 1)).reshape(u.shape[:-1])}
+        return None if prior is None else \
+            (lambda u: prior(u.reshape(-1, 1)).reshape(u.shape[:-1]))
 
     def _hint(self):
         """Where a joint fit for an earlier site puts this one (M, 1, de), or None."""

@@ -76,11 +76,13 @@ class ProposalFamily(nn.Module):
         """x: (M, m, de) values of instances j0.. -> (M, m, feat_dim), standardised."""
         raise NotImplementedError
 
-    def inform(self, facts, loglik, message=None, start=None):
+    def inform(self, facts, loglik, message=None, start=None, prior=None):
         """The facts moved by the observations that depend on this site: ``loglik(x)``
         gives, for candidate values x (M, m, de), the log density of those observations
         (M, m); ``message``, what :meth:`lookahead` gave for these elements; ``start``,
-        where a continuous family's Newton steps may begin. Default: unchanged."""
+        where a continuous family's Newton steps may begin; ``prior``, the site's exact
+        log prior density where a continuous family's fit is to use it instead of the
+        Gaussian it locates with. Default: unchanged."""
         return facts
 
     def lookahead(self, loglik, pieces, M: int):

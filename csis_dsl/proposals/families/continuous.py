@@ -796,14 +796,9 @@ def prior_terms(log_prior, u, prec):
     ``PRIOR_FLOOR`` times ``prec`` (the precision of the Gaussian matched to the
     prior's moments): a Laplace fit's precision stays positive where the prior is flat
     (a half-Cauchy scale far below its scale) and the likelihood says little."""
-    with torch.enable_grad():
-        x = u.detach().clone().requires_grad_(True)
-        lp = log_prior(x)
-        g, = torch.autograd.grad(lp.sum(), x, create_graph=True)
-        h = torch.autograd.grad(g.sum(), x, allow_unused=True)[0] if g.requires_grad else None
-    h = torch.zeros_like(x) if h is None else h
-    curv = torch.maximum(-h.detach(), PRIOR_FLOOR * prec)
-    return lp.detach(), g.detach(), torch.where(torch.isfinite(curv), curv, prec)
+    lp, g, hvp = local_fit(log_prior, lambda t: t, u)
+    curv = torch.maximum(-hessian(hvp, u, joint=False), PRIOR_FLOOR * prec)
+    return lp, g, torch.where(torch.isfinite(curv), curv, prec)
 
 
 def local_fit(loglik, transform, u):

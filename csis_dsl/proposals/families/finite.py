@@ -64,9 +64,10 @@ class FiniteProposal(ProposalFamily):
             lp = torch.zeros(M, width, de, k)
         return (lp.detach(),)
 
-    def inform(self, facts, loglik, message=None, start=None):
+    def inform(self, facts, loglik, message=None, start=None, prior=None):
         """Add each value's log-likelihood to its prior log-probability: the proposal
-        starts at the exact local posterior of the site given what was drawn before.
+        starts at the exact local posterior of the site given what was drawn before
+        (the facts are the exact prior already: ``prior`` is not needed).
         ``message`` (a tuple of one tensor (M, m, 1, k)): the log-likelihood of the
         later observations of a chain given each value (:meth:`lookahead`), added too."""
         lp = facts[0]                                             # (M, m, de, k)
