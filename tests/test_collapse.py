@@ -201,3 +201,84 @@ def test_stacked_collapsed_evaluations_equal_one_at_a_time(monkeypatch):
     for name in ("mu", "tau", "theta"):
         assert torch.allclose(stacked[0][name], single[0][name], rtol=1e-5, atol=1e-5), name
     assert torch.allclose(stacked[1], single[1], rtol=1e-5, atol=1e-4)
+
+
+PUMPS = """
+model pumps {
+    arg int N;
+    arg real[N] t;
+    alpha ~ Exponential(1.0);
+    beta ~ Gamma(0.1, 1.0);
+    for i in range(N) {
+        theta[i] ~ Gamma(alpha, beta);
+        observe x[i] ~ Poisson(theta[i] * t[i]);
+    }
+}
+"""
+
+
+def test_gamma_effects_collapse_to_the_exact_negative_binomial_marginal():
+    """Gamma-distributed effects read through Poisson counts (BUGS's pumps): their
+    integral is a negative binomial, exactly. Besag's identity at the effects' Laplace
+    fit in their log must count the log's Jacobian in the prior term (without it the
+    collapsed likelihood was off by the sum of the effects' logs, which moves with beta),
+    fit each effect with its exact gamma prior, and reach its conditional mode from
+    prior locations 3 to 30 log units above it. The collapsed log-likelihood of beta
+    (alpha drawn) over a grid of log beta is then the exact one within 0.1 nats, up to a
+    constant (before: off by 1 to 100 nats)."""
+    from csis_dsl.proposals import collapse
+    t = [94.3, 15.7, 62.9, 126, 5.24, 31.4, 1.05, 1.05, 2.1, 10.5]
+    x = torch.tensor([5, 1, 5, 14, 3, 19, 1, 1, 4, 22], dtype=torch.float64)
+    m = csis_dsl.compile_string(PUMPS, args={"N": 10, "t": t})
+    m.guide.fit_statistics()
+    seen = {}
+    made = collapse.Collapsed.__init__
+
+    def keep(self, sp, *a, **kw):
+        made(self, sp, *a, **kw)
+        if sp.info.name == "beta" and "F" not in seen:
+            seen["F"], seen["alpha"] = self, sp.env["alpha"].t.reshape(-1).double()
+    collapse.Collapsed.__init__ = keep
+    try:
+        import pyro
+        pyro.set_rng_seed(0)
+        m.guide.propose({"x": x.float()}, 8)
+    finally:
+        collapse.Collapsed.__init__ = made
+    F, alpha = seen["F"], seen["alpha"]
+    tt = torch.tensor(t, dtype=torch.float64)
+    # the fits' inner steps start from the modes of the first point evaluated (a fit's
+    # start), 2 units of log beta either side of it here
+    grid = torch.linspace(-2.5, 1.5, 9, dtype=torch.float64)
+    F.starts.clear()
+    F(torch.full((F.M, 1), float(grid[4])))
+    got = torch.stack([F(torch.full((F.M, 1), float(g))).double() for g in grid], 1)  # (M, 9)
+    b = grid.exp()[None, :, None]
+    a = alpha[:, None, None]
+    want = (a * b.log() - torch.lgamma(a) + torch.lgamma(a + x) - (a + x) * (b + tt).log()
+            - torch.lgamma(x + 1) + x * tt.log()).sum(-1)                            # (M, 9)
+    gap = got - want
+    gap = gap - gap[:, 4:5]
+    assert float(gap.abs().max()) < 0.1, gap
+
+
+def test_the_pumps_proposal_before_training_against_the_exact_posterior():
+    """The program's own proposal (no network) on the pumps data, against the exact
+    posterior (each rate integrated out, quadrature over alpha and beta): beta located
+    by its collapsed marginal, each rate by its Laplace fit with its exact gamma prior.
+    Before, prior simulation failed outright (2% of traces with counts beyond torch's
+    Poisson sampler) and, past that, ESS/N was 0.001-0.01 with means 0.4-0.9 sd off."""
+    import sys
+    from conftest import program_posterior
+    sys.path.insert(0, str(ROOT / "bench" / "real"))
+    import exact
+    import json
+    d = json.loads((ROOT / "bench" / "real" / "pumps.json").read_text())
+    m = csis_dsl.compile(ROOT / "bench" / "real" / "pumps.ppl", args=d["args"])
+    ref = exact.gamma_poisson(d["observations"]["x"], d["args"]["t"])
+    post = program_posterior(m, d["observations"], 4000, seed=0, defensive=0.1)
+    assert post.ess > 0.05 * post.num_samples
+    for name, (mean, sd) in ref.items():
+        err = ((post.mean(name).double().reshape(mean.shape) - mean).abs() / sd).max()
+        ratio = (post.std(name).double().reshape(sd.shape) / sd - 1).abs().max()
+        assert err < 0.25 and ratio < 0.25, (name, float(err), float(ratio))

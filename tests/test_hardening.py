@@ -382,3 +382,26 @@ def test_a_model_first_used_inside_inference_mode_still_trains():
     mean, sd = (1 / 5 + (8.0 + 9.0) / 2) / prec, math.sqrt(1 / prec)
     assert abs(float(post.mean("z")) - mean) < 0.05 * sd
     assert abs(float(post.std("z")) / sd - 1) < 0.05
+
+
+def test_a_batch_whose_gradient_is_not_finite_is_skipped(monkeypatch):
+    """A heavy-tailed prior simulates now and then a trace no proposal can score in
+    float32; its batch's gradient is NaN. That batch is skipped (no update, its step
+    listed in history.skipped) and training goes on; three in a row is divergence."""
+    from csis_dsl.engine import distributed
+    m = csis_dsl.compile(SPECS / "gaussian.ppl")
+    calls = {"n": 0}
+    forward = distributed.LossModule.forward
+
+    def sometimes_nan(self, *a, **kw):
+        calls["n"] += 1
+        loss = forward(self, *a, **kw)
+        return loss * float("nan") if calls["n"] == 3 else loss
+    monkeypatch.setattr(distributed.LossModule, "forward", sometimes_nan)
+    h = m.train(num_steps=6, batch_size=16, progress=False, seed=0, validation_size=0)
+    assert h.skipped == [3] and len(h.steps) == 6
+    assert all(torch.isfinite(p).all() for p in m.guide.parameters())
+    monkeypatch.setattr(distributed.LossModule, "forward",
+                        lambda self, *a, **kw: forward(self, *a, **kw) * float("nan"))
+    with pytest.raises(csis_dsl.TrainingError, match="3 batches in a row"):
+        m.train(num_steps=6, batch_size=16, progress=False, validation_size=0)

@@ -312,3 +312,29 @@ def student_location(y, mu_sd=50.0, sigma_scale=20.0, nu_shape=2.0, nu_rate=0.1,
         return m, ((wt * v ** 2).sum() - m ** 2).sqrt()
     return {"mu": moments(mu, w.sum((1, 2))), "sigma": moments(s, w.sum((0, 2))),
             "nu": moments(nu, w.sum((0, 1)))}
+
+
+def gamma_poisson(x, t, alpha_rate=1.0, beta_shape=0.1, beta_rate=1.0, log_a_grid=None,
+                  log_b_grid=None):
+    """x_i ~ Poisson(theta_i t_i), theta_i ~ Gamma(alpha, beta), alpha ~ Exponential(
+    alpha_rate), beta ~ Gamma(beta_shape, beta_rate): each theta_i integrated out exactly
+    (a negative binomial), quadrature over (log alpha, log beta); theta_i's posterior
+    given them is Gamma(alpha + x_i, beta + t_i), averaged over the grid."""
+    x, t = torch.as_tensor(x, dtype=T64), torch.as_tensor(t, dtype=T64)
+    la = log_a_grid if log_a_grid is not None else torch.linspace(-7.0, 3.0, 1201, dtype=T64)
+    lb = log_b_grid if log_b_grid is not None else torch.linspace(-9.0, 4.0, 1201, dtype=T64)
+    a, b = la.exp()[:, None, None], lb.exp()[None, :, None]
+    loglik = (a * b.log() - torch.lgamma(a) + torch.lgamma(a + x)
+              - (a + x) * (b + t).log()).sum(-1)
+    logp = loglik + (torch.distributions.Exponential(alpha_rate).log_prob(la.exp()) + la)[:, None] \
+        + (torch.distributions.Gamma(beta_shape, beta_rate).log_prob(lb.exp()) + lb)[None, :]
+    w = _normalise(logp, _trapezoid_weights(la)[:, None] * _trapezoid_weights(lb)[None, :])
+
+    def moments(v, wt):
+        m = (wt * v).sum()
+        return m, ((wt * v ** 2).sum() - m ** 2).sqrt()
+    mean_t = (a + x) / (b + t)                                   # (A, B, N)
+    m = (w[..., None] * mean_t).sum((0, 1))
+    second = (w[..., None] * (mean_t / (b + t) + mean_t ** 2)).sum((0, 1))
+    return {"alpha": moments(la.exp(), w.sum(1)), "beta": moments(lb.exp(), w.sum(0)),
+            "theta": (m, (second - m ** 2).sqrt())}

@@ -83,8 +83,10 @@ class PyroModel:
 
     # The share of prior simulations that may compute an illegal parameter (a
     # covariance that is not positive definite in float32, a scale that underflows to
-    # 0) before it is the model's fault rather than a rare numerical accident.
+    # 0) before it is the model's fault rather than a rare numerical accident; judged
+    # over at least ``judged_over`` draws, so that one bad trace of a few is no verdict.
     tolerated = 0.01
+    judged_over = 1024
 
     def simulate(self, num_traces: int, **args) -> Dict[str, torch.Tensor]:
         """``num_traces`` joint samples in one vectorised call, without Pyro: every
@@ -95,32 +97,39 @@ class PyroModel:
         with a warning that names the statement, as long as such traces are rare (at
         most ``tolerated`` of them: numerical accidents of float32 in the far tails).
         More than that is the model's bug: a :class:`ModelRuntimeError` naming the
-        statement."""
+        statement. The share is judged over at least ``judged_over`` draws: a batch
+        smaller than that which drops a trace draws its replacements from a round of
+        that size (a batch of 1 at a 0.1% accident is no error)."""
         with torch.no_grad(), on(self.device):
-            parts, have, dropped, problem = [], 0, 0, None
+            parts, have, drawn, dropped, problem = [], 0, 0, 0, None
             for _ in range(20):      # each round draws what the ones before dropped
-                n = num_traces - have
+                need = num_traces - have
+                n = need if not dropped else max(need, self.judged_over - drawn, 1)
                 rt = Runtime(self.checked, self.plan, n, SiteHandler(), self.args(args),
                              strict=False)
                 env = rt.run()
                 values = {k: env[k].t.expand((n,) + tuple(env[k].t.shape[1:]))
                           for k in self.checked.order}
                 bad = int(rt.invalid.sum())
+                drawn += n
                 if bad:
                     problem = problem or rt.problem
                     dropped += bad
-                    if bad > self.tolerated * n:
-                        raise self._fault(problem, bad, n)
                     keep = ~rt.invalid
                     values = {k: v[keep] for k, v in values.items()}
+                if dropped > self.tolerated * max(drawn, self.judged_over):
+                    if drawn >= self.judged_over:
+                        raise self._fault(problem, dropped, drawn)
+                    continue            # too few draws to judge: draw a full round
+                values = {k: v[:need] for k, v in values.items()}
                 parts.append(values)
-                have += n - bad
+                have += min(n - bad, need)
                 if have >= num_traces:
                     break
             else:
-                raise self._fault(problem, dropped, num_traces + dropped)
+                raise self._fault(problem, dropped, drawn)
         if dropped:
-            self._warn_dropped(problem, dropped, num_traces + dropped)
+            self._warn_dropped(problem, dropped, drawn)
         if len(parts) == 1:
             return parts[0]
         return {k: torch.cat([p[k] for p in parts]) for k in self.checked.order}

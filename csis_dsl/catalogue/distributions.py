@@ -201,6 +201,41 @@ class Categorical(pdist.Categorical):
             return j
 
 
+# torch's Poisson sampler is exact up to rates of about 1e18 and returns garbage beyond
+# (negative counts near -2**63). There a Poisson is a normal of variance ``rate`` to far
+# better than any float's precision (its skewness is rate**-0.5 < 1e-7).
+_POISSON_EXACT = 1e15
+
+
+def poisson_draw(rate: torch.Tensor) -> torch.Tensor:
+    """Poisson counts of ``rate`` (any shape): torch's exact sampler up to
+    ``_POISSON_EXACT``, the rounded normal beyond, so that a far-tail rate a heavy prior
+    reaches (the pumps model's Gamma(alpha, beta) with beta ~ Gamma(0.1, 1)) gives a
+    count in the support rather than a trace dropped as a sampler's failure. No
+    synchronisation: both are drawn and one is kept per element."""
+    big = rate > _POISSON_EXACT
+    exact = torch.poisson(torch.where(big, torch.zeros_like(rate), rate))
+    normal = (rate + rate.sqrt() * torch.randn_like(rate)).round().clamp(min=0)
+    return torch.where(big, normal, exact)
+
+
+class Poisson(pdist.Poisson):
+    """Pyro's Poisson, drawn by :func:`poisson_draw` (right at every finite rate)."""
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return poisson_draw(self.rate.expand(self._extended_shape(sample_shape)))
+
+
+class NegativeBinomial(pdist.NegativeBinomial):
+    """Pyro's NegativeBinomial (a gamma mixture of Poissons), its Poisson drawn by
+    :func:`poisson_draw`."""
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return poisson_draw(self._gamma.sample(sample_shape=sample_shape))
+
+
 class _Shifted(pdist.TorchDistribution):
     arg_constraints = {}
     has_enumerate_support = True
@@ -321,12 +356,13 @@ DISTRIBUTIONS = {d.key: d for d in [
     _spec("Categorical", [("probs", "probs")], value_type="int", proposal="finite",
           support=_categorical_support,
           make=lambda p: Categorical(probs=p, validate_args=False)),
-    _spec("Poisson", [("rate", "positive")], **_COUNT),
+    _spec("Poisson", [("rate", "positive")], **_COUNT,
+          make=lambda r: Poisson(r, validate_args=False)),
     _spec("Geometric", [("probs", "probability")], **_COUNT,
           make=lambda p: pdist.Geometric(probs=p, validate_args=False)),
     _spec("NegativeBinomial", [("total_count", "positive"), ("probs", "probability")],
-          **_COUNT, make=lambda n, p: pdist.NegativeBinomial(total_count=n, probs=p,
-                                                             validate_args=False)),
+          **_COUNT, make=lambda n, p: NegativeBinomial(total_count=n, probs=p,
+                                                       validate_args=False)),
     _spec("Dirichlet", [("concentration", "concentration")], event_param=0,
           support=_const_support(constraints.simplex)),
     _spec("MultivariateNormal", [("loc", "vector"), ("covariance_matrix", "covariance")],

@@ -33,11 +33,12 @@ class TrainingHistory:
     traces: int = 0
     best_step: Optional[int] = None      # the state kept by keep_best
     interrupted: bool = False
+    skipped: List[int] = field(default_factory=list)     # steps whose gradient was not finite
 
     def to_dict(self):
         return {k: getattr(self, k) for k in ("steps", "loss", "val_steps", "val_loss",
                                               "val_ess", "traces_per_s", "wall_time",
-                                              "traces", "best_step")}
+                                              "traces", "best_step", "skipped")}
 
     @classmethod
     def from_dict(cls, d):
@@ -95,6 +96,7 @@ class Trainer:
         self.loss = LossModule(model.guide)
         self.loss_module = self.loss
         self.shared = False           # whether rank 0's weights were given to every rank
+        self.skips_in_a_row = 0       # batches in a row whose gradient was not finite
         # the network's parameters, listed once (walking its modules every step cost
         # 0.2 ms of a 4 ms step of the seed model)
         self.params = params = list(model.guide.parameters())
@@ -163,6 +165,23 @@ class Trainer:
             state = {k: v.detach().clone() for k, v in self.model.guide.state_dict().items()}
             self.best = (h.val_ess[-1], step, state)
 
+    # A heavy-tailed prior simulates now and then a trace no proposal can score in
+    # float32 (the pumps model: beta ~ Gamma(0.1, 1) near 1e-15, counts near 1e16, whose
+    # Laplace fit is a component of scale 1e-13: its density's derivative overflows and
+    # one trace in 50 000 turns the batch's gradient to NaN). Such a batch is skipped
+    # (no update; all ranks see the same averaged gradient, so all skip it); a run of
+    # MAX_SKIPS of them is divergence.
+    MAX_SKIPS = 3
+
+    def skip(self, step, loss, good):
+        """The gradient of batch ``step`` is not finite: no update, or, the
+        ``MAX_SKIPS``-th time in a row, divergence (:meth:`diverged`)."""
+        self.skips_in_a_row += 1
+        self.history.skipped.append(step)
+        if self.skips_in_a_row >= self.MAX_SKIPS:
+            self.skips_in_a_row = 0
+            self.diverged(step, loss, good)
+
     def diverged(self, step, loss, good):
         """The loss or its gradient is not finite: put back the last good state (and a
         fresh optimiser) and say what to change."""
@@ -173,7 +192,8 @@ class Trainer:
         self.opt = self._optimiser()
         raise TrainingError(
             f"training diverged at step {step}: the loss is {loss} (or its gradient is not "
-            f"finite); the network is back at its state of step {good[0]}. Lower the "
+            f"finite, {self.MAX_SKIPS} batches in a row); the network is back at its state "
+            f"of step {good[0]}. Lower the "
             f"learning rate (lr={self.lr:g} now) or check that the model's densities stay "
             "finite")
 
@@ -226,7 +246,11 @@ class Trainer:
             norm = flat.clip(clip)
         value = float(loss.detach())
         if not (math.isfinite(value) and torch.isfinite(norm)):
-            self.diverged(number, value, good)
+            self.skip(number, value, good)
+            if meanwhile is not None:
+                meanwhile()
+            return value
+        self.skips_in_a_row = 0
         self.opt.step()
         if meanwhile is not None:
             meanwhile()

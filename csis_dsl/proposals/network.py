@@ -61,7 +61,7 @@ class NetworkConfig:
     full_covariance: int = 16      # continuous sites of up to this many unconstrained
                                    # elements get full-covariance components (0: only
                                    # MultivariateNormal priors)
-    newton_steps: int = 2          # Newton steps of an informed continuous site's Laplace
+    newton_steps: int = 4          # Newton steps of an informed continuous site's Laplace
                                    # location (each a pass over its observations)
 
     def __post_init__(self):

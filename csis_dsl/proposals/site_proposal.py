@@ -175,12 +175,14 @@ class SiteProposal(pdist.TorchDistribution):
         return facts
 
     def _own_prior(self, facts):
-        """The exact log prior density of this site for its family's Laplace fit
-        (:meth:`~.families.continuous.ContinuousProposal.laplace`), at unconstrained
-        values (M, 1, 1) -> (M, 1), where :meth:`_exact_prior_of` gives one; else None."""
-        prior = self._exact_prior_of(self.info.name, facts[0].reshape(self.state.M, -1))
-        return None if prior is None else \
-            (lambda u: prior(u.reshape(-1, 1)).reshape(u.shape[:-1]))
+        """The exact log prior density of this site's instances for its family's Laplace
+        fit (:meth:`~.families.continuous.ContinuousProposal.laplace`), at unconstrained
+        values (M, n, 1) -> (M, n), from its prior in this trace
+        (:meth:`~.families.continuous.ContinuousProposal.instance_prior`); None where
+        the family's matched Gaussian is the prior itself, or for a family."""
+        if self.runtime is None or self.runtime.checked.vars[self.info.name].is_family:
+            return None
+        return self.family.instance_prior(self.prior, self.state.M)
 
     def _hint(self):
         """Where a joint fit for an earlier site puts this one (M, 1, de), or None."""

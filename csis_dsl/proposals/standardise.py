@@ -56,7 +56,11 @@ def robust_statistics(x: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tenso
     on counts they jump between integers from one column to the next by sampling noise
     (coal-mining disasters: medians of 1 and 2 for years the prior treats alike), which
     the network then has to learn around."""
-    x = x.reshape(x.shape[0], -1)
+    dtype = x.dtype
+    # in float64: the pumps model's prior simulates counts near 1e37, whose squares
+    # overflow float32 -- the sds came out infinite, and the statistics a mean of 1e30
+    # with an sd of 1, so that its real counts (1 to 22) were reported 1.8e30 sds away
+    x = x.reshape(x.shape[0], -1).to(torch.float64)
     lo, hi = _quantiles(x, (WINSOR, 1.0 - WINSOR))
     finite = torch.isfinite(x)
     count = finite.sum(0)
@@ -75,7 +79,7 @@ def robust_statistics(x: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tenso
     ok = count > 0
     scale = torch.where(torch.isfinite(scale) & ok, scale.clamp(min=floor), torch.ones_like(scale))
     centre = torch.where(torch.isfinite(centre) & ok, centre, torch.zeros_like(centre))
-    return centre, scale
+    return centre.to(dtype), scale.to(dtype)
 
 
 def squash(z: torch.Tensor, knee: float = KNEE) -> torch.Tensor:

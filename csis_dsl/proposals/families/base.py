@@ -85,6 +85,12 @@ class ProposalFamily(nn.Module):
         Gaussian it locates with. Default: unchanged."""
         return facts
 
+    def instance_prior(self, d, M: int):
+        """The exact log prior density of each instance under ``d`` at unconstrained
+        values, for :meth:`inform`'s ``prior``; None where the family's own facts serve
+        (the default: a finite family's facts are the prior itself)."""
+        return None
+
     def lookahead(self, loglik, pieces, M: int):
         """For a first-order chain (element t reads element t - 1): what the
         observations of the later elements say about each element, as a message

@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import (Distribution, Independent, MixtureSameFamily,
-                                 Normal, StudentT,
+from torch.distributions import (Distribution, Independent, LogNormal,
+                                 MixtureSameFamily, Normal, StudentT,
                                  TransformedDistribution, biject_to, constraints)
 from torch.distributions.transforms import AffineTransform, Transform
 from torch.distributions.transforms import (ComposeTransform, IndependentTransform,
@@ -31,6 +31,7 @@ from .base import (_log1m, affine_match, linear, moments, OutputLayer, place, Pr
 
 
 BIG = 1e30      # no proposal draw is larger: far beyond any prior, still finite in float32
+RESOLUTION = 16  # the narrowest component, in ulps of its location (MixtureHead)
 WIDEN = 2.0     # the defensive component's scale, relative to the proposal's
 TAIL_DF = 6.0   # its degrees of freedom: a Student-t, so that its tails are polynomial
                 # (3 reached the label-switched mode of bench/real's coal HMM, with
@@ -283,7 +284,13 @@ class MixtureHead(nn.Module):
             logits = logits + dlogits
         # finite whatever the prior of this trace (an absurd earlier draw can make it so)
         loc = loc.nan_to_num(0.0, BIG, -BIG).clamp(-BIG, BIG)
-        scale = scale.nan_to_num(1.0, BIG, 1.0).clamp(1e-30, BIG)
+        # and no narrower than the float's resolution at the location (RESOLUTION
+        # ulps): the pumps model's prior simulates counts near 1e17, whose rates' logs
+        # (36.5) a Laplace fit gives an sd of 1.5e-9, a 2500th of an ulp there -- a
+        # component no draw can resolve, whose variance's square underflows, so that
+        # its density's derivative in the training loss was 0 x inf = NaN
+        floor = RESOLUTION * torch.finfo(loc.dtype).eps * (1.0 + loc.abs())
+        scale = torch.maximum(scale.nan_to_num(1.0, BIG, 1.0).clamp(max=BIG), floor)
         mix = Categorical(logits=logits, validate_args=False)
         if not defensive:
             return MixtureSameFamily(mix, self._components(loc, scale, lower), validate_args=False)
@@ -518,7 +525,9 @@ class ContinuousProposal(ProposalFamily):
             return self._exact_step(loglik, u, loc0, prior_prec, prior_fac, joint, solve)
         exact_prior = prior is not None and not joint and not wide
         converged = exact
-        for it in range(1 if exact else steps or self.newton_steps):
+        last = None                # the last Newton step (before its length), (M, m, d)
+        total = 1 if exact else steps or self.newton_steps
+        for it in range(total):
             fit = local_fit(loglik, self.transform, u)
             if fit is None:
                 return None
@@ -560,11 +569,21 @@ class ContinuousProposal(ProposalFamily):
             ok = torch.ones_like(fine) if ok is None else ok
             step = solve(L, g)
             ok = ok & torch.isfinite(step).all(-1)
+            if last is not None and it + 1 < total:
+                # a step that improved, followed by one the same way at least half as
+                # long, is Newton crawling (counts with a log link, approached from
+                # above: each step at most one unit of the log): the next goes twice as
+                # far, up to GROWTH times; a step that overshoots is undone and halved
+                # at the next evaluation, and the last (unchecked) one is never grown
+                crawl = better & ((step * last).sum(-1) >= 0.5 * (last * last).sum(-1))
+                size = torch.where(crawl, (2 * grown).clamp(max=GROWTH), size)
+            last, grown = torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), size
+            step = step * size.unsqueeze(-1)
             if not exact:
                 # at most 5 prior scales in any element: the step shrunk, its direction
                 # kept (an exact step of a quadratic goes all the way)
                 step = step / (step.abs() / (5 * scale0)).amax(-1, keepdim=True).clamp(min=1.0)
-            u = u0 + torch.where(ok.unsqueeze(-1), step * size.unsqueeze(-1), torch.zeros_like(step))
+            u = u0 + torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step))
         if not converged and best is not None:
             L = _widened(L, u - best[0], joint, prior_fac)
         if apart is not None:
@@ -587,6 +606,25 @@ class ContinuousProposal(ProposalFamily):
         fine = torch.isfinite(step).all(-1)
         ok = fine if ok is None else ok & fine
         return u + torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), L
+
+    def instance_prior(self, d, M: int):
+        """The exact prior log density of each instance at unconstrained values u
+        (M, n, 1) -> (M, n), the transform's Jacobian included, under the prior ``d``
+        (batch (M or 1, *instances)): the ``prior`` of :meth:`laplace` for a site whose
+        instances are scalars -- a plate's, whose prior reads what was drawn before
+        (the pumps' failure rates, theta[i] ~ Gamma(alpha, beta)). None where the
+        family's matched Gaussian is the prior itself (an untruncated Normal or
+        LogNormal) or the values are not scalars."""
+        if d is None or self.dependent or self.udim != 1 or self.info.de != 1 \
+                or not self.informable or isinstance(d, (Normal, LogNormal)):
+            return None
+        shape = (M,) + tuple(d.batch_shape[1:]) + tuple(d.event_shape)
+
+        def log_prior(u):
+            x = self.transform(u)
+            lp = d.log_prob(x.reshape(shape)).reshape(M, -1)
+            return lp + self.transform.log_abs_det_jacobian(u, x).reshape(M, -1)
+        return log_prior
 
     def prior_log_density(self, rt, stmt, part, x, overlay) -> torch.Tensor:
         """The exact prior log density of this site's values ``x`` = transform(``part``)
@@ -788,6 +826,7 @@ def _widened(L, step, joint: bool, prior):
 
 
 PRIOR_FLOOR = 0.1     # the least prior curvature, relative to the matched Gaussian's
+GROWTH = 8.0          # the most a crawling Newton step is lengthened (:meth:`laplace`)
 
 
 def prior_terms(log_prior, u, prec):
