@@ -398,7 +398,8 @@ def test_a_batch_whose_gradient_is_not_finite_is_skipped(monkeypatch):
         loss = forward(self, *a, **kw)
         return loss * float("nan") if calls["n"] == 3 else loss
     monkeypatch.setattr(distributed.LossModule, "forward", sometimes_nan)
-    h = m.train(num_steps=6, batch_size=16, progress=False, seed=0, validation_size=0)
+    with pytest.warns(RuntimeWarning, match="1 of 6 training batches were skipped"):
+        h = m.train(num_steps=6, batch_size=16, progress=False, seed=0, validation_size=0)
     assert h.skipped == [3] and len(h.steps) == 6
     assert all(torch.isfinite(p).all() for p in m.guide.parameters())
     monkeypatch.setattr(distributed.LossModule, "forward",

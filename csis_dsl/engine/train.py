@@ -328,6 +328,16 @@ class Trainer:
             bar.close()
             self.loss_module = self.loss
             self.shared = False
+        skipped = [k for k in h.skipped if k > start_step]
+        if skipped and self.lead:
+            import warnings
+            warnings.warn(
+                f"{len(skipped)} of {len(h.steps) - start_step if h.steps else 0} training "
+                f"batches were skipped (steps {', '.join(map(str, skipped[:5]))}"
+                f"{', ...' if len(skipped) > 5 else ''}): their gradient was not finite, "
+                "from prior simulations too extreme to score in float32 (a vague prior's "
+                "far tail). Harmless when rare; if it is frequent, give the model "
+                "weakly informative priors", RuntimeWarning, stacklevel=2)
         if keep_best:
             self.restore_best()
         return h
