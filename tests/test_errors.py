@@ -66,6 +66,15 @@ def test_an_infinite_scale_drawn_at_run_time_is_named():
     with pytest.raises(csis_dsl.ModelRuntimeError,
                        match=r"inf.ppl:1:33: the scale of Normal must be positive and finite"):
         m.simulate(1000, seed=0)
+    # an overflow says so, and what helps (BUGS's salm: gamma ~ N(0, 1e5) times a dose
+    # of 1000 inside exp(): every simulation overflows)
+    salm = csis_dsl.compile_string(
+        "model s { g ~ Normal(0.0, 100000.0); observe y ~ Poisson(exp(g * 1000.0)); }",
+        name="salm.ppl")
+    with pytest.raises(csis_dsl.ModelRuntimeError,
+                       match=r"salm.ppl:1:38: the rate of Poisson .* got (inf|0) \(.*"
+                             r"(overflowed|underflowed) float32.*weakly informative priors"):
+        salm.simulate(100, seed=0)
 
 
 def test_all_errors_reported_together():

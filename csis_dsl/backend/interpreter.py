@@ -18,6 +18,8 @@ value: the same interpreter serves the Pyro model, the guide and the fast path.
 """
 from __future__ import annotations
 
+import math
+
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 
@@ -299,8 +301,18 @@ class Runtime:
         if bool(real_bad.any()):
             traces = real_bad.reshape(real_bad.shape[0], -1).any(1)
             sel = extend_to(real_bad, p).expand(p.shape)
-            msg = (f"the {param.name} of {dname} must be {kind.words}, got "
-                   f"{float(p.detach()[sel].reshape(-1)[0]):g}")
+            shown = float(p.detach()[sel].reshape(-1)[0])
+            msg = f"the {param.name} of {dname} must be {kind.words}, got {shown:g}"
+            # an overflow or an underflow, not a sign error: say where it comes from and
+            # what helps (BUGS's vague priors inside exp(): every simulation fails)
+            wide = ("at values the priors draw: priors that wide cannot be simulated; give "
+                    "what it reads weakly informative priors, or rescale it")
+            if math.isinf(shown):
+                msg += (" (the expression overflowed float32, beyond 3.4e38 -- exp() of "
+                        f"more than 88 -- {wide})")
+            elif shown == 0.0 and param.kind in ("positive", "concentration"):
+                msg += (" (if it is not 0 by design, the expression underflowed float32, "
+                        f"below 1e-38 -- exp() of less than -87 -- {wide})")
             if self.strict:
                 raise ModelRuntimeError(f"{msg} in {int(traces.sum())} trace(s)", s.span)
             self.zero_density(traces, msg, s)
