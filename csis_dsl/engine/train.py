@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -330,7 +331,6 @@ class Trainer:
             self.shared = False
         skipped = [k for k in h.skipped if k > start_step]
         if skipped and self.lead:
-            import warnings
             warnings.warn(
                 f"{len(skipped)} of {len(h.steps) - start_step if h.steps else 0} training "
                 f"batches were skipped (steps {', '.join(map(str, skipped[:5]))}"

@@ -82,8 +82,8 @@ class Collapsed:
         # unit each: from there, 3 steps left the collapsed likelihood 1 to 100 nats
         # off; 8 were within 0.03 of the exact one, but 8 at every evaluation doubled
         # a surgical mortality training step. From the first evaluation's modes, 4
-        # steps are within 0.03 nats 2 units of log beta away (3 left 0.3). ``warm``: the Collapsed of one point per
-        # row whose modes a Collapsed of K points per row starts from
+        # steps are within 0.03 nats 2 units of log beta away (3 left 0.3). ``warm``:
+        # the Collapsed of one point per row whose modes one of K points starts from
         self.starts, self.warm = {}, None
         # the rows fitted and their observations: the site's, or fewer (distinct rows)
         self.M = sp.state.M if M is None else M

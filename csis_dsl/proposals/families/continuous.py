@@ -505,7 +505,9 @@ class ContinuousProposal(ProposalFamily):
         earlier site, :mod:`..marginal`), instead of the prior's location.
 
         ``prior``: the site's exact log prior density at unconstrained values (M, m, d)
-        -> (M, m) (a scalar whose prior reads only args): the steps then climb log
+        -> (M, m) (:meth:`instance_prior`: scalar instances, their priors in this
+        trace; :mod:`..marginal`'s joint fits: scalars whose priors read only args):
+        the steps then climb log
         prior + log-likelihood exactly, the prior's curvature its own where that is
         larger than a tenth of the matched Gaussian's (:func:`prior_terms`). The
         Gaussian matched to a Gamma(2, 0.1) prior's moments in log nu puts nu = 1.35
