@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import (Distribution, Independent, LogNormal,
+from torch.distributions import (Beta, Distribution, Independent, LogNormal,
                                  MixtureSameFamily, Normal, StudentT,
                                  TransformedDistribution, biject_to, constraints)
 from torch.distributions.transforms import AffineTransform, Transform
@@ -324,6 +324,21 @@ class MixtureHead(nn.Module):
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
+def _logit_moments(d, M: int, width: int, mean, std):
+    """The mean and sd of logit(x), x ~ Beta(a, b) (M, width, 1): digamma(a) -
+    digamma(b) and sqrt(trigamma(a) + trigamma(b)), exactly; the simulations' statistics
+    (``mean``, ``std``) where they are not finite or the shapes do not fit."""
+    try:
+        a, b = torch.broadcast_tensors(d.concentration1, d.concentration0)
+        m = (torch.digamma(a) - torch.digamma(b)).reshape(-1, width, 1).expand(M, width, 1)
+        s = (torch.polygamma(1, a) + torch.polygamma(1, b)).sqrt().reshape(-1, width, 1) \
+            .expand(M, width, 1)
+    except RuntimeError:
+        return mean, std
+    ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
+    return torch.where(ok, m, mean), torch.where(ok, s, std)
+
+
 def _soft(x: torch.Tensor, bound: float) -> torch.Tensor:
     """x within (-bound, bound), softly: about x where |x| is well below the bound."""
     return bound * torch.tanh(x / bound)
@@ -400,6 +415,12 @@ class ContinuousProposal(ProposalFamily):
         self.moments_usable = self.udim == info.de and \
             info.support in (constraints.real, constraints.positive, constraints.real_vector)
         self.log_moments = info.support is constraints.positive
+        # a Beta prior's logit has closed-form moments (digamma(a) - digamma(b), and
+        # trigamma(a) + trigamma(b)): located per trace like the two above, so the
+        # observations can locate it too (a probability per group of a beta-binomial
+        # hierarchy, the rats tumour data)
+        self.logit_moments = info.support is constraints.unit_interval and \
+            info.dist_name == "Beta" and self.udim == info.de == 1
         self.newton_steps = config.newton_steps
         # the local log-likelihood is a quadratic in the site (set by the network from
         # the program, :mod:`csis_dsl.middle.affine`): its Laplace location is one step
@@ -437,6 +458,8 @@ class ContinuousProposal(ProposalFamily):
         function of the values its parameters read (not detached): moment matching, or
         the statistics of prior simulations where that is not possible."""
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
+        if self.logit_moments and isinstance(d, Beta):
+            return _logit_moments(d, M, width, mean, std)
         mom = moments(d, M, width, self.info.de) if self.moments_usable and d is not None \
             else None
         if mom is None:
@@ -455,7 +478,7 @@ class ContinuousProposal(ProposalFamily):
         Hessian) for a vector whose components have a full covariance, and element by
         element for a wider vector where its elements do not interact in the likelihood
         (:func:`separable`)."""
-        if not self.moments_usable or self.dependent:
+        if not (self.moments_usable or self.logit_moments) or self.dependent:
             return False
         return self.info.de == 1 or self.info.plate
 
