@@ -196,13 +196,10 @@ class Collapsed:
         # transform's Jacobian included (a Gamma effect's log: without it the identity
         # was off by the sum of the effects' logs at their modes, which moves with the
         # hyperparameters)
-        x = fam.transform(mode)
-        lp = d.log_prob(x.reshape(tuple(d.batch_shape) + tuple(d.event_shape)))
-        jac = fam.transform.log_abs_det_jacobian(mode, x)
+        lp = fam.log_prior_at(d, mode, M)
         with torch.no_grad():
-            ll = loglik(x)
-        return (ll.reshape(M, -1).sum(-1) + lp.reshape(M, -1).sum(-1)
-                + jac.reshape(M, -1).sum(-1) - log_q.reshape(M, -1).sum(-1))
+            ll = loglik(fam.transform(mode))
+        return (ll.reshape(M, -1).sum(-1) + lp.sum(-1) - log_q.reshape(M, -1).sum(-1))
 
     def _group(self, z, overlay):
         """log p(the group's observations | overlay) with effect ``z`` and its partners

@@ -643,13 +643,16 @@ class ContinuousProposal(ProposalFamily):
         if d is None or self.dependent or self.udim != 1 or self.info.de != 1 \
                 or not self.informable or isinstance(d, (Normal, LogNormal)):
             return None
-        shape = (M,) + tuple(d.batch_shape[1:]) + tuple(d.event_shape)
+        return lambda u: self.log_prior_at(d, u, M)
 
-        def log_prior(u):
-            x = self.transform(u)
-            lp = d.log_prob(x.reshape(shape)).reshape(M, -1)
-            return lp + self.transform.log_abs_det_jacobian(u, x).reshape(M, -1)
-        return log_prior
+    def log_prior_at(self, d, u, M: int):
+        """The prior ``d``'s log density (batch (M or 1, *instances)) at unconstrained
+        values u (M, n, udim), the transform's Jacobian included: per instance (M, n),
+        a density of u, as the proposal's is."""
+        x = self.transform(u)
+        lp = d.log_prob(x.reshape((M,) + tuple(d.batch_shape[1:]) + tuple(d.event_shape)))
+        lp = lp.reshape(M, -1)
+        return lp + self.transform.log_abs_det_jacobian(u, x).reshape(M, lp.shape[1], -1).sum(-1)
 
     def prior_log_density(self, rt, stmt, part, x, overlay) -> torch.Tensor:
         """The exact prior log density of this site's values ``x`` = transform(``part``)
