@@ -29,7 +29,7 @@ REAL = Path(__file__).resolve().parent / "real"
 MODELS = {      # name: training batch size (long sequential models: cheaper steps)
     "faithful": 512, "glucose": 512, "pima": 512, "eight_schools": 512, "nile": 128,
     "quakes": 128, "coal": 128, "coal_walk": 128, "radon": 128, "surgical": 512,
-    "newcomb": 512, "sleep": 512, "anscombe": 512, "rats": 128, "pumps": 512,
+    "newcomb": 512, "sleep": 512, "anscombe": 512, "rats": 128, "pumps": 512, "dyes": 512,
 }
 NUM_SAMPLES = 5000
 

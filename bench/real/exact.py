@@ -338,3 +338,44 @@ def gamma_poisson(x, t, alpha_rate=1.0, beta_shape=0.1, beta_rate=1.0, log_a_gri
     second = (w[..., None] * (mean_t / (b + t) + mean_t ** 2)).sum((0, 1))
     return {"alpha": moments(la.exp(), w.sum(1)), "beta": moments(lb.exp(), w.sum(0)),
             "theta": (m, (second - m ** 2).sqrt())}
+
+
+def dyes(y, theta_sd=1e5, shape=0.001, rate=0.001, log_w_grid=None, log_b_grid=None):
+    """y[i, j] ~ Normal(mu_i, 1 / sqrt(tau_w)), mu_i ~ Normal(theta, 1 / sqrt(tau_b)),
+    theta ~ Normal(0, theta_sd), tau_w and tau_b ~ Gamma(shape, rate) (BUGS's dyes, its
+    vague priors): theta and every mu_i integrated out exactly given the precisions
+    (Gaussian), quadrature over (log tau_w, log tau_b) -- wide enough for the long
+    shelf of log tau_b that the Gamma(0.001, 0.001) prior leaves towards sigma_b = 0."""
+    y = torch.as_tensor(y, dtype=T64)
+    B, S = y.shape
+    ybar = y.mean(1)
+    ss = ((y - ybar[:, None]) ** 2).sum()
+    lw = log_w_grid if log_w_grid is not None else torch.linspace(-20.0, 5.0, 801, dtype=T64)
+    lb = log_b_grid if log_b_grid is not None else torch.linspace(-25.0, 25.0, 1601, dtype=T64)
+    LW, LB = torch.meshgrid(lw, lb, indexing="ij")
+    tw, tb = LW.exp(), LB.exp()
+    # the within-batch sum of squares, and each batch mean ~ N(theta, 1/tb + 1/(S tw))
+    v = 1 / tb + 1 / (S * tw)
+    prec = B / v + 1 / theta_sd ** 2
+    mean_t = (ybar.sum() / v) / prec
+    logp = (0.5 * (S - 1) * B * LW - 0.5 * tw * ss - 0.5 * B * torch.log(v)
+            - 0.5 * ((ybar ** 2).sum() / v - prec * mean_t ** 2) - 0.5 * torch.log(prec))
+    prior = torch.distributions.Gamma(torch.tensor(shape, dtype=T64), torch.tensor(rate, dtype=T64))
+    logp = logp + prior.log_prob(tw) + LW + prior.log_prob(tb) + LB
+    w = _normalise(logp, _trapezoid_weights(lw)[:, None] * _trapezoid_weights(lb)[None, :])
+
+    def moments(v, wt):
+        m = (wt * v).sum()
+        return m, ((wt * v ** 2).sum() - m ** 2).sqrt()
+    # mu_i given the precisions: the shrinkage of its batch mean towards theta
+    k = (S * tw / (S * tw + tb))[..., None]                                  # (W, B', 1)
+    m_mu = k * ybar + (1 - k) * mean_t[..., None]
+    v_mu = 1 / (S * tw + tb)[..., None] + (1 - k) ** 2 / prec[..., None]
+    mu = (w[..., None] * m_mu).sum((0, 1))
+    mu2 = (w[..., None] * (v_mu + m_mu ** 2)).sum((0, 1))
+    theta = (w * mean_t).sum()
+    theta2 = (w * (1 / prec + mean_t ** 2)).sum()
+    return {"theta": (theta.reshape(1), (theta2 - theta ** 2).sqrt().reshape(1)),
+            "tau_within": tuple(t.reshape(1) for t in moments(tw, w)),
+            "tau_between": tuple(t.reshape(1) for t in moments(tb, w)),
+            "mu": (mu, (mu2 - mu ** 2).sqrt())}

@@ -1,7 +1,7 @@
 """Reference posteriors of the real models (run once; writes references.json).
 
 * faithful, glucose, eight_schools, nile, coal_walk, radon, surgical, newcomb, sleep,
-  anscombe, pumps: exact, by
+  anscombe, pumps, dyes: exact, by
   quadrature (exact.py).
 * pima, rats: Pyro NUTS on the compiled model itself (the model a user gets).
 * quakes, coal: Pyro NUTS on the same models with the discrete latents summed out by
@@ -179,6 +179,8 @@ EXACT = {name: _exact(name, *how) for name, how in {
     "anscombe": ("exact (quadrature over sigma)", exact.anscombe, "x", "y"),
     "pumps": ("exact (each rate integrated out, quadrature over log alpha and log beta)",
               exact.gamma_poisson, "x", "t"),
+    "dyes": ("exact (theta and the batch means integrated out, quadrature over the two "
+             "log precisions)", exact.dyes, "y"),
 }.items()}
 
 

@@ -170,14 +170,16 @@ def leave(together: bool = True):
 
 class LossModule(nn.Module):
     """The training loss as a module's forward, so that DistributedDataParallel can
-    wrap it: the mean over the batch of -log q(latents | observations)."""
+    wrap it: the mean over the batch of -log q(latents | observations)
+    (:func:`.train.bounded_mean`)."""
 
     def __init__(self, guide):
         super().__init__()
         self.guide = guide
 
     def forward(self, latents, obs, B: int, subsample=None):
-        return -self.guide.log_q(obs, latents, B, subsample).mean()
+        from .train import bounded_mean
+        return bounded_mean(-self.guide.log_q(obs, latents, B, subsample))
 
 
 class EveryWeight(nn.Module):

@@ -256,7 +256,7 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
 
             def objective(u):                 # (K, M, D) -> (K, M)
                 f = evaluate(u) if exact else evaluate(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
-                return torch.nan_to_num(f, nan=-math.inf)
+                return torch.nan_to_num(f, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
             return fit_objective(objective, u, loc, scale)
         except (ModelRuntimeError, RuntimeError, ValueError):
             return None

@@ -133,7 +133,9 @@ class Guide(nn.Module):
         """Standardisation statistics of the network from ``n`` prior simulations, once."""
         if not bool(self.fitted):
             with poutine.block(), on(self.model.device):   # may run inside a caller's
-                self.net.fit_statistics(self.model.simulate(n))   # handlers (pyro CSIS)
+                sims = self.model.simulate(n)                  # handlers (pyro CSIS)
+                self.model.warn_extreme(sims)
+                self.net.fit_statistics(sims)
             self.fitted.fill_(True)
 
     def _run(self, obs, B, handler_of, args):

@@ -299,7 +299,7 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
         if site_prior is not None:
             f = f + 0.5 * prec_[:, 0] * (u[:, 0] - loc_[:, 0]) ** 2 + site_prior(u)
         f = torch.where(bad == 0, f, torch.full_like(f, -math.inf))
-        return torch.nan_to_num(f, nan=-math.inf)
+        return torch.nan_to_num(f, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
     sd = torch.linalg.inv_ex(P)[0][:, :1, 0].clamp(min=1e-30).sqrt()     # the joint fit's
     points = one_at_a_time(objective) if runtime is None else \
         (lambda u: in_runs(runtime, u, chunk, objective))

@@ -339,6 +339,57 @@ def _logit_moments(d, M: int, width: int, mean, std):
     return torch.where(ok, m, mean), torch.where(ok, s, std)
 
 
+def _lognormal(m, s):
+    """The (location, scale) of the log-normal with mean m and sd s."""
+    v = torch.log1p((s / m) ** 2)
+    return torch.log(m) - 0.5 * v, v.sqrt()
+
+
+def _log_spread(d, M: int, width: int):
+    """For a positive prior whose log has a closed form -- Gamma (Chi2, Exponential),
+    InverseGamma, LogNormal, HalfNormal, HalfCauchy, Weibull -- the mode of the log's
+    density and the log's exact sd (M, width, 1) each; None for others.
+
+    The log-normal matched to the moments of x, which locates a positive prior,
+    misjudges a skewed prior's spread in log space by orders of magnitude: a Gamma(0.1,
+    1) rate's log has sd 10.1 (its 5% quantile is 1e-13), where the matched log-normal
+    has 1.5; BUGS's Gamma(0.001, 0.001) precision has logs of sd 1000 (90% of them below
+    float32's least positive number), where the matched one has 2.6 -- and the fits
+    that locate a site take their steps and differences in units of that scale. A
+    HalfCauchy has no moments at all: it is centred at its log's mode."""
+    import pyro.distributions as pdist
+    try:
+        if isinstance(d, torch.distributions.Gamma):        # Chi2 too
+            a, b = torch.broadcast_tensors(d.concentration, d.rate)
+            m, v = torch.log(a) - torch.log(b), torch.polygamma(1, a)
+        elif isinstance(d, pdist.InverseGamma):
+            a, b = torch.broadcast_tensors(d.concentration, d.rate)
+            m, v = torch.log(b) - torch.log(a), torch.polygamma(1, a)
+        elif isinstance(d, torch.distributions.Exponential):
+            m = -torch.log(d.rate)
+            v = torch.full_like(m, math.pi ** 2 / 6)
+        elif isinstance(d, LogNormal):
+            m, s = torch.broadcast_tensors(d.loc, d.scale)
+            v = s ** 2
+        elif isinstance(d, torch.distributions.HalfNormal):
+            m = torch.log(d.scale)
+            v = torch.full_like(m, math.pi ** 2 / 8)
+        elif isinstance(d, torch.distributions.HalfCauchy):
+            m = torch.log(d.scale)
+            v = torch.full_like(m, math.pi ** 2 / 4)
+        elif isinstance(d, torch.distributions.Weibull):
+            lam, k = torch.broadcast_tensors(d.scale, d.concentration)
+            m, v = torch.log(lam), (math.pi ** 2 / 6) / k ** 2
+        else:
+            return None
+        shape = tuple(d.batch_shape)
+        m, v = m.expand(shape), v.expand(shape)
+        return m.reshape(-1, width, 1).expand(M, width, 1), \
+            v.sqrt().reshape(-1, width, 1).expand(M, width, 1)
+    except (RuntimeError, AttributeError):
+        return None
+
+
 def _soft(x: torch.Tensor, bound: float) -> torch.Tensor:
     """x within (-bound, bound), softly: about x where |x| is well below the bound."""
     return bound * torch.tanh(x / bound)
@@ -455,19 +506,30 @@ class ContinuousProposal(ProposalFamily):
 
     def located(self, d, M, width, j0=0):
         """The prior's (location, scale) in unconstrained space (M, width, udim), as a
-        function of the values its parameters read (not detached): moment matching, or
-        the statistics of prior simulations where that is not possible."""
+        function of the values its parameters read (not detached): moment matching (a
+        positive prior: the log-normal matched to its moments, at least as wide as its
+        log's exact spread, :func:`_log_spread`), or the statistics of prior
+        simulations where that is not possible."""
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
         if self.logit_moments and isinstance(d, Beta):
             return _logit_moments(d, M, width, mean, std)
         mom = moments(d, M, width, self.info.de) if self.moments_usable and d is not None \
             else None
+        spread = _log_spread(d, M, width) if self.log_moments and self.moments_usable \
+            and self.info.de == 1 else None
+        if spread is not None:
+            # the log-normal matched to the moments where they exist, no narrower than
+            # the log's exact spread; centred at the log density's mode where not
+            m, s = spread
+            if mom is not None:
+                m0, s0 = _lognormal(*mom)
+                fine = torch.isfinite(m0) & torch.isfinite(s0) & (s0 > 0)
+                m, s = torch.where(fine, m0, m), torch.where(fine, torch.maximum(s0, s), s)
+            ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
+            return torch.where(ok, m, mean), torch.where(ok, s, std)
         if mom is None:
             return mean, std
-        m, s = mom
-        if self.log_moments:
-            v = torch.log1p((s / m) ** 2)
-            m, s = torch.log(m) - 0.5 * v, v.sqrt()
+        m, s = _lognormal(*mom) if self.log_moments else mom
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
         return torch.where(ok, m, mean), torch.where(ok, s, std)
 
