@@ -87,6 +87,8 @@ def bounded_mean(losses: torch.Tensor) -> torch.Tensor:
     gradient's norm overflows float32 -- every batch was skipped, and training stopped
     as diverged at step 3. Where every trace is within 1e4 nats of the median (every
     model whose proposal is not absurdly far off), this is the plain mean."""
+    if losses.numel() < 2:              # (its own median: the per-step overhead at B = 1)
+        return losses.mean()
     d = losses.detach()
     finite = torch.isfinite(d)
     if not bool(finite.any()):

@@ -14,6 +14,14 @@ curvature). Every step runs on all M rows at once, and the points it needs toget
 call: an objective takes K points per row, u (K, M, D) -> (K, M) (the collapsed
 objective runs its K M evaluations as one vectorised run, :mod:`..backend.repeat`;
 :func:`one_at_a_time` makes one of a single point do).
+
+From a vague prior's location (BUGS's N(0, 1e5) means and Gamma(0.001, 0.001)
+precisions, whose logs have a prior sd of 1000) the objective is far from quadratic and
+undefined over most of the prior's range: a value that is NaN or +inf counts as
+undefined, differences that reach there are measured again narrower, a step that
+overshoots is tried down to 1/512 of its length, a fit of few rows whose joint step
+fails sweeps one coordinate at a time, and the precision is bounded by what the
+differences can measure rather than by the prior's scale.
 """
 from __future__ import annotations
 
@@ -187,7 +195,6 @@ def _defined(objective):
     return defined
 
 
-
 def _curvature(objective, u, f0, h):
     """Central differences of the objective at u (M, D): gradient (M, D), Hessian
     (M, D, D) and the steps h (M, D) they used. A coordinate whose differences reach
@@ -227,8 +234,8 @@ def _differences(objective, u, f0, h):
 def _precision(H, prec0, h):
     """The saddle-free precision of a Hessian (M, D, D) measured by differences h
     (M, D): its eigenvalues' magnitudes, at least a thousandth of the prior's, and at
-    most 10^6 times the prior's or 10^4 / h^2 where that is more (finite differences
-    at a kink, or float noise, can claim any curvature; one 100 times finer than the
+    most 10^6 times the prior's or 10^8 / h^2 where that is more (finite differences
+    at a kink, or float noise, can claim any curvature; one 10^4 times finer than the
     differences is beyond what they measure), and where it was concave. (The prior's
     bound alone held a vague prior's posterior at a thousandth of its sd: dyes' grand
     mean, N(0, 1e5) a priori, 21 a posteriori.)"""
