@@ -19,7 +19,6 @@ value: the same interpreter serves the Pyro model, the guide and the fast path.
 from __future__ import annotations
 
 import math
-
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 

@@ -255,8 +255,9 @@ def collapsed_fit(sp, observed, effects, loc0, scale0, start=None, later=(),
                 sp, observed, effects, later, K * F.M, obs), exact)
 
             def objective(u):                 # (K, M, D) -> (K, M)
-                f = evaluate(u) if exact else evaluate(u) - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
-                return torch.nan_to_num(f, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+                # (NaN and +inf are undefined to the fit, as -inf)
+                f = evaluate(u)
+                return f if exact else f - 0.5 * (prec0 * (u - loc) ** 2).sum(-1)
             return fit_objective(objective, u, loc, scale)
         except (ModelRuntimeError, RuntimeError, ValueError):
             return None

@@ -298,8 +298,7 @@ def block_profile(loglik: Callable, mode: torch.Tensor, P: torch.Tensor,
         f = obj + 0.5 * (g[:, 1:] * step).sum(-1) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         if site_prior is not None:
             f = f + 0.5 * prec_[:, 0] * (u[:, 0] - loc_[:, 0]) ** 2 + site_prior(u)
-        f = torch.where(bad == 0, f, torch.full_like(f, -math.inf))
-        return torch.nan_to_num(f, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+        return torch.where(bad == 0, f, torch.full_like(f, -math.inf))   # NaN: undefined
     sd = torch.linalg.inv_ex(P)[0][:, :1, 0].clamp(min=1e-30).sqrt()     # the joint fit's
     points = one_at_a_time(objective) if runtime is None else \
         (lambda u: in_runs(runtime, u, chunk, objective))

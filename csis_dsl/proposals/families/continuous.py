@@ -324,19 +324,18 @@ class MixtureHead(nn.Module):
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
-def _logit_moments(d, M: int, width: int, mean, std):
+def _logit_moments(d, M: int, width: int):
     """The mean and sd of logit(x), x ~ Beta(a, b) (M, width, 1): digamma(a) -
-    digamma(b) and sqrt(trigamma(a) + trigamma(b)), exactly; the simulations' statistics
-    (``mean``, ``std``) where they are not finite or the shapes do not fit."""
+    digamma(b) and sqrt(trigamma(a) + trigamma(b)), exactly; None where the shapes do
+    not fit."""
     try:
         a, b = torch.broadcast_tensors(d.concentration1, d.concentration0)
         m = (torch.digamma(a) - torch.digamma(b)).reshape(-1, width, 1).expand(M, width, 1)
         s = (torch.polygamma(1, a) + torch.polygamma(1, b)).sqrt().reshape(-1, width, 1) \
             .expand(M, width, 1)
     except RuntimeError:
-        return mean, std
-    ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
-    return torch.where(ok, m, mean), torch.where(ok, s, std)
+        return None
+    return m, s
 
 
 def _lognormal(m, s):
@@ -511,27 +510,31 @@ class ContinuousProposal(ProposalFamily):
         log's exact spread, :func:`_log_spread`), or the statistics of prior
         simulations where that is not possible."""
         mean, std = self.stats("mean", M, width, j0), self.stats("std", M, width, j0)
-        if self.logit_moments and isinstance(d, Beta):
-            return _logit_moments(d, M, width, mean, std)
-        mom = moments(d, M, width, self.info.de) if self.moments_usable and d is not None \
-            else None
-        spread = _log_spread(d, M, width) if self.log_moments and self.moments_usable \
-            and self.info.de == 1 else None
-        if spread is not None:
-            # the log-normal matched to the moments where they exist, no narrower than
-            # the log's exact spread; centred at the log density's mode where not
-            m, s = spread
-            if mom is not None:
-                m0, s0 = _lognormal(*mom)
-                fine = torch.isfinite(m0) & torch.isfinite(s0) & (s0 > 0)
-                m, s = torch.where(fine, m0, m), torch.where(fine, torch.maximum(s0, s), s)
-            ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
-            return torch.where(ok, m, mean), torch.where(ok, s, std)
-        if mom is None:
-            return mean, std
-        m, s = _lognormal(*mom) if self.log_moments else mom
+        m, s = self._closed_form(d, M, width) or (mean, std)
         ok = torch.isfinite(m) & torch.isfinite(s) & (s > 0)
         return torch.where(ok, m, mean), torch.where(ok, s, std)
+
+    def _closed_form(self, d, M, width):
+        """The prior's (location, scale) in unconstrained space from its closed forms
+        (:meth:`located`), or None: a Beta's logit moments; a real prior's moments; a
+        positive prior's log-normal matched to its moments, no narrower than its log's
+        exact spread, and centred at the log density's mode where it has no moments."""
+        if self.logit_moments and isinstance(d, Beta):
+            return _logit_moments(d, M, width)
+        mom = moments(d, M, width, self.info.de) if self.moments_usable and d is not None \
+            else None
+        if not self.log_moments:
+            return mom
+        spread = _log_spread(d, M, width) if self.moments_usable and self.info.de == 1 \
+            else None
+        if mom is None:
+            return spread
+        m0, s0 = _lognormal(*mom)
+        if spread is None:
+            return m0, s0
+        fine = torch.isfinite(m0) & torch.isfinite(s0) & (s0 > 0)
+        return (torch.where(fine, m0, spread[0]),
+                torch.where(fine, torch.maximum(s0, spread[1]), spread[1]))
 
     @property
     def informable(self) -> bool:
